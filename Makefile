@@ -1,0 +1,47 @@
+# AID-XAI: `make demo` (main job) and `make test` (all tests) set everything up on Debian 12 as root.
+SHELL := /bin/bash
+ROOT := $(abspath .)
+VENV := $(ROOT)/.venv
+QGIS_DIR := $(ROOT)/.qgis
+PLUGIN_NAME := aid_xai
+SYSTEM_PACKAGES := qgis python3-qgis qgis-providers python3-gdal gdal-bin python3-rasterio python3-venv python3-pip
+export QT_QPA_PLATFORM := offscreen
+
+.PHONY: setup system venv plugin demo test zip install-user clean
+
+setup: system venv plugin
+
+system:
+	@dpkg -s $(SYSTEM_PACKAGES) >/dev/null 2>&1 || { \
+	  echo "Installing QGIS and GDAL from Debian's packages"; \
+	  apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $(SYSTEM_PACKAGES); }
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt constraints.txt
+	test -x $(VENV)/bin/python || /usr/bin/python3 -m venv --system-site-packages $(VENV)
+	$(VENV)/bin/pip install --disable-pip-version-check -q -c constraints.txt -r requirements-dev.txt
+	touch $@
+
+# The checkout itself is the plugin folder (metadata.txt, __init__.py, resources/, aid_xai_plugin/),
+# linked into a QGIS plugin path and config dir the project owns: the user's profile is never touched.
+plugin:
+	@mkdir -p $(QGIS_DIR)/plugins $(QGIS_DIR)/config
+	@ln -sfn $(ROOT) $(QGIS_DIR)/plugins/$(PLUGIN_NAME)
+	@bin/qgis_process plugins enable $(PLUGIN_NAME) >/dev/null 2>&1 || bin/qgis_process plugins enable $(PLUGIN_NAME)
+
+demo: setup
+	$(VENV)/bin/python scripts/demo.py --out $(ROOT)/demo_output
+
+test: setup
+	$(VENV)/bin/python -m pytest -q tests
+
+zip: venv
+	rm -rf zip_build && $(VENV)/bin/pb_tool zip -q
+
+# Install into your own QGIS desktop profile (default profile unless QGIS_PROFILE_DIR is set).
+install-user: venv
+	$(VENV)/bin/pb_tool deploy -y -p "$${QGIS_PROFILE_DIR:-$$HOME/.local/share/QGIS/QGIS3/profiles/default}/python/plugins"
+
+clean:
+	rm -rf $(QGIS_DIR) zip_build demo_output .pytest_cache

@@ -1,0 +1,57 @@
+"""Batched, device-aware prediction: model-input arrays (N×H×W×C in [0, 1]) → class probabilities."""
+
+import numpy as np
+
+from .errors import AidXaiError
+
+
+def resolve_device(name="auto"):
+    """'auto' → CUDA when available, else CPU; 'cuda' without a GPU is a clear error."""
+    import torch
+
+    name = (name or "auto").lower()
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise AidXaiError("DEVICE is 'cuda' but torch sees no CUDA GPU; use 'auto' or 'cpu', or install a CUDA build of torch.")
+    if name not in ("cpu", "cuda"):
+        raise AidXaiError(f"Unknown device '{name}'; use auto, cpu or cuda.")
+    return name
+
+
+class Classifier:
+    """A loaded model plus its normalisation, callable on channels-last arrays like shap expects."""
+
+    def __init__(self, loaded_model, device="auto"):
+        import torch
+
+        self.device = resolve_device(device)
+        self.info = loaded_model.info
+        self.sha256 = loaded_model.sha256
+        self.module = loaded_model.module.to(self.device).eval()
+        shape = (1, len(self.info.mean), 1, 1)
+        self.mean = torch.tensor(self.info.mean, dtype=torch.float32, device=self.device).reshape(shape)
+        self.std = torch.tensor(self.info.std, dtype=torch.float32, device=self.device).reshape(shape)
+
+    @property
+    def class_names(self):
+        return list(self.info.class_names)
+
+    def logits_nchw(self, batch):
+        """Logits for a float tensor batch N×C×H×W in [0, 1] (already on the device)."""
+        return self.module((batch - self.mean) / self.std)
+
+    def predict_probabilities(self, images_nhwc, batch_size=64):
+        """Softmax probabilities (N×classes, float32) for N×H×W×C arrays in [0, 1]."""
+        import torch
+
+        images_nhwc = np.asarray(images_nhwc, dtype=np.float32)
+        outputs = []
+        with torch.inference_mode():
+            for start in range(0, len(images_nhwc), batch_size):
+                chunk = torch.from_numpy(np.ascontiguousarray(images_nhwc[start : start + batch_size].transpose(0, 3, 1, 2)))
+                logits = self.logits_nchw(chunk.to(self.device))
+                outputs.append(torch.softmax(logits, dim=1).float().cpu().numpy())
+        if not outputs:
+            return np.zeros((0, len(self.class_names)), dtype=np.float32)
+        return np.concatenate(outputs)

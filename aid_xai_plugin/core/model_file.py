@@ -1,0 +1,110 @@
+"""AID-XAI model files: one self-describing, versioned file that never executes code on load.
+
+Layout (a torch archive read with `torch.load(weights_only=True)`, which refuses any pickle that
+would build arbitrary objects): {"format": "aid-xai-model", "format_version": 1, "info": JSON text,
+"state_dict": tensors}. `info` records architecture and arguments, class names, input size, band
+order, normalisation and training provenance.
+"""
+
+import dataclasses
+import datetime
+import hashlib
+import json
+import os
+
+from .atomic import atomic_output
+from .errors import AidXaiError
+
+FORMAT = "aid-xai-model"
+FORMAT_VERSION = 1
+MODEL_EXTENSION = ".aidx.pt"
+
+
+@dataclasses.dataclass
+class ModelInfo:
+    architecture: str
+    arguments: dict
+    class_names: list
+    input_size: int
+    bands: list  # 1-based source band numbers the model expects, in order (e.g. [1, 2, 3])
+    mean: list
+    std: list
+    provenance: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def num_bands(self):
+        return len(self.bands)
+
+
+@dataclasses.dataclass
+class LoadedModel:
+    module: object  # torch.nn.Module in eval mode
+    info: ModelInfo
+    path: str
+    sha256: str
+
+
+def save_model(path, module, info):
+    """Write `module`'s weights and `info` atomically to `path`."""
+    import torch
+
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "info": json.dumps(dataclasses.asdict(info)),
+        "state_dict": {name: tensor.detach().cpu() for name, tensor in module.state_dict().items()},
+    }
+    with atomic_output(path) as temporary:
+        torch.save(payload, temporary)
+
+
+def file_sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for chunk in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def load_model(path, device="cpu"):
+    """Load and check a model file; every way it can be wrong gives an AidXaiError saying why."""
+    import pickle
+
+    import torch
+
+    from .model import build_model
+
+    if not os.path.isfile(path):
+        raise AidXaiError(f"Model file '{path}' does not exist; train one with aid_xai:train or give the path of a {MODEL_EXTENSION} file.")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise AidXaiError(
+            f"Model file '{path}' was refused: it contains objects other than tensors and plain data "
+            f"(it could run code when loaded), so it is not an AID-XAI model file. ({str(error).splitlines()[0]})"
+        ) from error
+    except (RuntimeError, EOFError, OSError, ValueError) as error:
+        raise AidXaiError(f"Model file '{path}' cannot be read (truncated or not a model file): {str(error).splitlines()[0]}") from error
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise AidXaiError(f"'{path}' is a torch file but not an AID-XAI model file (no '{FORMAT}' header); train a model with aid_xai:train.")
+    if payload.get("format_version") != FORMAT_VERSION:
+        raise AidXaiError(
+            f"Model file '{path}' has format version {payload.get('format_version')}, this plugin reads version {FORMAT_VERSION}; update the plugin or retrain the model."
+        )
+    try:
+        info = ModelInfo(**json.loads(payload["info"]))
+        module = build_model(info.architecture, info.arguments)
+    except (KeyError, TypeError, ValueError) as error:
+        raise AidXaiError(f"Model file '{path}' has an invalid description ({error}); it was not written by AID-XAI or is damaged.") from error
+    try:
+        module.load_state_dict(payload["state_dict"], strict=True)
+    except (RuntimeError, KeyError) as error:
+        raise AidXaiError(
+            f"Model file '{path}': the weights do not match the recorded architecture {info.architecture}{info.arguments}: {str(error).splitlines()[0]}"
+        ) from error
+    module.eval().to(device)
+    return LoadedModel(module=module, info=info, path=os.path.abspath(path), sha256=file_sha256(path))
+
+
+def now_iso():
+    return datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()

@@ -1,0 +1,160 @@
+"""Procedural aerial-like scenes with known labels, for tests, the demo and first experiments.
+
+Each class has a distinct spatial structure (stripes, roof blocks, water, tree texture, one storage
+tank on bare ground), so a small CNN learns them in seconds; "StorageTank" differs from "BareLand"
+only by one object, which makes the explanations checkable (the object must carry the evidence).
+Everything is reproducible from a seed. Numpy only; files are written with GDAL.
+"""
+
+import os
+
+import numpy as np
+
+SYNTHETIC_CLASSES = ("BareLand", "Farmland", "Forest", "Residential", "StorageTank", "Water")
+
+
+def _smooth_noise(rng, size, cells):
+    """Value noise: random values on a coarse grid, bilinearly upsampled to size×size."""
+    grid = rng.random((cells + 1, cells + 1))
+    axis = np.linspace(0, cells, size, endpoint=False)
+    i = axis.astype(int)
+    f = axis - i
+    top = grid[i][:, i] * (1 - f)[None, :] + grid[i][:, i + 1] * f[None, :]
+    bottom = grid[i + 1][:, i] * (1 - f)[None, :] + grid[i + 1][:, i + 1] * f[None, :]
+    return top * (1 - f)[:, None] + bottom * f[:, None]
+
+
+def _colorize(weights, colors):
+    """Blend RGB `colors` (k×3) with per-pixel `weights` (H×W×k, rows sum to 1)."""
+    return np.tensordot(weights, np.asarray(colors, dtype=float), axes=([2], [0]))
+
+
+def _bare_ground(rng, size):
+    tone = 0.6 * _smooth_noise(rng, size, 4) + 0.4 * rng.random((size, size))
+    low, high = np.array([150, 128, 96]), np.array([196, 172, 132])
+    return low + tone[..., None] * (high - low)
+
+
+def _farmland(rng, size):
+    period = rng.integers(max(4, size // 16), max(6, size // 8))
+    angle = rng.uniform(0, np.pi)
+    yy, xx = np.mgrid[0:size, 0:size]
+    phase = (xx * np.cos(angle) + yy * np.sin(angle)) / period
+    stripes = (np.floor(phase) % 2)[..., None]
+    green, brown = np.array([96, 140, 60]), np.array([170, 150, 90])
+    return stripes * green + (1 - stripes) * brown + rng.normal(0, 6, (size, size, 1))
+
+
+def _forest(rng, size):
+    canopy = 0.5 * _smooth_noise(rng, size, max(2, size // 6)) + 0.5 * rng.random((size, size))
+    dark, light = np.array([20, 60, 25]), np.array([60, 110, 50])
+    return dark + canopy[..., None] * (light - dark)
+
+
+def _residential(rng, size):
+    street = np.array([110, 110, 115])
+    image = np.broadcast_to(street, (size, size, 3)).astype(float).copy()
+    block = max(6, size // 6)
+    gap = max(2, block // 4)
+    offset = rng.integers(0, block)
+    for top in range(-offset, size, block):
+        for left in range(-offset, size, block):
+            roof = rng.choice([[180, 70, 60], [200, 200, 195], [150, 90, 70]])
+            image[max(top + gap, 0) : max(top + block, 0), max(left + gap, 0) : max(left + block, 0)] = roof
+    return image + rng.normal(0, 5, (size, size, 1))
+
+
+def _water(rng, size):
+    waves = _smooth_noise(rng, size, 3)
+    deep, shallow = np.array([20, 50, 100]), np.array([40, 90, 140])
+    return deep + waves[..., None] * (shallow - deep) + rng.normal(0, 2, (size, size, 1))
+
+
+def _storage_tank(rng, size):
+    image = _bare_ground(rng, size)
+    radius = rng.uniform(0.14, 0.2) * size
+    cy, cx = rng.uniform(radius + 1, size - radius - 1, 2)
+    yy, xx = np.mgrid[0:size, 0:size]
+    distance = np.hypot(yy - cy, xx - cx)
+    shadow = np.hypot(yy - cy - 0.08 * size, xx - cx - 0.08 * size) < radius
+    image[shadow] = [60, 55, 50]
+    image[distance < radius] = [225, 228, 230]
+    image[(distance < radius) & (distance > 0.8 * radius)] = [150, 155, 160]
+    return image
+
+
+_RENDERERS = {
+    "BareLand": _bare_ground,
+    "Farmland": _farmland,
+    "Forest": _forest,
+    "Residential": _residential,
+    "StorageTank": _storage_tank,
+    "Water": _water,
+}
+
+
+def render_scene(class_name, size, rng):
+    """One size×size×3 uint8 scene of `class_name` (one of SYNTHETIC_CLASSES)."""
+    image = _RENDERERS[class_name](rng, size)
+    return np.clip(np.rint(image), 0, 255).astype(np.uint8)
+
+
+def make_scene_folder(folder, per_class=40, size=64, seed=0, classes=SYNTHETIC_CLASSES, progress=None):
+    """Write a folder-per-class dataset (AID's layout) of PNG scenes; returns the file count."""
+    from osgeo import gdal
+
+    rng = np.random.default_rng(seed)
+    total = len(classes) * per_class
+    for class_index, class_name in enumerate(classes):
+        class_folder = os.path.join(folder, class_name)
+        os.makedirs(class_folder, exist_ok=True)
+        for n in range(per_class):
+            image = render_scene(class_name, size, rng)
+            memory = gdal.GetDriverByName("MEM").Create("", size, size, 3, gdal.GDT_Byte)
+            for band in range(3):
+                memory.GetRasterBand(band + 1).WriteArray(image[..., band])
+            gdal.GetDriverByName("PNG").CreateCopy(os.path.join(class_folder, f"{class_name}_{n + 1}.png"), memory)
+            if progress is not None:
+                progress.check_cancel()
+                progress.fraction((class_index * per_class + n + 1) / total)
+    return total
+
+
+def make_scene_mosaic(path, rows=4, cols=6, scene_px=64, pixel_size=2.0, origin=(500000.0, 5600000.0), epsg=32633, seed=0, classes=SYNTHETIC_CLASSES):
+    """Write a georeferenced GeoTIFF mosaic of rows×cols synthetic scenes (north-up, UTM by default).
+
+    Returns the ground truth: a list of dicts with row, col, class_name and the scene's pixel window
+    and map bounds, so tests and the demo know exactly what lies where.
+    """
+    from osgeo import gdal, osr
+
+    rng = np.random.default_rng(seed)
+    labels = [classes[i % len(classes)] for i in rng.permutation(rows * cols)]
+    driver = gdal.GetDriverByName("GTiff")
+    dataset = driver.Create(path, cols * scene_px, rows * scene_px, 3, gdal.GDT_Byte, ["COMPRESS=DEFLATE", "TILED=YES"])
+    x0, y0 = origin
+    dataset.SetGeoTransform((x0, pixel_size, 0.0, y0, 0.0, -pixel_size))
+    srs = osr.SpatialReference()
+    srs.ImportFromEPSG(epsg)
+    dataset.SetProjection(srs.ExportToWkt())
+    truth = []
+    for index, class_name in enumerate(labels):
+        row, col = divmod(index, cols)
+        image = render_scene(class_name, scene_px, rng)
+        for band in range(3):
+            dataset.GetRasterBand(band + 1).WriteArray(image[..., band], col * scene_px, row * scene_px)
+        left, top = x0 + col * scene_px * pixel_size, y0 - row * scene_px * pixel_size
+        truth.append(
+            {
+                "row": row,
+                "col": col,
+                "class_name": class_name,
+                "window": (col * scene_px, row * scene_px, scene_px, scene_px),
+                "bounds": (left, top - scene_px * pixel_size, left + scene_px * pixel_size, top),
+            }
+        )
+    for band in range(3):
+        dataset.GetRasterBand(band + 1).SetColorInterpretation(gdal.GCI_RedBand + band)
+    dataset.FlushCache()
+    dataset = None
+    return truth
