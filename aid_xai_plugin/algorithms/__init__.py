@@ -1,0 +1,19 @@
+"""One module per Processing algorithm; the provider instantiates every class listed here."""
+
+
+def all_algorithms():
+    from .classify import ClassifyAlgorithm
+    from .evaluate import EvaluateAlgorithm
+    from .explain import ExplainAlgorithm
+    from .synthetic_mosaic import SyntheticMosaicAlgorithm
+    from .synthetic_scenes import SyntheticScenesAlgorithm
+    from .train import TrainAlgorithm
+
+    return [
+        TrainAlgorithm(),
+        EvaluateAlgorithm(),
+        ClassifyAlgorithm(),
+        ExplainAlgorithm(),
+        SyntheticScenesAlgorithm(),
+        SyntheticMosaicAlgorithm(),
+    ]

@@ -1,0 +1,66 @@
+"""The engine interface: explain one model-input tile for chosen classes.
+
+An engine receives the tile exactly as the model sees it (H×W×C float32 in [0, 1], channels last),
+the `Classifier`, the class indices to explain, a masker spec and shap's settings, and returns
+SHAP values per model-input pixel and channel. The explain algorithm depends only on this, so a
+faster engine can replace shap without touching it.
+"""
+
+import dataclasses
+import re
+
+import numpy as np
+
+from ..errors import AidXaiError
+
+
+@dataclasses.dataclass
+class TileExplanation:
+    values: np.ndarray  # H×W×C×K SHAP values on model-input pixels (probability units)
+    base_values: np.ndarray  # K: f(fully masked tile)
+    output_values: np.ndarray  # K: f(tile)
+    class_indices: np.ndarray  # K: which model outputs were explained
+
+
+@dataclasses.dataclass(frozen=True)
+class ExplainSettings:
+    masker: str = "blur(256,256)"
+    max_evals: int = 500
+    batch_size: int = 128
+    seed: int = 0
+
+
+_BLUR = re.compile(r"^blur\(\s*(\d+)\s*,\s*(\d+)\s*\)$")
+
+
+def masker_value(spec):
+    """A masker spec ('blur(k,k)', 'inpaint_telea', 'inpaint_ns' or a constant in [0, 1]) as the
+    `mask_value` of shap's Image masker; anything else is a clear error."""
+    text = str(spec).strip().lower().replace(" ", "")
+    match = _BLUR.match(text)
+    if match:
+        if int(match.group(1)) < 1 or int(match.group(2)) < 1:
+            raise AidXaiError(f"MASKER '{spec}': blur kernel sizes must be at least 1.")
+        return f"blur({int(match.group(1))},{int(match.group(2))})"
+    if text in ("inpaint_telea", "inpaint_ns"):
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise AidXaiError(
+            f"MASKER '{spec}' is not understood; use blur(k,k) (e.g. blur(256,256)), inpaint_telea, inpaint_ns, or a constant such as 0.5 (model-input scale 0..1)."
+        ) from None
+
+
+def shap_image_masker(spec, shape):
+    import shap
+
+    return shap.maskers.Image(masker_value(spec), shape)
+
+
+class ExplanationEngine:
+    name = ""
+
+    def explain(self, image_hwc, classifier, class_indices, settings):
+        """Return a TileExplanation for `image_hwc` and the outputs `class_indices`."""
+        raise NotImplementedError

@@ -1,0 +1,27 @@
+"""The reference engine: shap's PartitionExplainer with an Image masker, called as the source does."""
+
+import numpy as np
+
+from .engine import ExplanationEngine, TileExplanation, shap_image_masker
+
+
+class ShapPartitionEngine(ExplanationEngine):
+    name = "shap"
+
+    def explain(self, image_hwc, classifier, class_indices, settings):
+        import shap
+
+        image_hwc = np.asarray(image_hwc, dtype=np.float32)
+        masker = shap_image_masker(settings.masker, image_hwc.shape)
+
+        def predict(batch_nhwc):  # shap hands channels-last arrays; the Classifier transposes for torch
+            return classifier.predict_probabilities(batch_nhwc, batch_size=settings.batch_size)
+
+        explainer = shap.PartitionExplainer(predict, masker)
+        indices = np.asarray(class_indices, dtype=int)
+        np.random.seed(settings.seed)  # shap breaks priority ties with numpy's global RNG
+        result = explainer(image_hwc[None], max_evals=settings.max_evals, batch_size=settings.batch_size, outputs=indices, silent=True)
+        values = np.asarray(result.values[0], dtype=np.float64).reshape(image_hwc.shape + (len(indices),))
+        base_values = np.asarray(result.base_values[0], dtype=np.float64).reshape(len(indices))
+        output_values = classifier.predict_probabilities(image_hwc[None])[0][indices].astype(np.float64)
+        return TileExplanation(values=values, base_values=base_values, output_values=output_values, class_indices=indices)
