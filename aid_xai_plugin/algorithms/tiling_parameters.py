@@ -1,0 +1,71 @@
+"""Raster, model and tiling parameters shared by classify and explain (one definition, one reader)."""
+
+from qgis.core import (
+    QgsProcessingParameterEnum,
+    QgsProcessingParameterExtent,
+    QgsProcessingParameterFile,
+    QgsProcessingParameterNumber,
+    QgsProcessingParameterRasterLayer,
+    QgsProcessingParameterString,
+    QgsUnitTypes,
+)
+
+from ..core.raster_io import SCALING_HELP
+from ..core.tile_source import DEFAULT_MIN_VALID_FRACTION, TilingOptions
+
+TILE_UNITS = ["pixels", "map units", "metres"]
+MODEL_FILTER = "AID-XAI model (*.aidx.pt *.pt);;All files (*.*)"
+
+
+def add_raster_and_model_parameters(algorithm):
+    algorithm.addParameter(QgsProcessingParameterRasterLayer("INPUT", "Input raster"))
+    algorithm.addParameter(QgsProcessingParameterFile("MODEL", "Model file (from Train)", fileFilter=MODEL_FILTER))
+
+
+def add_tiling_parameters(algorithm, default_batch=32):
+    advanced = []
+    algorithm.addParameter(
+        QgsProcessingParameterNumber("TILE_SIZE", "Tile size (0 = the model's input size in source pixels)", QgsProcessingParameterNumber.Double, 0.0, minValue=0.0)
+    )
+    algorithm.addParameter(QgsProcessingParameterEnum("TILE_UNIT", "Tile size and stride unit", TILE_UNITS, defaultValue=0))
+    algorithm.addParameter(
+        QgsProcessingParameterNumber("STRIDE", "Stride between tiles (0 = tile size, no overlap)", QgsProcessingParameterNumber.Double, 0.0, minValue=0.0)
+    )
+    algorithm.addParameter(QgsProcessingParameterExtent("EXTENT", "Processing extent (empty = whole raster)", optional=True))
+    advanced.append(QgsProcessingParameterString("BANDS", "Bands in model order, e.g. 1,2,3 (empty = as recorded in the model)", optional=True))
+    advanced.append(QgsProcessingParameterString("SCALING", f"Value scaling to 0..1: {SCALING_HELP}", defaultValue="auto"))
+    advanced.append(
+        QgsProcessingParameterNumber(
+            "MIN_VALID_FRACTION",
+            "Minimum fraction of valid (not nodata/alpha/outside) pixels for a tile to be used",
+            QgsProcessingParameterNumber.Double,
+            DEFAULT_MIN_VALID_FRACTION,
+            minValue=0.0,
+            maxValue=1.0,
+        )
+    )
+    advanced.append(QgsProcessingParameterNumber("BATCH_SIZE", "Batch size (tiles per model call)", QgsProcessingParameterNumber.Integer, default_batch, minValue=1))
+    for parameter in advanced:
+        parameter.setFlags(parameter.flags() | parameter.FlagAdvanced)
+        algorithm.addParameter(parameter)
+
+
+def read_tiling_options(algorithm, parameters, context, layer):
+    crs = layer.crs()
+    extent = None
+    if parameters.get("EXTENT"):
+        rectangle = algorithm.parameterAsExtent(parameters, "EXTENT", context, crs)
+        if not rectangle.isNull() and not rectangle.isEmpty():
+            extent = (rectangle.xMinimum(), rectangle.yMinimum(), rectangle.xMaximum(), rectangle.yMaximum())
+    return TilingOptions(
+        tile_size=algorithm.parameterAsDouble(parameters, "TILE_SIZE", context),
+        tile_unit=TILE_UNITS[algorithm.parameterAsEnum(parameters, "TILE_UNIT", context)],
+        stride=algorithm.parameterAsDouble(parameters, "STRIDE", context),
+        extent=extent,
+        bands=algorithm.parameterAsString(parameters, "BANDS", context),
+        scaling=algorithm.parameterAsString(parameters, "SCALING", context) or "auto",
+        min_valid_fraction=algorithm.parameterAsDouble(parameters, "MIN_VALID_FRACTION", context),
+        is_geographic=crs.isGeographic(),
+        center_latitude=layer.extent().center().y(),
+        metres_per_map_unit=QgsUnitTypes.fromUnitToUnitFactor(crs.mapUnits(), QgsUnitTypes.DistanceMeters),
+    )

@@ -1,0 +1,186 @@
+"""Explain chosen tiles of a raster with partition SHAP and write the maps where the tiles lie.
+
+Value placement: an engine explains the tile as the model sees it (input_size² pixels). The SHAP
+raster is on the source's own pixel grid: each tile's channel-summed map is spread over the tile's
+source pixels by area overlap (each model-input pixel's value is divided among the source pixels it
+covers in proportion to the shared area). That mapping is exact when tile size = model input size,
+and it always preserves sums, so per tile and class Σ(SHAP raster over the tile) = f(x) − f(masked
+base) (SHAP's efficiency property) stays checkable from the written file. With overlapping tiles
+(stride < tile size), later tiles overwrite earlier ones where they overlap.
+"""
+
+import contextlib
+import dataclasses
+import time
+
+import numpy as np
+
+from .atomic import atomic_output, check_writable
+from .errors import AidXaiError
+from .explanation.engine import ExplainSettings, masker_value
+from .tile_source import TileSource, top_k
+from .vector_io import PolygonWriter
+
+SHAP_NODATA = -9999.0
+
+
+@dataclasses.dataclass
+class ExplainRequest:
+    # callable(tile footprint corners) → (selected, true label or ""); None → every tile of the grid
+    tile_selector: object = None
+    top_k: int = 4
+    class_names: list = None  # explain these classes instead of the top-k
+
+
+@dataclasses.dataclass
+class ExplainOutputs:
+    shap_raster: str = None
+    tile_table: str = None
+    report: str = None
+
+
+def make_engine(name):
+    if name == "shap":
+        from .explanation.shap_engine import ShapPartitionEngine
+
+        return ShapPartitionEngine()
+    if name == "fast":
+        from .explanation.fast_engine import FastPartitionEngine
+
+        return FastPartitionEngine()
+    raise AidXaiError(f"ENGINE '{name}' is unknown; use fast (default) or shap.")
+
+
+def area_weights(source_pixels, model_pixels):
+    """source_pixels × model_pixels matrix: share of each model pixel falling in each source pixel."""
+    edges = np.linspace(0.0, model_pixels, source_pixels + 1)
+    lower, upper = edges[:-1, None], edges[1:, None]
+    cells = np.arange(model_pixels)[None, :]
+    return np.clip(np.minimum(upper, cells + 1) - np.maximum(lower, cells), 0.0, None)
+
+
+def to_source_pixels(map_model, tile_h, tile_w):
+    """Spread a model-input-pixel map (S×S×K) over tile_h×tile_w source pixels, preserving sums."""
+    rows = area_weights(tile_h, map_model.shape[0])
+    cols = area_weights(tile_w, map_model.shape[1])
+    return np.einsum("is,stk,jt->ijk", rows, map_model, cols)
+
+
+def tiles_to_explain(source, request):
+    """[(tile, true label)] for the tiles the request selects."""
+    grid = source.grid
+    if request.tile_selector is None:
+        return [(tile, "") for tile in grid.tiles()]
+    chosen = []
+    for tile in grid.tiles():
+        selected, label = request.tile_selector(grid.footprint(tile))
+        if selected:
+            chosen.append((tile, label))
+    if not chosen:
+        raise AidXaiError("No tile lies under the chosen features; choose features over the raster (and inside the extent).")
+    return chosen
+
+
+def explain_raster(raster_path, model_path, options, request, settings, outputs, engine="fast", device="auto", progress=None):
+    source = TileSource(raster_path, model_path, options, device)
+    classifier, grid = source.classifier, source.grid
+    names = classifier.class_names
+    masker_value(settings.masker)
+    if settings.max_evals < 3:
+        raise AidXaiError("MAX_EVALS must be at least 3 (the masked and unmasked image take two).")
+    for path in (outputs.shap_raster, outputs.tile_table, outputs.report):
+        if path:
+            check_writable(path)
+    if request.class_names:
+        unknown = [name for name in request.class_names if name not in names]
+        if unknown:
+            raise AidXaiError(f"CLASSES {unknown} are not classes of this model; it knows: {', '.join(names)}.")
+        fixed_indices = np.array([names.index(name) for name in request.class_names])
+        band_names = list(request.class_names)
+    else:
+        fixed_indices = None
+        band_names = [f"rank {rank}" for rank in range(1, min(request.top_k, len(names)) + 1)]
+    tiles_and_labels = tiles_to_explain(source, request)
+    tiles = [tile for tile, _ in tiles_and_labels]
+    explainer = make_engine(engine)
+    _log_estimate(classifier, len(tiles), settings, engine, progress)
+
+    rows = [t.row for t in tiles]
+    cols = [t.col for t in tiles]
+    origin_x = grid.window[0] + min(cols) * grid.stride_x
+    origin_y = grid.window[1] + min(rows) * grid.stride_y
+    width = (max(cols) - min(cols)) * grid.stride_x + grid.tile_w
+    height = (max(rows) - min(rows)) * grid.stride_y + grid.tile_h
+    g = grid.geotransform
+    transform = (g[0] + origin_x * g[1] + origin_y * g[2], g[1], g[2], g[3] + origin_x * g[4] + origin_y * g[5], g[4], g[5])
+    tags = dict(source.provenance(), AIDXAI_ENGINE=engine, AIDXAI_MASKER=settings.masker, AIDXAI_MAX_EVALS=settings.max_evals, AIDXAI_BATCH_SIZE=settings.batch_size, AIDXAI_SEED=settings.seed, AIDXAI_MODE="classes" if fixed_indices is not None else f"top-{len(band_names)}")
+    explained = []
+    max_abs = 0.0
+    with contextlib.ExitStack() as stack:
+        dataset = writer = None
+        if outputs.shap_raster:
+            from osgeo import gdal
+
+            from .raster_io import create_geotiff
+
+            temporary = stack.enter_context(atomic_output(outputs.shap_raster))
+            dataset = create_geotiff(temporary, width, height, len(band_names), gdal.GDT_Float32, transform, source.projection, SHAP_NODATA, band_names, tags)
+        if outputs.tile_table:
+            fields = [("tile_id", int), ("row", int), ("col", int), ("rank", int), ("class_name", str), ("probability", float), ("base_value", float), ("shap_sum", float), ("label", str)]
+            writer = PolygonWriter(outputs.tile_table, source.projection, fields)
+        try:
+            for number, (tile, label) in enumerate(tiles_and_labels):
+                if progress:
+                    progress.check_cancel()
+                image, fraction = source.model_input(tile)
+                if fraction < options.min_valid_fraction or fraction == 0:
+                    if progress:
+                        progress.log(f"Tile row {tile.row}, col {tile.col} skipped: only {fraction:.0%} valid pixels.")
+                    continue
+                probabilities = classifier.predict_probabilities(image[None])[0]
+                indices = fixed_indices if fixed_indices is not None else top_k(probabilities[None], len(band_names))[0]
+                result = explainer.explain(image, classifier, indices, settings)
+                per_pixel = result.values.sum(axis=2)  # S×S×K: channels summed, as shap.image_plot shows
+                on_source = to_source_pixels(per_pixel, tile.window[3], tile.window[2]).astype(np.float32)
+                max_abs = max(max_abs, float(np.abs(on_source).max()))
+                if dataset is not None:
+                    x, y = tile.window[0] - origin_x, tile.window[1] - origin_y
+                    for band in range(len(band_names)):
+                        dataset.GetRasterBand(band + 1).WriteArray(on_source[..., band], x, y)
+                if writer is not None:
+                    for rank, class_index in enumerate(indices):
+                        writer.add(
+                            [tile.index, tile.row, tile.col, rank + 1, names[class_index], float(result.output_values[rank]), float(result.base_values[rank]), float(per_pixel[..., rank].sum()), label],
+                            grid.footprint(tile),
+                        )
+                explained.append({"tile": tile, "image": image, "values": per_pixel, "indices": indices, "probabilities": result.output_values, "base_values": result.base_values, "label": label})
+                if progress:
+                    progress.fraction((number + 1) / len(tiles))
+        except BaseException:
+            if writer is not None:
+                writer.close(success=False)
+            raise
+        if writer is not None:
+            writer.close()
+        dataset = None  # close before the file moves into place
+    if outputs.report and explained:
+        from .explanation_report import write_explanation_report
+
+        write_explanation_report(outputs.report, explained, names, settings, engine)
+    return {"explained": len(explained), "requested": len(tiles), "max_abs": max_abs, "band_names": band_names, "class_names": names}
+
+
+def _log_estimate(classifier, tile_count, settings, engine, progress):
+    """Time one model batch and extrapolate, so users see the cost before committing to it."""
+    if progress is None:
+        return
+    size, bands = classifier.info.input_size, classifier.info.num_bands
+    probe = np.random.default_rng(0).random((min(settings.batch_size, 32), size, size, bands), dtype=np.float32)
+    start = time.perf_counter()
+    classifier.predict_probabilities(probe, batch_size=len(probe))
+    per_eval = (time.perf_counter() - start) / len(probe)
+    seconds = tile_count * settings.max_evals * per_eval
+    overhead = " plus shap's own bookkeeping (often 2-4× more)" if engine == "shap" else ""
+    progress.log(
+        f"Explaining {tile_count} tile(s) × {settings.max_evals} evaluations with the {engine} engine: about {seconds:.0f} s of model time on {classifier.device}{overhead}. Fewer MAX_EVALS = coarser maps, faster."
+    )

@@ -1,0 +1,162 @@
+"""Reading model-ready tiles from any GDAL raster, and creating aligned GeoTIFF outputs.
+
+Tiles are read window by window (memory does not grow with the raster), validity comes from GDAL's
+mask bands (nodata, alpha, per-dataset masks), and values are scaled to [0, 1] the same way for
+every tile: 8-bit imagery by /255, other types by a per-band 2–98 % stretch sampled once from a
+decimated read, or by fixed min/max the user gives.
+"""
+
+import dataclasses
+import re
+
+import numpy as np
+
+from .errors import AidXaiError
+
+SCALING_HELP = (
+    "auto (8-bit: value/255; other types: per-band 2-98 % stretch), percentile(LOW,HIGH), "
+    "minmax(MIN,MAX) (same for all bands) or none (values already in 0..1)"
+)
+
+
+def open_raster(path):
+    from osgeo import gdal
+
+    gdal.UseExceptions()
+    try:
+        dataset = gdal.Open(path, gdal.GA_ReadOnly)
+    except RuntimeError as error:
+        raise AidXaiError(f"Cannot open raster '{path}': {error}. Give a GDAL-readable raster.") from error
+    if dataset is None:
+        raise AidXaiError(f"Cannot open raster '{path}'. Give a GDAL-readable raster.")
+    return dataset
+
+
+@dataclasses.dataclass
+class BandScaling:
+    """value01 = (value - offset) / span, clipped to [0, 1], per band."""
+
+    offsets: np.ndarray
+    spans: np.ndarray
+    description: str
+
+    def apply(self, values):
+        scaled = (values.astype(np.float32) - self.offsets) / self.spans
+        return np.clip(scaled, 0.0, 1.0, out=scaled)
+
+
+def check_bands(dataset, bands, model_bands):
+    count = dataset.RasterCount
+    if len(bands) != model_bands:
+        raise AidXaiError(
+            f"The model expects {model_bands} band(s) but BANDS selects {len(bands)} ({bands}); choose {model_bands} band numbers of the raster."
+        )
+    bad = [band for band in bands if band < 1 or band > count]
+    if bad:
+        raise AidXaiError(f"Band(s) {bad} do not exist: the raster has {count} band(s). Set BANDS to {model_bands} numbers between 1 and {count}.")
+
+
+def parse_bands(text, default):
+    if text is None or str(text).strip() == "":
+        return list(default)
+    try:
+        return [int(part) for part in re.split(r"[,\s]+", str(text).strip()) if part]
+    except ValueError:
+        raise AidXaiError(f"BANDS '{text}' must be band numbers separated by commas, e.g. 1,2,3.") from None
+
+
+def band_scaling(dataset, bands, spec, window):
+    """Work out the scaling for `bands` from `spec` (see SCALING_HELP) over the pixel `window`."""
+    from osgeo import gdal
+
+    text = (spec or "auto").strip().lower().replace(" ", "")
+    count = len(bands)
+    all_byte = all(dataset.GetRasterBand(b).DataType == gdal.GDT_Byte for b in bands)
+    if text == "none":
+        return BandScaling(np.zeros(count, np.float32), np.ones(count, np.float32), "none")
+    if text == "auto" and all_byte:
+        return BandScaling(np.zeros(count, np.float32), np.full(count, 255.0, np.float32), "8-bit/255")
+    match = re.match(r"^minmax\(([-+0-9.e]+),([-+0-9.e]+)\)$", text)
+    if match:
+        low, high = float(match.group(1)), float(match.group(2))
+        if high <= low:
+            raise AidXaiError(f"SCALING '{spec}': MAX must be greater than MIN.")
+        return BandScaling(np.full(count, low, np.float32), np.full(count, high - low, np.float32), f"minmax({low:g},{high:g})")
+    match = re.match(r"^percentile\(([0-9.]+),([0-9.]+)\)$", text)
+    if text == "auto" or match:
+        low_pct, high_pct = (2.0, 98.0) if text == "auto" else (float(match.group(1)), float(match.group(2)))
+        if not 0 <= low_pct < high_pct <= 100:
+            raise AidXaiError(f"SCALING '{spec}': percentiles must satisfy 0 <= LOW < HIGH <= 100.")
+        return _percentile_scaling(dataset, bands, window, low_pct, high_pct)
+    raise AidXaiError(f"SCALING '{spec}' is not understood; use {SCALING_HELP}.")
+
+
+def _percentile_scaling(dataset, bands, window, low_pct, high_pct, sample_side=1024):
+    """Percentiles from one decimated read (at most sample_side² pixels), masked pixels ignored."""
+    x, y, width, height = window
+    factor = max(1.0, max(width, height) / sample_side)
+    buf_w, buf_h = max(1, int(width / factor)), max(1, int(height / factor))
+    offsets, spans = [], []
+    for band_number in bands:
+        band = dataset.GetRasterBand(band_number)
+        values = band.ReadAsArray(x, y, width, height, buf_xsize=buf_w, buf_ysize=buf_h).astype(np.float64)
+        valid = band.GetMaskBand().ReadAsArray(x, y, width, height, buf_xsize=buf_w, buf_ysize=buf_h) > 0
+        sample = values[valid & np.isfinite(values)]
+        if sample.size == 0:
+            raise AidXaiError(f"Band {band_number} has no valid pixels in the processing extent; choose another extent or band.")
+        low, high = np.percentile(sample, [low_pct, high_pct])
+        offsets.append(low)
+        spans.append(max(high - low, 1e-12))
+    description = f"percentile({low_pct:g},{high_pct:g}) offsets={np.round(offsets, 6).tolist()} spans={np.round(spans, 6).tolist()}"
+    return BandScaling(np.asarray(offsets, np.float32), np.asarray(spans, np.float32), description)
+
+
+def read_tile(dataset, bands, window, scaling):
+    """Read pixel `window` (x, y, w, h; may reach past the raster) → (H×W×C float32 in [0, 1], valid H×W bool).
+
+    Pixels outside the raster or masked (nodata/alpha) are invalid and set to 0.
+    """
+    x, y, width, height = window
+    image = np.zeros((height, width, len(bands)), np.float32)
+    valid = np.zeros((height, width), bool)
+    x0, y0 = max(x, 0), max(y, 0)
+    x1, y1 = min(x + width, dataset.RasterXSize), min(y + height, dataset.RasterYSize)
+    if x1 <= x0 or y1 <= y0:
+        return image, valid
+    inside = (slice(y0 - y, y1 - y), slice(x0 - x, x1 - x))
+    raw = np.empty((y1 - y0, x1 - x0, len(bands)), np.float32)
+    mask = np.ones((y1 - y0, x1 - x0), bool)
+    for channel, band_number in enumerate(bands):
+        band = dataset.GetRasterBand(band_number)
+        raw[..., channel] = band.ReadAsArray(x0, y0, x1 - x0, y1 - y0)
+        mask &= band.GetMaskBand().ReadAsArray(x0, y0, x1 - x0, y1 - y0) > 0
+    mask &= np.isfinite(raw).all(axis=2)
+    scaled = scaling.apply(np.nan_to_num(raw))
+    scaled[~mask] = 0.0
+    image[inside] = scaled
+    valid[inside] = mask
+    return image, valid
+
+
+def create_geotiff(path, width, height, band_count, data_type, geotransform, projection, nodata=None, band_names=None, tags=None):
+    """A tiled, compressed GeoTIFF, ready to receive windows."""
+    from osgeo import gdal
+
+    options = ["COMPRESS=DEFLATE", "TILED=YES", "BIGTIFF=IF_SAFER"]
+    if data_type == gdal.GDT_Float32:
+        options.append("PREDICTOR=3")
+    dataset = gdal.GetDriverByName("GTiff").Create(path, width, height, band_count, data_type, options)
+    if dataset is None:
+        raise AidXaiError(f"Cannot create '{path}'; check the folder exists and is writable.")
+    dataset.SetGeoTransform(geotransform)
+    dataset.SetProjection(projection)
+    for index in range(band_count):
+        band = dataset.GetRasterBand(index + 1)
+        if nodata is not None:
+            band.SetNoDataValue(nodata)
+            band.Fill(nodata)
+        if band_names:
+            band.SetDescription(band_names[index])
+    if tags:
+        dataset.SetMetadata({key: str(value) for key, value in tags.items()})
+    return dataset

@@ -1,0 +1,97 @@
+"""Everything classify and explain share: model + raster + tile grid → model-ready tile batches."""
+
+import dataclasses
+
+import numpy as np
+
+from .errors import AidXaiError
+from .inference import Classifier
+from .model_file import load_model
+from .preprocess import resize_to_input
+from .raster_io import band_scaling, check_bands, open_raster, parse_bands, read_tile
+from .tiling import make_grid, tile_size_in_pixels
+
+DEFAULT_MIN_VALID_FRACTION = 0.5
+
+
+@dataclasses.dataclass
+class TilingOptions:
+    tile_size: float = 0  # 0 → the model's input size, in source pixels
+    tile_unit: str = "pixels"  # pixels | map units | metres
+    stride: float = 0  # 0 → tile size (no overlap); same unit as tile_size
+    extent: tuple = None  # (xmin, ymin, xmax, ymax) in the raster's CRS
+    bands: str = ""  # "1,2,3"; empty → the model's band order
+    scaling: str = "auto"
+    min_valid_fraction: float = DEFAULT_MIN_VALID_FRACTION
+    is_geographic: bool = False  # CRS facts from the caller (QGIS knows them best)
+    center_latitude: float = 0.0
+    metres_per_map_unit: float = 1.0
+
+
+class TileSource:
+    """Opens the raster and model once, then yields (tile, model-input image, valid fraction)."""
+
+    def __init__(self, raster_path, model_path, options, device="auto"):
+        self.options = options
+        self.dataset = open_raster(raster_path)
+        self.classifier = Classifier(load_model(model_path), device)
+        info = self.classifier.info
+        self.bands = parse_bands(options.bands, info.bands)
+        check_bands(self.dataset, self.bands, info.num_bands)
+        if not 0.0 <= options.min_valid_fraction <= 1.0:
+            raise AidXaiError("MIN_VALID_FRACTION must be between 0 and 1.")
+        geotransform = self.dataset.GetGeoTransform()
+        size = (self.dataset.RasterXSize, self.dataset.RasterYSize)
+        tile = self._pixels(options.tile_size or info.input_size, "pixels" if not options.tile_size else options.tile_unit, geotransform)
+        stride = self._pixels(options.stride, options.tile_unit, geotransform) if options.stride else None
+        self.grid = make_grid(geotransform, size, tile, stride, options.extent)
+        self.scaling = band_scaling(self.dataset, self.bands, options.scaling, self.grid.window)
+
+    def _pixels(self, value, unit, geotransform):
+        if unit == "metres" and not self.options.is_geographic:
+            value, unit = value / self.options.metres_per_map_unit, "map units"
+        return tile_size_in_pixels(value, unit, geotransform, self.options.is_geographic, self.options.center_latitude)
+
+    @property
+    def projection(self):
+        return self.dataset.GetProjection()
+
+    def model_input(self, tile):
+        """(model-input image size×size×C in [0, 1], fraction of valid source pixels)."""
+        image, valid = read_tile(self.dataset, self.bands, tile.window, self.scaling)
+        return resize_to_input(image, self.classifier.info.input_size), float(valid.mean())
+
+    def batches(self, tiles, batch_size):
+        """Yield lists of (tile, image, valid_fraction) for tiles with enough valid pixels; the
+        skipped ones come through with image None so callers can count and mark them."""
+        batch = []
+        for tile in tiles:
+            image, fraction = self.model_input(tile)
+            keep = fraction >= self.options.min_valid_fraction and fraction > 0
+            batch.append((tile, image if keep else None, fraction))
+            if len(batch) == batch_size:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+
+    def provenance(self):
+        from .. import __version__
+
+        grid = self.grid
+        return {
+            "AIDXAI_PLUGIN_VERSION": __version__,
+            "AIDXAI_MODEL_SHA256": self.classifier.sha256,
+            "AIDXAI_MODEL_CLASSES": ",".join(self.classifier.class_names),
+            "AIDXAI_TILE_SIZE_PX": f"{grid.tile_w}x{grid.tile_h}",
+            "AIDXAI_STRIDE_PX": f"{grid.stride_x}x{grid.stride_y}",
+            "AIDXAI_BANDS": ",".join(map(str, self.bands)),
+            "AIDXAI_SCALING": self.scaling.description,
+            "AIDXAI_MIN_VALID_FRACTION": self.options.min_valid_fraction,
+        }
+
+
+def top_k(probabilities, k):
+    """Indices of the k largest probabilities per row, most probable first."""
+    k = min(k, probabilities.shape[1])
+    return np.argsort(-probabilities, axis=1, kind="stable")[:, :k]

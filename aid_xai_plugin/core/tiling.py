@@ -1,0 +1,139 @@
+"""The tile grid: which source-pixel windows are classified/explained, and where results go.
+
+Tiles are tile_w×tile_h source pixels, stepped by stride_x/stride_y from the top-left of the
+processing window (the extent snapped outward to source pixel edges). The last row/column may reach
+past the window; pixels outside the raster count as invalid.
+
+Output cells: one cell per tile on a grid whose cell size is the stride (in source pixels). Cell
+(row, col) covers the stride-sized block centred in tile (row, col) (offset ⌊(tile−stride)/2⌋
+pixels), so cells never overlap, every cell edge lies on a source pixel edge, and with the default
+stride = tile size each cell is exactly its tile's footprint.
+"""
+
+import dataclasses
+import math
+
+from .errors import AidXaiError
+
+
+@dataclasses.dataclass(frozen=True)
+class Tile:
+    index: int
+    row: int
+    col: int
+    window: tuple  # (x, y, width, height) in source pixels
+
+
+@dataclasses.dataclass(frozen=True)
+class TileGrid:
+    window: tuple  # processing window (x, y, width, height) in source pixels
+    tile_w: int
+    tile_h: int
+    stride_x: int
+    stride_y: int
+    rows: int
+    cols: int
+    geotransform: tuple  # of the source raster
+
+    def tile(self, row, col):
+        x = self.window[0] + col * self.stride_x
+        y = self.window[1] + row * self.stride_y
+        return Tile(row * self.cols + col, row, col, (x, y, self.tile_w, self.tile_h))
+
+    def tiles(self):
+        for row in range(self.rows):
+            for col in range(self.cols):
+                yield self.tile(row, col)
+
+    def __len__(self):
+        return self.rows * self.cols
+
+    def pixel_to_map(self, px, py):
+        g = self.geotransform
+        return g[0] + px * g[1] + py * g[2], g[3] + px * g[4] + py * g[5]
+
+    def footprint(self, tile):
+        """The tile's corners in map coordinates (clockwise from top-left)."""
+        x, y, w, h = tile.window
+        return [self.pixel_to_map(x, y), self.pixel_to_map(x + w, y), self.pixel_to_map(x + w, y + h), self.pixel_to_map(x, y + h)]
+
+    @property
+    def cell_offset(self):
+        return (self.tile_w - self.stride_x) // 2, (self.tile_h - self.stride_y) // 2
+
+    def cell_geotransform(self):
+        """Geotransform of the one-cell-per-tile output grid (cell size = stride)."""
+        g = self.geotransform
+        off_x, off_y = self.cell_offset
+        x0, y0 = self.pixel_to_map(self.window[0] + off_x, self.window[1] + off_y)
+        return (x0, g[1] * self.stride_x, g[2] * self.stride_y, y0, g[4] * self.stride_x, g[5] * self.stride_y)
+
+    def pixel_grid_geotransform(self):
+        """Geotransform of an output on the source's own pixel grid covering the tiles' extent."""
+        g = self.geotransform
+        x0, y0 = self.pixel_to_map(self.window[0], self.window[1])
+        return (x0, g[1], g[2], y0, g[4], g[5])
+
+    @property
+    def pixel_extent_size(self):
+        """(width, height) in source pixels of the area all tiles cover."""
+        return (self.cols - 1) * self.stride_x + self.tile_w, (self.rows - 1) * self.stride_y + self.tile_h
+
+
+def pixel_window(geotransform, raster_size, extent=None):
+    """The raster's pixel window inside `extent` (xmin, ymin, xmax, ymax, in the raster's CRS),
+    snapped outward to whole pixels; the whole raster when `extent` is None."""
+    width, height = raster_size
+    if extent is None:
+        return (0, 0, width, height)
+    g = geotransform
+    if g[2] != 0 or g[4] != 0:
+        raise AidXaiError("A processing extent needs a north-up raster (no rotation terms); warp the raster first or leave the extent empty.")
+    xmin, ymin, xmax, ymax = extent
+    cols = sorted(((xmin - g[0]) / g[1], (xmax - g[0]) / g[1]))
+    rows = sorted(((ymax - g[3]) / g[5], (ymin - g[3]) / g[5]))
+    x0, x1 = max(0, math.floor(cols[0] + 1e-9)), min(width, math.ceil(cols[1] - 1e-9))
+    y0, y1 = max(0, math.floor(rows[0] + 1e-9)), min(height, math.ceil(rows[1] - 1e-9))
+    if x1 <= x0 or y1 <= y0:
+        raise AidXaiError("The processing extent does not overlap the raster; choose an extent inside the layer (or leave it empty for the whole raster).")
+    return (x0, y0, x1 - x0, y1 - y0)
+
+
+def make_grid(geotransform, raster_size, tile_size, stride=None, extent=None):
+    """`tile_size`/`stride`: (w, h) in source pixels; stride defaults to the tile size (no overlap)."""
+    tile_w, tile_h = (int(round(v)) for v in tile_size)
+    stride_x, stride_y = (int(round(v)) for v in (stride or (tile_w, tile_h)))
+    if tile_w < 1 or tile_h < 1:
+        raise AidXaiError("The tile size must be at least one source pixel.")
+    if not (1 <= stride_x <= tile_w and 1 <= stride_y <= tile_h):
+        raise AidXaiError(f"The stride ({stride_x}×{stride_y} px) must be between 1 pixel and the tile size ({tile_w}×{tile_h} px); tiles would leave gaps.")
+    window = pixel_window(geotransform, raster_size, extent)
+    if window[2] < tile_w or window[3] < tile_h:
+        raise AidXaiError(
+            f"The raster (or extent) is {window[2]}×{window[3]} px, smaller than one tile ({tile_w}×{tile_h} px); use a smaller tile size or a larger extent."
+        )
+    cols = math.ceil((window[2] - tile_w) / stride_x) + 1
+    rows = math.ceil((window[3] - tile_h) / stride_y) + 1
+    return TileGrid(window, tile_w, tile_h, stride_x, stride_y, rows, cols, tuple(geotransform))
+
+
+def tile_size_in_pixels(value, unit, geotransform, is_geographic, center_latitude=None):
+    """Convert a tile size given in 'pixels', 'map units' or 'metres' into (w, h) source pixels.
+
+    Metres on a geographic CRS use the local scale at the extent's centre latitude (WGS84 radius),
+    which is exact enough for scene-sized tiles; tiles then differ in width/height in pixels.
+    """
+    px_w, px_h = abs(geotransform[1]), abs(geotransform[5])
+    if unit == "pixels":
+        return (value, value)
+    if unit == "map units" or (unit == "metres" and not is_geographic):
+        w, h = value / px_w, value / px_h
+    elif unit == "metres":
+        metres_per_degree_lat = 111_132.95
+        metres_per_degree_lon = 111_319.49 * math.cos(math.radians(center_latitude))
+        w, h = value / (px_w * metres_per_degree_lon), value / (px_h * metres_per_degree_lat)
+    else:
+        raise AidXaiError(f"Unknown tile size unit '{unit}'; use pixels, map units or metres.")
+    if min(w, h) < 1:
+        raise AidXaiError(f"A tile of {value} {unit} is smaller than one source pixel; give a larger tile size.")
+    return (round(w), round(h))

@@ -1,0 +1,69 @@
+"""GeoPackage polygon layers written with OGR, feature by feature, under a temporary name."""
+
+import os
+
+from .atomic import atomic_output
+
+_OGR_TYPES = {int: "OFTInteger64", float: "OFTReal", str: "OFTString"}
+
+
+class PolygonWriter:
+    """Open with a path, CRS (WKT or 'EPSG:n') and [(name, python type)]; `add(values, corners)`."""
+
+    def __init__(self, path, crs, fields, layer_name=None):
+        from osgeo import ogr, osr
+
+        self._ogr = ogr
+        self._atomic = atomic_output(path)
+        temporary = self._atomic.__enter__()
+        driver_name = "ESRI Shapefile" if path.lower().endswith(".shp") else "GPKG"
+        self._dataset = ogr.GetDriverByName(driver_name).CreateDataSource(temporary)
+        srs = osr.SpatialReference()
+        srs.SetFromUserInput(crs)
+        srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+        name = layer_name or os.path.splitext(os.path.basename(path))[0]
+        self._layer = self._dataset.CreateLayer(name, srs, ogr.wkbPolygon)
+        for field_name, python_type in fields:
+            self._layer.CreateField(ogr.FieldDefn(field_name, getattr(ogr, _OGR_TYPES[python_type])))
+        self._field_names = [name for name, _ in fields]
+        self._layer.StartTransaction()
+
+    def add(self, values, corners):
+        """`corners`: polygon ring as (x, y) pairs, or a (xmin, ymin, xmax, ymax) box."""
+        ogr = self._ogr
+        if len(corners) == 4 and not hasattr(corners[0], "__len__"):
+            xmin, ymin, xmax, ymax = corners
+            corners = [(xmin, ymax), (xmax, ymax), (xmax, ymin), (xmin, ymin)]
+        ring = ogr.Geometry(ogr.wkbLinearRing)
+        for x, y in list(corners) + [corners[0]]:
+            ring.AddPoint_2D(float(x), float(y))
+        polygon = ogr.Geometry(ogr.wkbPolygon)
+        polygon.AddGeometry(ring)
+        feature = ogr.Feature(self._layer.GetLayerDefn())
+        for field_name, value in zip(self._field_names, values):
+            feature.SetField(field_name, value.item() if hasattr(value, "item") else value)
+        feature.SetGeometry(polygon)
+        self._layer.CreateFeature(feature)
+
+    def close(self, success=True):
+        if self._dataset is not None:
+            if success:
+                self._layer.CommitTransaction()
+            self._layer = None
+            self._dataset = None
+            if success:
+                self._atomic.__exit__(None, None, None)
+            else:
+                self._atomic.__exit__(RuntimeError, RuntimeError(), None)
+
+
+def write_polygons(path, crs, fields, records):
+    """Write [(values, corners)] as a polygon layer in one go."""
+    writer = PolygonWriter(path, crs, fields)
+    try:
+        for values, corners in records:
+            writer.add(values, corners)
+    except BaseException:
+        writer.close(success=False)
+        raise
+    writer.close()

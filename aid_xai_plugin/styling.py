@@ -1,0 +1,102 @@
+"""QML styles for AID-XAI outputs, written as `<name>.qml` sidecars and applied on load.
+
+qgis_process runs no layer post-processors, so every styled output also gets a sidecar QML next to
+it (QGIS picks it up when the file is opened); inside QGIS a post-processor applies the same file.
+"""
+
+import os
+
+from qgis.core import (
+    QgsCategorizedSymbolRenderer,
+    QgsColorRampShader,
+    QgsFillSymbol,
+    QgsPalettedRasterRenderer,
+    QgsProcessingLayerPostProcessorInterface,
+    QgsRasterLayer,
+    QgsRasterShader,
+    QgsRendererCategory,
+    QgsSingleBandPseudoColorRenderer,
+    QgsVectorLayer,
+)
+from qgis.PyQt.QtGui import QColor
+
+from .core.palette import class_colors
+
+_POST_PROCESSORS = []  # QGIS holds post-processors weakly: keep them alive here
+
+
+def sidecar_path(path):
+    return os.path.splitext(path)[0] + ".qml"
+
+
+def _save(layer, path):
+    qml = sidecar_path(path)
+    message, ok = layer.saveNamedStyle(qml)
+    if not ok:
+        raise OSError(f"Could not write the style '{qml}': {message}")
+    return qml
+
+
+def style_class_raster(path, class_names):
+    layer = QgsRasterLayer(path, "classes", "gdal")
+    classes = [
+        QgsPalettedRasterRenderer.Class(index, QColor(*color), name)
+        for index, (name, color) in enumerate(zip(class_names, class_colors(len(class_names))))
+    ]
+    layer.setRenderer(QgsPalettedRasterRenderer(layer.dataProvider(), 1, classes))
+    return _save(layer, path)
+
+
+def style_tile_layer(path, class_names, field="class_name"):
+    layer = QgsVectorLayer(path, "tiles", "ogr")
+    categories = []
+    for name, (r, g, b) in zip(class_names, class_colors(len(class_names))):
+        symbol = QgsFillSymbol.createSimple({"color": f"{r},{g},{b},90", "outline_color": f"{r},{g},{b},255", "outline_width": "0.4"})
+        categories.append(QgsRendererCategory(name, symbol, name))
+    layer.setRenderer(QgsCategorizedSymbolRenderer(field, categories))
+    return _save(layer, path)
+
+
+def style_shap_raster(path, max_abs, band=1):
+    """Diverging blue (pushes the class down) – transparent near 0 – red (pushes it up), symmetric."""
+    layer = QgsRasterLayer(path, "shap", "gdal")
+    m = max(float(max_abs), 1e-12)
+    ramp = QgsColorRampShader(-m, m)
+    ramp.setColorRampType(QgsColorRampShader.Interpolated)
+    ramp.setColorRampItemList(
+        [
+            QgsColorRampShader.ColorRampItem(-m, QColor(5, 48, 97, 255), f"{-m:.3g} (pushes down)"),
+            QgsColorRampShader.ColorRampItem(-0.5 * m, QColor(67, 147, 195, 200), ""),
+            QgsColorRampShader.ColorRampItem(-0.08 * m, QColor(209, 229, 240, 0), ""),
+            QgsColorRampShader.ColorRampItem(0.0, QColor(255, 255, 255, 0), "0"),
+            QgsColorRampShader.ColorRampItem(0.08 * m, QColor(253, 219, 199, 0), ""),
+            QgsColorRampShader.ColorRampItem(0.5 * m, QColor(214, 96, 77, 200), ""),
+            QgsColorRampShader.ColorRampItem(m, QColor(103, 0, 31, 255), f"{m:.3g} (pushes up)"),
+        ]
+    )
+    shader = QgsRasterShader()
+    shader.setRasterShaderFunction(ramp)
+    renderer = QgsSingleBandPseudoColorRenderer(layer.dataProvider(), band, shader)
+    renderer.setClassificationMin(-m)
+    renderer.setClassificationMax(m)
+    layer.setRenderer(renderer)
+    return _save(layer, path)
+
+
+class _ApplyQml(QgsProcessingLayerPostProcessorInterface):
+    def __init__(self, qml):
+        super().__init__()
+        self.qml = qml
+
+    def postProcessLayer(self, layer, context, feedback):  # noqa: N802
+        if layer is not None and os.path.exists(self.qml):
+            layer.loadNamedStyle(self.qml)
+            layer.triggerRepaint()
+
+
+def apply_on_load(context, output_path, qml):
+    """When QGIS will load `output_path` after the run, style it with `qml`."""
+    if context.willLoadLayerOnCompletion(output_path):
+        post_processor = _ApplyQml(qml)
+        _POST_PROCESSORS.append(post_processor)
+        context.layerToLoadOnCompletionDetails(output_path).setPostProcessor(post_processor)
