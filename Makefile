@@ -4,7 +4,7 @@ ROOT := $(abspath .)
 VENV := $(ROOT)/.venv
 QGIS_DIR := $(ROOT)/.qgis
 PLUGIN_NAME := aid_xai
-SYSTEM_PACKAGES := qgis python3-qgis qgis-providers python3-gdal gdal-bin python3-rasterio python3-venv python3-pip
+SYSTEM_PACKAGES := qgis python3-qgis qgis-providers python3-gdal gdal-bin python3-rasterio python3-venv python3-pip zip unzip
 export QT_QPA_PLATFORM := offscreen
 
 .PHONY: setup system venv plugin demo test zip install-user clean
@@ -37,11 +37,11 @@ test: setup
 	$(VENV)/bin/python -m pytest -q tests
 
 zip: venv
-	rm -rf zip_build && $(VENV)/bin/pb_tool zip -q
+	rm -rf build/deploy aid_xai.zip && $(VENV)/bin/pb_tool zip -q -n -p build/deploy
 
 # Install into your own QGIS desktop profile (default profile unless QGIS_PROFILE_DIR is set).
 install-user: venv
 	$(VENV)/bin/pb_tool deploy -y -p "$${QGIS_PROFILE_DIR:-$$HOME/.local/share/QGIS/QGIS3/profiles/default}/python/plugins"
 
 clean:
-	rm -rf $(QGIS_DIR) zip_build demo_output .pytest_cache
+	rm -rf $(QGIS_DIR) build aid_xai.zip demo_output .pytest_cache

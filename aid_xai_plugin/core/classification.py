@@ -118,7 +118,8 @@ def classify_raster(raster_path, model_path, options, outputs, k=4, batch_size=3
             raise
         if tile_writer:
             tile_writer.close()
-        class_dataset = class_band = probability_dataset = None  # closes the GeoTIFFs before they move into place
+        class_band = None
+        class_dataset = probability_dataset = None  # closes the GeoTIFFs before they move into place
     summary = {
         "tiles": len(grid),
         "classified": int(histogram.sum()),

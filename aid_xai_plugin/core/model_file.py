@@ -76,6 +76,9 @@ def load_model(path, device="cpu"):
 
     if not os.path.isfile(path):
         raise AidXaiError(f"Model file '{path}' does not exist; train one with aid_xai:train or give the path of a {MODEL_EXTENSION} file.")
+    with open(path, "rb") as stream:
+        if stream.read(2) != b"PK":
+            raise AidXaiError(f"Model file '{path}' cannot be read: it is not a torch archive (an AID-XAI model file is one). Give a {MODEL_EXTENSION} file written by aid_xai:train.")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:

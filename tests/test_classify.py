@@ -1,0 +1,235 @@
+"""aid_xai:classify on georeferenced mosaics with known ground truth, read back with rasterio."""
+
+import os
+
+import numpy as np
+import pytest
+import rasterio
+from conftest import AID150, requires_aid150, run_algorithm_json
+
+from aid_xai_plugin.core.classification import ClassifyOutputs, classify_raster
+from aid_xai_plugin.core.synthetic import make_scene_mosaic
+from aid_xai_plugin.core.tile_source import TilingOptions
+
+
+@pytest.fixture(scope="module")
+def mosaic(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("mosaic") / "mosaic.tif")
+    truth = make_scene_mosaic(path, rows=4, cols=6, scene_px=64, pixel_size=2.0, seed=5)
+    return path, truth
+
+
+def _read_tile_layer(path):
+    from osgeo import ogr
+
+    dataset = ogr.Open(path)
+    layer = dataset.GetLayer(0)
+    rows = []
+    for feature in layer:
+        envelope = feature.GetGeometryRef().GetEnvelope()  # (xmin, xmax, ymin, ymax)
+        rows.append({**feature.items(), "bounds": (envelope[0], envelope[2], envelope[1], envelope[3])})
+    return rows
+
+
+def assert_aligned_and_accurate(class_path, tiles_path, source_path, truth):
+    """≥ 90 % of tiles right, and every output cell/polygon exactly on its scene's footprint."""
+    with rasterio.open(source_path) as source, rasterio.open(class_path) as classes:
+        assert classes.crs == source.crs
+        assert classes.transform.a == pytest.approx(source.transform.a * 64) and classes.transform.e == pytest.approx(source.transform.e * 64)
+        assert (classes.transform.c, classes.transform.f) == (source.transform.c, source.transform.f)
+        values = classes.read(1)
+        correct = 0
+        for scene in truth:
+            window = rasterio.windows.Window(scene["col"], scene["row"], 1, 1)
+            assert tuple(rasterio.windows.bounds(window, classes.transform)) == pytest.approx(scene["bounds"])
+            correct += values[scene["row"], scene["col"]] == _class_index(class_path, scene["class_name"])
+        assert correct / len(truth) >= 0.9, f"{correct}/{len(truth)} tiles correct"
+    tiles = _read_tile_layer(tiles_path)
+    assert len(tiles) == len(truth)
+    by_position = {(t["row"], t["col"]): t for t in tiles}
+    for scene in truth:
+        tile = by_position[(scene["row"], scene["col"])]
+        assert tile["bounds"] == pytest.approx(scene["bounds"])
+        assert 0 <= tile["margin"] <= 1 and 0 <= tile["entropy"] <= 1
+    assert sum(by_position[(s["row"], s["col"])]["class_name"] == s["class_name"] for s in truth) / len(truth) >= 0.9
+
+
+def _class_index(class_path, name):
+    from osgeo import gdal
+
+    return gdal.Info(class_path, format="json")["bands"][0]["categories"].index(name)
+
+
+def test_core_classify_is_accurate_and_aligned(mosaic, synthetic_model, tmp_path):
+    path, truth = mosaic
+    outputs = ClassifyOutputs(str(tmp_path / "classes.tif"), str(tmp_path / "probabilities.tif"), str(tmp_path / "tiles.gpkg"))
+    summary = classify_raster(path, synthetic_model, TilingOptions(), outputs, k=3, batch_size=8)
+    assert summary["classified"] == 24 and summary["skipped"] == 0
+    assert_aligned_and_accurate(outputs.class_raster, outputs.tile_layer, path, truth)
+    with rasterio.open(outputs.probability_raster) as probabilities:
+        assert probabilities.descriptions == tuple(summary["class_names"])
+        assert np.allclose(probabilities.read().sum(axis=0), 1.0, atol=1e-5)
+        tags = probabilities.tags()
+        assert tags["AIDXAI_TILE_SIZE_PX"] == "64x64" and len(tags["AIDXAI_MODEL_SHA256"]) == 64
+    assert not [name for name in os.listdir(tmp_path) if "partial" in name]
+
+
+def test_qgis_process_classify_writes_aligned_styled_layers(mosaic, synthetic_model, tmp_path):
+    path, truth = mosaic
+    result = run_algorithm_json(
+        "aid_xai:classify",
+        {
+            "INPUT": path,
+            "MODEL": synthetic_model,
+            "OUTPUT_CLASSES": tmp_path / "classes.tif",
+            "OUTPUT_PROBABILITIES": tmp_path / "probabilities.tif",
+            "OUTPUT_TILES": tmp_path / "tiles.gpkg",
+        },
+    )["results"]
+    assert result["TILES_CLASSIFIED"] == 24
+    assert_aligned_and_accurate(result["OUTPUT_CLASSES"], result["OUTPUT_TILES"], path, truth)
+    for sidecar in ("classes.qml", "tiles.qml"):
+        assert "<qgis" in (tmp_path / sidecar).read_text()
+    assert "paletted" in (tmp_path / "classes.qml").read_text()
+
+
+def test_processing_run_loads_layers_with_styles(aid_xai_provider, mosaic, synthetic_model, tmp_path):
+    import processing
+    from qgis.core import QgsProject
+
+    path, _ = mosaic
+    QgsProject.instance().removeAllMapLayers()
+    processing.runAndLoadResults(
+        "aid_xai:classify",
+        {"INPUT": path, "MODEL": synthetic_model, "OUTPUT_CLASSES": str(tmp_path / "c.tif"), "OUTPUT_PROBABILITIES": str(tmp_path / "p.tif"), "OUTPUT_TILES": str(tmp_path / "t.gpkg")},
+    )
+    layers = {layer.source().split("|")[0]: layer for layer in QgsProject.instance().mapLayers().values()}
+    assert layers[str(tmp_path / "c.tif")].renderer().type() == "paletted"
+    assert layers[str(tmp_path / "t.gpkg")].renderer().type() == "categorizedSymbol"
+    QgsProject.instance().removeAllMapLayers()
+
+
+def test_sixteen_bit_and_rgba_inputs(mosaic, synthetic_model, tmp_path):
+    """A 16-bit copy scaled by fixed min/max classifies like the 8-bit original; alpha = mask."""
+    from osgeo import gdal
+
+    path, truth = mosaic
+    source = gdal.Open(path)
+    data = source.ReadAsArray().astype(np.uint16) * 257
+    sixteen = gdal.GetDriverByName("GTiff").Create(str(tmp_path / "u16.tif"), source.RasterXSize, source.RasterYSize, 4, gdal.GDT_UInt16)
+    sixteen.SetGeoTransform(source.GetGeoTransform())
+    sixteen.SetProjection(source.GetProjection())
+    alpha = np.full(data.shape[1:], 65535, np.uint16)
+    alpha[:64, :64] = 0  # the first scene is masked out entirely
+    for band in range(3):
+        sixteen.GetRasterBand(band + 1).WriteArray(data[band])
+    sixteen.GetRasterBand(4).WriteArray(alpha)
+    sixteen.GetRasterBand(4).SetColorInterpretation(gdal.GCI_AlphaBand)
+    sixteen = None
+    reference = ClassifyOutputs(class_raster=str(tmp_path / "ref.tif"))
+    classify_raster(path, synthetic_model, TilingOptions(), reference)
+    scaled = ClassifyOutputs(class_raster=str(tmp_path / "u16_classes.tif"))
+    summary = classify_raster(str(tmp_path / "u16.tif"), synthetic_model, TilingOptions(bands="1,2,3", scaling="minmax(0,65535)"), scaled)
+    assert summary["skipped"] == 1
+    expected = gdal.Open(reference.class_raster).ReadAsArray()
+    got = gdal.Open(scaled.class_raster).ReadAsArray()
+    assert got[0, 0] == 255
+    got[0, 0] = expected[0, 0]
+    assert np.array_equal(expected, got)
+
+
+def test_geographic_crs_with_tile_size_in_metres(synthetic_model, tmp_path):
+    from osgeo import gdal, osr
+
+    path = str(tmp_path / "geo.tif")
+    truth = make_scene_mosaic(path, rows=2, cols=3, scene_px=64, pixel_size=2.0, epsg=32633, seed=3)
+    geographic = str(tmp_path / "geo4326.tif")
+    srs = osr.SpatialReference()
+    srs.ImportFromEPSG(4326)
+    # Put the same pixels on a lat/lon grid with ~2 m pixels at 52° N: 64 px ≈ 128 m.
+    dataset = gdal.Translate(geographic, path, outputSRS="EPSG:4326", outputBounds=[15.0, 52.0 + 2 * 64 * 2 / 111132.95, 15.0 + 3 * 64 * 2 / (111319.49 * np.cos(np.radians(52.0))), 52.0])
+    dataset = None
+    outputs = ClassifyOutputs(class_raster=str(tmp_path / "geo_classes.tif"))
+    summary = classify_raster(geographic, synthetic_model, TilingOptions(tile_size=128, tile_unit="metres", is_geographic=True, center_latitude=52.0), outputs)
+    assert summary["tile_px"] == (64, 64) and summary["classified"] == 6
+    assert summary["class_counts"] and sum(summary["class_counts"].values()) == len(truth)
+
+
+@pytest.mark.parametrize(
+    "parameters, message",
+    [
+        ({"TILE_SIZE": 100000}, "smaller than one tile"),
+        ({"EXTENT": "0,10,0,10 [EPSG:32633]"}, "does not overlap"),
+        ({"BANDS": "1,2"}, "expects 3 band"),
+        ({"MODEL": "/nonexistent/model.aidx.pt"}, "does not exist"),
+        ({"OUTPUT_CLASSES": "/proc/forbidden/classes.tif"}, "writable"),
+    ],
+)
+def test_bad_inputs_give_clear_errors(aid_xai_provider, mosaic, synthetic_model, tmp_path, parameters, message):
+    import processing
+    from qgis.core import QgsProcessingException, QgsProcessingFeedback
+
+    class Errors(QgsProcessingFeedback):
+        text = ""
+
+        def reportError(self, error, fatalError=False):  # noqa: N802
+            Errors.text += error
+
+    path, _ = mosaic
+    base = {"INPUT": path, "MODEL": synthetic_model, "OUTPUT_CLASSES": str(tmp_path / "c.tif"), "OUTPUT_PROBABILITIES": "TEMPORARY_OUTPUT", "OUTPUT_TILES": "TEMPORARY_OUTPUT"}
+    Errors.text = ""
+    with pytest.raises(QgsProcessingException):
+        processing.run("aid_xai:classify", {**base, **parameters}, feedback=Errors())
+    assert message in Errors.text
+    assert not os.path.exists(tmp_path / "c.tif")
+
+
+def test_invalid_model_file_is_refused(aid_xai_provider, mosaic, tmp_path):
+    from aid_xai_plugin.core.errors import AidXaiError
+
+    bogus = tmp_path / "bogus.aidx.pt"
+    bogus.write_bytes(b"not a model")
+    with pytest.raises(AidXaiError, match="cannot be read"):
+        classify_raster(mosaic[0], str(bogus), TilingOptions(), ClassifyOutputs(class_raster=str(tmp_path / "c.tif")))
+
+
+@requires_aid150
+def test_aid_mosaic_predictions_equal_direct_predictions(tmp_path):
+    """Real AID scenes placed in a GeoTIFF: the raster path gives the same probabilities as loading
+    the images directly (same resize, same scaling), so it adds no error."""
+    import torch
+    from osgeo import gdal, osr
+    from PIL import Image
+
+    from aid_xai_plugin.core.inference import Classifier
+    from aid_xai_plugin.core.model import Net
+    from aid_xai_plugin.core.model_file import ModelInfo, load_model, save_model
+    from aid_xai_plugin.core.preprocess import load_image_file
+
+    classes = sorted(os.listdir(AID150))
+    classes = [c for c in classes if os.path.isdir(os.path.join(AID150, c))]
+    torch.manual_seed(0)
+    model_path = str(tmp_path / "aid.aidx.pt")
+    save_model(model_path, Net(len(classes), 128, 3), ModelInfo("Net", {"num_classes": len(classes), "input_size": 128, "in_bands": 3}, classes, 128, [1, 2, 3], [0.4, 0.4, 0.4], [0.2, 0.2, 0.2]))
+    files = [os.path.join(AID150, c, sorted(os.listdir(os.path.join(AID150, c)))[0]) for c in classes[:12]]
+    rows, cols, side = 3, 4, 150
+    mosaic = gdal.GetDriverByName("GTiff").Create(str(tmp_path / "aid.tif"), cols * side, rows * side, 3, gdal.GDT_Byte)
+    mosaic.SetGeoTransform((300000.0, 0.5, 0.0, 5500000.0, 0.0, -0.5))
+    srs = osr.SpatialReference()
+    srs.ImportFromEPSG(32632)
+    mosaic.SetProjection(srs.ExportToWkt())
+    for index, file in enumerate(files):
+        row, col = divmod(index, cols)
+        pixels = np.asarray(Image.open(file).convert("RGB"))
+        assert pixels.shape[:2] == (side, side)
+        for band in range(3):
+            mosaic.GetRasterBand(band + 1).WriteArray(pixels[..., band], col * side, row * side)
+    mosaic = None
+    outputs = ClassifyOutputs(probability_raster=str(tmp_path / "p.tif"))
+    classify_raster(str(tmp_path / "aid.tif"), model_path, TilingOptions(tile_size=side), outputs)
+    direct = Classifier(load_model(model_path), "cpu").predict_probabilities(np.stack([load_image_file(f, 128) for f in files]))
+    with rasterio.open(outputs.probability_raster) as raster:
+        written = raster.read()  # classes × rows × cols
+    for index in range(len(files)):
+        row, col = divmod(index, cols)
+        np.testing.assert_allclose(written[:, row, col], direct[index], atol=1e-6)

@@ -1,0 +1,125 @@
+"""The plugin as QGIS and qgis_process see it: provider, algorithms, packaging, missing packages."""
+
+import os
+import subprocess
+import sys
+import zipfile
+
+from conftest import QGIS_PROCESS, ROOT, run_qgis_process
+
+ALGORITHMS = {"train", "evaluate", "classify", "explain", "synthetic_scenes", "synthetic_mosaic"}
+
+
+def test_core_imports_without_qgis():
+    code = (
+        "import sys, pkgutil, importlib; sys.modules['qgis'] = None\n"
+        "import aid_xai_plugin.core as core\n"
+        "names = [m.name for m in pkgutil.walk_packages(core.__path__, 'aid_xai_plugin.core.')]\n"
+        "[importlib.import_module(n) for n in names]\n"
+        "print(len(names))"
+    )
+    completed = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert completed.returncode == 0, completed.stderr
+    assert int(completed.stdout) >= 15
+
+
+def test_provider_registers_every_algorithm_with_help(aid_xai_provider):
+    from qgis.core import QgsApplication
+
+    registry = QgsApplication.processingRegistry()
+    assert aid_xai_provider.name() == "AID XAI" and not aid_xai_provider.icon().isNull()
+    ids = {algorithm.name() for algorithm in aid_xai_provider.algorithms()}
+    assert ids == ALGORITHMS
+    for name in ALGORITHMS:
+        algorithm = registry.algorithmById(f"aid_xai:{name}")
+        assert algorithm.group() and algorithm.shortHelpString() and algorithm.helpUrl().startswith("https://")
+        assert algorithm.canExecute()[0], algorithm.canExecute()[1]
+
+
+def test_plugin_class_factory_registers_and_unloads(qgis_app, qgis_processing):
+    from qgis.core import QgsApplication
+
+    import aid_xai_plugin
+
+    registry = QgsApplication.processingRegistry()
+    existing = registry.providerById("aid_xai")
+    if existing is not None:
+        registry.removeProvider(existing)
+    plugin = aid_xai_plugin.classFactory(None)
+    plugin.initProcessing()
+    assert registry.providerById("aid_xai") is not None
+    plugin.unload()
+    assert registry.providerById("aid_xai") is None
+
+
+def test_qgis_process_lists_the_provider():
+    completed = run_qgis_process("list")
+    assert completed.returncode == 0, completed.stderr
+    assert "AID XAI" in completed.stdout
+    for name in ALGORITHMS:
+        assert f"aid_xai:{name}" in completed.stdout
+
+
+def test_qgis_process_runs_an_algorithm(tmp_path):
+    from conftest import run_algorithm_json
+
+    result = run_algorithm_json("aid_xai:synthetic_scenes", {"PER_CLASS": 2, "SIZE": 32, "OUTPUT": tmp_path / "scenes"})
+    assert result["results"]["OUTPUT"] == str(tmp_path / "scenes")
+    assert len(os.listdir(tmp_path / "scenes")) == 6
+    assert all(len(os.listdir(tmp_path / "scenes" / name)) == 2 for name in os.listdir(tmp_path / "scenes"))
+
+
+def _bare_qgis_environment(tmp_path, plugin_path):
+    """qgis_process.bin's environment without the project venv (no torch, shap or cv2)."""
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    env.update(QGIS_PLUGINPATH=str(plugin_path), QGIS_CUSTOM_CONFIG_PATH=str(tmp_path / "config"), QT_QPA_PLATFORM="offscreen")
+    return env
+
+
+def _qgis_process_bin(env, *args):
+    return subprocess.run(["/usr/bin/qgis_process.bin", *args], capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL, timeout=300)
+
+
+def test_without_torch_the_provider_loads_and_runs_fail_with_the_install_command(tmp_path):
+    env = _bare_qgis_environment(tmp_path, os.path.join(ROOT, ".qgis", "plugins"))
+    probe = subprocess.run(["/usr/bin/python3", "-c", "import importlib.util as u; print(u.find_spec('torch'))"], capture_output=True, text=True, env=env)
+    assert probe.stdout.strip() == "None", "system Python must lack torch for this test"
+    assert _qgis_process_bin(env, "plugins", "enable", "aid_xai").returncode == 0
+    listed = _qgis_process_bin(env, "list")
+    assert "aid_xai:classify" in listed.stdout and "aid_xai:explain" in listed.stdout
+    run = _qgis_process_bin(env, "run", "aid_xai:classify", "--", "INPUT=/nonexistent.tif", "MODEL=/nonexistent.aidx.pt")
+    output = run.stdout + run.stderr
+    assert run.returncode != 0
+    assert "torch" in output and "pip install" in output
+    assert "Traceback" not in output
+
+
+def test_pb_tool_zip_installs_into_a_clean_plugin_path(tmp_path):
+    subprocess.run(["make", "-s", "zip"], cwd=ROOT, check=True, capture_output=True)
+    archive = os.path.join(ROOT, "aid_xai.zip")
+    assert os.path.getsize(archive) < 25 * 1024 * 1024
+    with zipfile.ZipFile(archive) as bundle:
+        names = bundle.namelist()
+        assert "aid_xai/metadata.txt" in names and "aid_xai/__init__.py" in names
+        assert any(name.startswith("aid_xai/resources/") for name in names)
+        assert not any("__pycache__" in name or name.endswith(".pyc") for name in names)
+        bundle.extractall(tmp_path / "plugins")
+    env = _bare_qgis_environment(tmp_path, tmp_path / "plugins")
+    env["PYTHONPATH"] = subprocess.run(["bash", "-c", f"ls -d {ROOT}/.venv/lib/python3*/site-packages"], capture_output=True, text=True).stdout.strip()
+    assert _qgis_process_bin(env, "plugins", "enable", "aid_xai").returncode == 0
+    listed = _qgis_process_bin(env, "list")
+    assert "aid_xai:explain" in listed.stdout, listed.stderr
+
+
+def test_metadata_is_complete_for_the_plugin_repository():
+    import configparser
+
+    metadata = configparser.ConfigParser()
+    metadata.read(os.path.join(ROOT, "metadata.txt"))
+    general = metadata["general"]
+    for key in ("name", "qgisMinimumVersion", "qgisMaximumVersion", "description", "about", "version", "author", "email", "repository", "tracker", "homepage", "tags", "category", "hasProcessingProvider", "experimental", "changelog", "icon"):
+        assert general.get(key), key
+    assert general["qgisMinimumVersion"] == "3.22" and general["hasProcessingProvider"] == "yes" and general["category"] == "Raster"
+    assert "torch" in general["about"] and "shap" in general["about"]
+    assert os.path.exists(os.path.join(ROOT, general["icon"])) and os.path.exists(os.path.join(ROOT, "LICENSE"))
+    assert os.access(QGIS_PROCESS, os.X_OK)
