@@ -81,7 +81,8 @@ def test_efficiency_sum_equals_probability_minus_base(mosaic, synthetic_model, t
     outputs = ExplainOutputs(shap_raster=str(tmp_path / "shap.tif"), tile_table=str(tmp_path / "table.gpkg"))
     summary = explain_raster(path, synthetic_model, TilingOptions(), ExplainRequest(top_k=3), ExplainSettings(masker="blur(16,16)", max_evals=100, batch_size=64), outputs, engine="shap")
     assert summary["explained"] == 12
-    table = ogr.Open(outputs.tile_table).GetLayer(0)
+    table_dataset = ogr.Open(outputs.tile_table)
+    table = table_dataset.GetLayer(0)
     assert table.GetFeatureCount() == 36
     with rasterio.open(outputs.shap_raster) as raster:
         values = raster.read()
