@@ -28,7 +28,7 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt constraints.txt
 plugin:
 	@mkdir -p $(QGIS_DIR)/plugins $(QGIS_DIR)/config
 	@ln -sfn $(ROOT) $(QGIS_DIR)/plugins/$(PLUGIN_NAME)
-	@bin/qgis_process plugins enable $(PLUGIN_NAME) >/dev/null 2>&1 || bin/qgis_process plugins enable $(PLUGIN_NAME)
+	@bin/qgis_process plugins 2>/dev/null | grep -q '^\* $(PLUGIN_NAME)$$' || bin/qgis_process plugins enable $(PLUGIN_NAME)
 
 demo: setup
 	$(VENV)/bin/python scripts/demo.py --out $(ROOT)/demo_output

@@ -182,3 +182,7 @@ def test_shipped_model3_classifies_and_explains_least_confident_tiles(mosaic, sy
     assert completed.returncode == 0, completed.stdout[-2000:] + completed.stderr[-2000:]
     with rasterio.open(tmp_path / "shap.tif") as raster:
         assert raster.count == 4
+    from osgeo import ogr
+
+    least = ogr.Open(str(tmp_path / "least.gpkg"))
+    assert least.GetLayer(0).GetFeatureCount() == 2

@@ -114,9 +114,16 @@ class AidXaiAlgorithm(QgsProcessingAlgorithm):
         return path
 
     def optional_output(self, parameters, name, context, layer=False):
-        """Path of an optional file/layer output, or None when the user skipped it."""
+        """Path of an optional file/layer output, or None when the user skipped it.
+
+        An output left unset (as a model step's or a qgis_process call's unnamed outputs are) goes to
+        a temporary file when the parameter is created by default."""
         value = parameters.get(name)
-        if value is None or value == "" or (hasattr(value, "sink") and not value.sink.staticValue()):
+        if value is None:
+            if not self.parameterDefinition(name).createByDefault():
+                return None
+            parameters = dict(parameters, **{name: "TEMPORARY_OUTPUT"})
+        elif value == "" or (hasattr(value, "sink") and not value.sink.staticValue()):
             return None
         path = (
             self.parameterAsOutputLayer(parameters, name, context)
