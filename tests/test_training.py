@@ -7,6 +7,7 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 from conftest import run_algorithm_json
 
 from aid_xai_plugin.core.errors import AidXaiError, Cancelled
@@ -15,7 +16,7 @@ from aid_xai_plugin.core.metrics import accuracy, confusion_matrix, evaluate_fol
 from aid_xai_plugin.core.model_file import load_model
 from aid_xai_plugin.core.progress import Progress
 from aid_xai_plugin.core.synthetic import SYNTHETIC_CLASSES, make_scene_folder
-from aid_xai_plugin.core.training import MIN_INPUT_SIZE, TrainingConfig, metrics_csv_path, train_model
+from aid_xai_plugin.core.training import MIN_INPUT_SIZE, TrainingConfig, augment_batch, metrics_csv_path, train_model
 
 
 @pytest.fixture(scope="module")
@@ -181,3 +182,12 @@ def test_train_and_evaluate_through_qgis_process(synthetic_dataset, held_out_fol
     assert evaluated["ACCURACY"] >= 0.9 and evaluated["MACRO_F1"] >= 0.9
     assert evaluated["OUTPUT_HTML"] == report
     assert sorted(os.listdir(os.path.dirname(report))) == ["evaluation.csv", "evaluation.html", "evaluation_confusion.png"]
+
+
+def test_augmentation_only_flips_and_rotates():
+    images = torch.rand(16, 3, 8, 8)
+    augmented = augment_batch(images, torch.Generator().manual_seed(0))
+    for image, result in zip(images, augmented):
+        candidates = [torch.rot90(variant, k, dims=(1, 2)) for variant in (image, torch.flip(image, dims=(2,))) for k in range(4)]
+        assert any(torch.equal(result, candidate) for candidate in candidates)
+    assert not torch.equal(images, augmented)

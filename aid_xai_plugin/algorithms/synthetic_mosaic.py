@@ -30,7 +30,7 @@ class SyntheticMosaicAlgorithm(AidXaiAlgorithm):
     def initAlgorithm(self, config=None):  # noqa: N802
         self.addParameter(QgsProcessingParameterNumber("ROWS", "Rows of scenes", QgsProcessingParameterNumber.Integer, 4, minValue=1, maxValue=500))
         self.addParameter(QgsProcessingParameterNumber("COLUMNS", "Columns of scenes", QgsProcessingParameterNumber.Integer, 6, minValue=1, maxValue=500))
-        self.addParameter(QgsProcessingParameterNumber("SCENE_SIZE", "Scene size (pixels)", QgsProcessingParameterNumber.Integer, 64, minValue=22, maxValue=2048))
+        self.addParameter(QgsProcessingParameterNumber("SCENE_SIZE", "Scene size (pixels)", QgsProcessingParameterNumber.Integer, 64, minValue=24, maxValue=2048))
         self.addParameter(QgsProcessingParameterNumber("PIXEL_SIZE", "Pixel size (map units)", QgsProcessingParameterNumber.Double, 2.0, minValue=1e-9))
         self.addParameter(QgsProcessingParameterCrs("CRS", "CRS (a projected CRS in metres; origin 500000, 5600000)", "EPSG:32633"))
         self.addParameter(QgsProcessingParameterNumber("SEED", "Random seed", QgsProcessingParameterNumber.Integer, 0))

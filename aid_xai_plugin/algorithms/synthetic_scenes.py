@@ -20,7 +20,7 @@ class SyntheticScenesAlgorithm(AidXaiAlgorithm):
 
     def initAlgorithm(self, config=None):  # noqa: N802
         self.addParameter(QgsProcessingParameterNumber("PER_CLASS", "Images per class", QgsProcessingParameterNumber.Integer, 40, minValue=1, maxValue=10000))
-        self.addParameter(QgsProcessingParameterNumber("SIZE", "Image size (pixels)", QgsProcessingParameterNumber.Integer, 64, minValue=22, maxValue=2048))
+        self.addParameter(QgsProcessingParameterNumber("SIZE", "Image size (pixels)", QgsProcessingParameterNumber.Integer, 64, minValue=24, maxValue=2048))
         self.addParameter(QgsProcessingParameterNumber("SEED", "Random seed", QgsProcessingParameterNumber.Integer, 0))
         self.addParameter(QgsProcessingParameterFolderDestination("OUTPUT", "Dataset folder"))
         self.addOutput(QgsProcessingOutputFolder("OUTPUT", "Dataset folder"))

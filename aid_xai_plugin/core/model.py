@@ -7,6 +7,8 @@ convolutions, each followed by ReLU and a 2×2 max-pool, then a 256-128-classes 
 import torch
 from torch import nn
 
+from .net_geometry import MIN_INPUT_SIZE, feature_side
+
 ARCHITECTURES = {}
 
 
@@ -27,7 +29,7 @@ class Net(nn.Module):
         self.pool3 = nn.MaxPool2d(2)
         side = feature_side(input_size)
         if side < 1:
-            raise ValueError(f"input_size {input_size} is too small for Net (needs at least 22 pixels)")
+            raise ValueError(f"input_size {input_size} is too small for Net (needs at least {MIN_INPUT_SIZE} pixels)")
         self.fc1 = nn.Linear(128 * side * side, 256)
         self.relu = nn.ReLU()
         self.dropout = nn.Dropout(dropout)
@@ -45,14 +47,6 @@ class Net(nn.Module):
 
     def forward(self, x):
         return self.head(self.features(x))
-
-
-def feature_side(input_size):
-    """Side of Net's last feature map: three (conv, pool) stages with kernels 5, 3, 3."""
-    side = input_size
-    for kernel in (5, 3, 3):
-        side = (side - kernel + 1) // 2
-    return side
 
 
 def build_model(architecture, arguments):
