@@ -166,21 +166,14 @@ def test_geographic_crs_with_tile_size_in_metres(synthetic_model, tmp_path):
     ],
 )
 def test_bad_inputs_give_clear_errors(aid_xai_provider, mosaic, synthetic_model, tmp_path, parameters, message):
-    import processing
-    from qgis.core import QgsProcessingException, QgsProcessingFeedback
-
-    class Errors(QgsProcessingFeedback):
-        text = ""
-
-        def reportError(self, error, fatalError=False):  # noqa: N802
-            Errors.text += error
+    from qgis.core import QgsApplication, QgsProcessingContext, QgsProcessingException, QgsProcessingFeedback
 
     path, _ = mosaic
+    algorithm = QgsApplication.processingRegistry().createAlgorithmById("aid_xai:classify")
     base = {"INPUT": path, "MODEL": synthetic_model, "OUTPUT_CLASSES": str(tmp_path / "c.tif"), "OUTPUT_PROBABILITIES": "TEMPORARY_OUTPUT", "OUTPUT_TILES": "TEMPORARY_OUTPUT"}
-    Errors.text = ""
-    with pytest.raises(QgsProcessingException):
-        processing.run("aid_xai:classify", {**base, **parameters}, feedback=Errors())
-    assert message in Errors.text
+    with pytest.raises(QgsProcessingException) as raised:
+        algorithm.processAlgorithm({**base, **parameters}, QgsProcessingContext(), QgsProcessingFeedback())
+    assert message in str(raised.value)
     assert not os.path.exists(tmp_path / "c.tif")
 
 

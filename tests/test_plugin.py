@@ -87,7 +87,10 @@ def test_without_torch_the_provider_loads_and_runs_fail_with_the_install_command
     assert _qgis_process_bin(env, "plugins", "enable", "aid_xai").returncode == 0
     listed = _qgis_process_bin(env, "list")
     assert "aid_xai:classify" in listed.stdout and "aid_xai:explain" in listed.stdout
-    run = _qgis_process_bin(env, "run", "aid_xai:classify", "--", "INPUT=/nonexistent.tif", "MODEL=/nonexistent.aidx.pt")
+    from aid_xai_plugin.core.synthetic import make_scene_mosaic
+
+    make_scene_mosaic(str(tmp_path / "mosaic.tif"), rows=1, cols=1, scene_px=32)
+    run = _qgis_process_bin(env, "run", "aid_xai:classify", "--", f"INPUT={tmp_path / 'mosaic.tif'}", "MODEL=/nonexistent.aidx.pt")
     output = run.stdout + run.stderr
     assert run.returncode != 0
     assert "torch" in output and "pip install" in output

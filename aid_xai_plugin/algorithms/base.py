@@ -22,7 +22,7 @@ DEVICE_CHOICES = ("auto", "cpu", "cuda")
 
 
 class AidXaiAlgorithm(QgsProcessingAlgorithm):
-    """Subclasses set the class attributes and implement `initAlgorithm` and `run`."""
+    """Subclasses set the class attributes and implement `initAlgorithm` and `process`."""
 
     algorithm_id = ""
     display_name = ""
@@ -65,13 +65,13 @@ class AidXaiAlgorithm(QgsProcessingAlgorithm):
             raise QgsProcessingException(message)
         progress = Progress(feedback.setProgress, feedback.isCanceled, feedback.pushInfo)
         try:
-            return self.run(parameters, context, feedback, progress)
+            return self.process(parameters, context, feedback, progress)
         except AidXaiError as error:
             raise QgsProcessingException(str(error)) from error
         except Cancelled as cancelled:
             raise QgsProcessingException(f"{self.display_name} was cancelled; no output was written.") from cancelled
 
-    def run(self, parameters, context, feedback, progress):
+    def process(self, parameters, context, feedback, progress):
         raise NotImplementedError
 
     # --- typed parameter helpers: each returns a usable value or raises with a clear message ---

@@ -43,7 +43,7 @@ class ClassifyAlgorithm(AidXaiAlgorithm):
         self.addOutput(QgsProcessingOutputNumber("TILES_CLASSIFIED", "Tiles classified"))
         self.addOutput(QgsProcessingOutputNumber("TILES_SKIPPED", "Tiles skipped (too few valid pixels)"))
 
-    def run(self, parameters, context, feedback, progress):
+    def process(self, parameters, context, feedback, progress):
         layer = self.raster_layer(parameters, "INPUT", context)
         model = self.existing_file(parameters, "MODEL", context, "model file")
         outputs = ClassifyOutputs(

@@ -37,7 +37,7 @@ class EvaluateAlgorithm(AidXaiAlgorithm):
         self.addOutput(QgsProcessingOutputNumber("ACCURACY", "Overall accuracy"))
         self.addOutput(QgsProcessingOutputNumber("MACRO_F1", "Macro-F1"))
 
-    def run(self, parameters, context, feedback, progress):
+    def process(self, parameters, context, feedback, progress):
         model = self.existing_file(parameters, "MODEL", context, "model file")
         folder = self.existing_folder(parameters, "DATASET", context, "image folder")
         html_path = self.parameterAsFileOutput(parameters, "OUTPUT_HTML", context)

@@ -72,7 +72,7 @@ class ExplainAlgorithm(AidXaiAlgorithm):
         self.addParameter(QgsProcessingParameterFileDestination("OUTPUT_REPORT", "Report", "HTML files (*.html)", optional=True, createByDefault=True))
         self.addOutput(QgsProcessingOutputNumber("TILES_EXPLAINED", "Tiles explained"))
 
-    def run(self, parameters, context, feedback, progress):
+    def process(self, parameters, context, feedback, progress):
         layer = self.raster_layer(parameters, "INPUT", context)
         model = self.existing_file(parameters, "MODEL", context, "model file")
         engine = (self.parameterAsString(parameters, "ENGINE", context) or "fast").strip().lower()

@@ -37,7 +37,7 @@ class SyntheticMosaicAlgorithm(AidXaiAlgorithm):
         self.addParameter(QgsProcessingParameterRasterDestination("OUTPUT", "Mosaic"))
         self.addParameter(QgsProcessingParameterVectorDestination("TRUTH", "Ground-truth scene footprints", optional=True, createByDefault=True))
 
-    def run(self, parameters, context, feedback, progress):
+    def process(self, parameters, context, feedback, progress):
         crs = self.parameterAsCrs(parameters, "CRS", context)
         epsg = crs.postgisSrid()
         if not crs.isValid() or crs.isGeographic() or not epsg:

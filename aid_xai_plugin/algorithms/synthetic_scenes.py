@@ -25,7 +25,7 @@ class SyntheticScenesAlgorithm(AidXaiAlgorithm):
         self.addParameter(QgsProcessingParameterFolderDestination("OUTPUT", "Dataset folder"))
         self.addOutput(QgsProcessingOutputFolder("OUTPUT", "Dataset folder"))
 
-    def run(self, parameters, context, feedback, progress):
+    def process(self, parameters, context, feedback, progress):
         folder = self.parameterAsString(parameters, "OUTPUT", context)
         count = make_scene_folder(
             folder,

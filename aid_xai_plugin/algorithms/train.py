@@ -49,7 +49,7 @@ class TrainAlgorithm(AidXaiAlgorithm):
         self.addOutput(QgsProcessingOutputNumber("ACCURACY", "Validation accuracy"))
         self.addOutput(QgsProcessingOutputNumber("MACRO_F1", "Validation macro-F1"))
 
-    def run(self, parameters, context, feedback, progress):
+    def process(self, parameters, context, feedback, progress):
         config = TrainingConfig(
             dataset=self.existing_folder(parameters, "DATASET", context, "image folder"),
             output=self.parameterAsFileOutput(parameters, "OUTPUT", context),
