@@ -52,6 +52,7 @@ def render_map(raster, shap_raster, tiles, png):
     job.start()
     job.waitForFinished()
     job.renderedImage().save(png, "png")
+    del job, settings, imagery, shap_layer, tile_layer  # layers must go before QGIS shuts down
     app.exitQgis()
 
 

@@ -102,7 +102,7 @@ class ExplainAlgorithm(AidXaiAlgorithm):
             raise AidXaiError("No selected tile had enough valid pixels to explain; lower MIN_VALID_FRACTION or choose other tiles.")
         feedback.pushInfo(f"Explained {summary['explained']} of {summary['requested']} selected tile(s); bands: {', '.join(summary['band_names'])}")
         results = {"OUTPUT": outputs.shap_raster, "TILES_EXPLAINED": summary["explained"]}
-        apply_on_load(context, outputs.shap_raster, style_shap_raster(outputs.shap_raster, summary["max_abs"]))
+        apply_on_load(context, outputs.shap_raster, style_shap_raster(outputs.shap_raster, summary["style_scale"]))
         if outputs.tile_table:
             results["OUTPUT_TABLE"] = outputs.tile_table
         if outputs.report:

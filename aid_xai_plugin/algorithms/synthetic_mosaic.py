@@ -1,6 +1,7 @@
 """aid_xai:synthetic_mosaic — a georeferenced GeoTIFF of synthetic scenes with a ground-truth layer."""
 
 from qgis.core import (
+    QgsCoordinateReferenceSystem,
     QgsProcessingParameterCrs,
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterDestination,
@@ -32,13 +33,15 @@ class SyntheticMosaicAlgorithm(AidXaiAlgorithm):
         self.addParameter(QgsProcessingParameterNumber("COLUMNS", "Columns of scenes", QgsProcessingParameterNumber.Integer, 6, minValue=1, maxValue=500))
         self.addParameter(QgsProcessingParameterNumber("SCENE_SIZE", "Scene size (pixels)", QgsProcessingParameterNumber.Integer, 64, minValue=24, maxValue=2048))
         self.addParameter(QgsProcessingParameterNumber("PIXEL_SIZE", "Pixel size (map units)", QgsProcessingParameterNumber.Double, 2.0, minValue=1e-9))
-        self.addParameter(QgsProcessingParameterCrs("CRS", "CRS (a projected CRS in metres; origin 500000, 5600000)", "EPSG:32633"))
+        self.addParameter(QgsProcessingParameterCrs("CRS", "CRS (a projected CRS in metres; origin 500000, 5600000)", "EPSG:32633", optional=True))
         self.addParameter(QgsProcessingParameterNumber("SEED", "Random seed", QgsProcessingParameterNumber.Integer, 0))
         self.addParameter(QgsProcessingParameterRasterDestination("OUTPUT", "Mosaic"))
         self.addParameter(QgsProcessingParameterVectorDestination("TRUTH", "Ground-truth scene footprints", optional=True, createByDefault=True))
 
     def process(self, parameters, context, feedback, progress):
         crs = self.parameterAsCrs(parameters, "CRS", context)
+        if not crs.isValid():
+            crs = QgsCoordinateReferenceSystem("EPSG:32633")
         epsg = crs.postgisSrid()
         if not crs.isValid() or crs.isGeographic() or not epsg:
             raise AidXaiError("CRS must be a projected CRS with an EPSG code (e.g. EPSG:32633), since the mosaic's origin is given in metres.")

@@ -17,7 +17,8 @@ import numpy as np
 
 from .atomic import atomic_output, check_writable
 from .errors import AidXaiError
-from .explanation.engine import ExplainSettings, masker_value
+from .explanation.engine import masker_value
+from .explanation.fast_engine import engine_by_name
 from .tile_source import TileSource, top_k
 from .vector_io import PolygonWriter
 
@@ -37,18 +38,6 @@ class ExplainOutputs:
     shap_raster: str = None
     tile_table: str = None
     report: str = None
-
-
-def make_engine(name):
-    if name == "shap":
-        from .explanation.shap_engine import ShapPartitionEngine
-
-        return ShapPartitionEngine()
-    if name == "fast":
-        from .explanation.fast_engine import FastPartitionEngine
-
-        return FastPartitionEngine()
-    raise AidXaiError(f"ENGINE '{name}' is unknown; use fast (default) or shap.")
 
 
 def area_weights(source_pixels, model_pixels):
@@ -102,7 +91,7 @@ def explain_raster(raster_path, model_path, options, request, settings, outputs,
         band_names = [f"rank {rank}" for rank in range(1, min(request.top_k, len(names)) + 1)]
     tiles_and_labels = tiles_to_explain(source, request)
     tiles = [tile for tile, _ in tiles_and_labels]
-    explainer = make_engine(engine)
+    explainer = engine_by_name(engine)
     _log_estimate(classifier, len(tiles), settings, engine, progress)
 
     rows = [t.row for t in tiles]
@@ -115,7 +104,7 @@ def explain_raster(raster_path, model_path, options, request, settings, outputs,
     transform = (g[0] + origin_x * g[1] + origin_y * g[2], g[1], g[2], g[3] + origin_x * g[4] + origin_y * g[5], g[4], g[5])
     tags = dict(source.provenance(), AIDXAI_ENGINE=engine, AIDXAI_MASKER=settings.masker, AIDXAI_MAX_EVALS=settings.max_evals, AIDXAI_BATCH_SIZE=settings.batch_size, AIDXAI_SEED=settings.seed, AIDXAI_MODE="classes" if fixed_indices is not None else f"top-{len(band_names)}")
     explained = []
-    max_abs = 0.0
+    style_scale = 0.0  # colour-ramp limit: robust to a few extreme pixels, so every tile shows
     with contextlib.ExitStack() as stack:
         dataset = writer = None
         if outputs.shap_raster:
@@ -142,7 +131,7 @@ def explain_raster(raster_path, model_path, options, request, settings, outputs,
                 result = explainer.explain(image, classifier, indices, settings)
                 per_pixel = result.values.sum(axis=2)  # S×S×K: channels summed, as shap.image_plot shows
                 on_source = to_source_pixels(per_pixel, tile.window[3], tile.window[2]).astype(np.float32)
-                max_abs = max(max_abs, float(np.abs(on_source).max()))
+                style_scale = max(style_scale, float(np.percentile(np.abs(on_source), 99)))
                 if dataset is not None:
                     x, y = tile.window[0] - origin_x, tile.window[1] - origin_y
                     for band in range(len(band_names)):
@@ -167,7 +156,7 @@ def explain_raster(raster_path, model_path, options, request, settings, outputs,
         from .explanation_report import write_explanation_report
 
         write_explanation_report(outputs.report, explained, names, settings, engine)
-    return {"explained": len(explained), "requested": len(tiles), "max_abs": max_abs, "band_names": band_names, "class_names": names}
+    return {"explained": len(explained), "requested": len(tiles), "style_scale": style_scale, "band_names": band_names, "class_names": names}
 
 
 def _log_estimate(classifier, tile_count, settings, engine, progress):
