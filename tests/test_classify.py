@@ -226,3 +226,15 @@ def test_aid_mosaic_predictions_equal_direct_predictions(tmp_path):
     for index in range(len(files)):
         row, col = divmod(index, cols)
         np.testing.assert_allclose(written[:, row, col], direct[index], atol=1e-6)
+
+
+def test_cancel_leaves_no_output(mosaic, synthetic_model, tmp_path):
+    from aid_xai_plugin.core.errors import Cancelled
+    from aid_xai_plugin.core.progress import Progress
+
+    checks = []
+    progress = Progress(is_canceled=lambda: checks.append(1) or len(checks) > 1)  # cancel at the 2nd batch
+    outputs = ClassifyOutputs(str(tmp_path / "c.tif"), str(tmp_path / "p.tif"), str(tmp_path / "t.gpkg"))
+    with pytest.raises(Cancelled):
+        classify_raster(mosaic[0], synthetic_model, TilingOptions(), outputs, batch_size=4, progress=progress)
+    assert os.listdir(tmp_path) == []

@@ -115,6 +115,8 @@ def classify_raster(raster_path, model_path, options, outputs, k=4, batch_size=3
         except BaseException:
             if tile_writer:
                 tile_writer.close(success=False)
+            class_band = None
+            class_dataset = probability_dataset = None  # closed now, so GDAL writes no sidecar after the cleanup
             raise
         if tile_writer:
             tile_writer.close()

@@ -148,6 +148,7 @@ def explain_raster(raster_path, model_path, options, request, settings, outputs,
         except BaseException:
             if writer is not None:
                 writer.close(success=False)
+            dataset = None  # closed now, so GDAL writes no sidecar after the cleanup
             raise
         if writer is not None:
             writer.close()
