@@ -124,18 +124,33 @@ def read_tile(dataset, bands, window, scaling):
     if x1 <= x0 or y1 <= y0:
         return image, valid
     inside = (slice(y0 - y, y1 - y), slice(x0 - x, x1 - x))
-    raw = np.empty((y1 - y0, x1 - x0, len(bands)), np.float32)
+    raw = dataset.ReadAsArray(x0, y0, x1 - x0, y1 - y0, band_list=list(bands))
+    raw = raw.reshape(len(bands), y1 - y0, x1 - x0).transpose(1, 2, 0).astype(np.float32)
     mask = np.ones((y1 - y0, x1 - x0), bool)
-    for channel, band_number in enumerate(bands):
-        band = dataset.GetRasterBand(band_number)
-        raw[..., channel] = band.ReadAsArray(x0, y0, x1 - x0, y1 - y0)
-        mask &= band.GetMaskBand().ReadAsArray(x0, y0, x1 - x0, y1 - y0) > 0
+    for band_mask in _mask_bands(dataset, bands):
+        mask &= band_mask.ReadAsArray(x0, y0, x1 - x0, y1 - y0) > 0
     mask &= np.isfinite(raw).all(axis=2)
     scaled = scaling.apply(np.nan_to_num(raw))
     scaled[~mask] = 0.0
     image[inside] = scaled
     valid[inside] = mask
     return image, valid
+
+
+def _mask_bands(dataset, bands):
+    """The mask bands that can hide pixels: none when all are valid, one for a per-dataset mask."""
+    from osgeo import gdal
+
+    masks = []
+    for band_number in bands:
+        band = dataset.GetRasterBand(band_number)
+        flags = band.GetMaskFlags()
+        if flags & gdal.GMF_ALL_VALID:
+            continue
+        masks.append(band.GetMaskBand())
+        if flags & gdal.GMF_PER_DATASET:
+            break
+    return masks
 
 
 def create_geotiff(path, width, height, band_count, data_type, geotransform, projection, nodata=None, band_names=None, tags=None):

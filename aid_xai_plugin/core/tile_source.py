@@ -62,18 +62,28 @@ class TileSource:
         return resize_to_input(image, self.classifier.info.input_size), float(valid.mean())
 
     def batches(self, tiles, batch_size):
-        """Yield lists of (tile, image, valid_fraction) for tiles with enough valid pixels; the
-        skipped ones come through with image None so callers can count and mark them."""
-        batch = []
-        for tile in tiles:
-            image, fraction = self.model_input(tile)
-            keep = fraction >= self.options.min_valid_fraction and fraction > 0
-            batch.append((tile, image if keep else None, fraction))
-            if len(batch) == batch_size:
-                yield batch
-                batch = []
-        if batch:
-            yield batch
+        """Yield lists of (tile, image, valid_fraction); tiles with too few valid pixels come through
+        with image None so callers can count and mark them. The next batch is read in a background
+        thread while the caller runs the model on this one (GDAL releases the GIL while it reads)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        def read(chunk):
+            batch = []
+            for tile in chunk:
+                image, fraction = self.model_input(tile)
+                keep = fraction >= self.options.min_valid_fraction and fraction > 0
+                batch.append((tile, image if keep else None, fraction))
+            return batch
+
+        with ThreadPoolExecutor(max_workers=1) as reader:
+            pending = None
+            for chunk in _chunks(tiles, batch_size):
+                upcoming = reader.submit(read, chunk)
+                if pending is not None:
+                    yield pending.result()
+                pending = upcoming
+            if pending is not None:
+                yield pending.result()
 
     def provenance(self):
         from .. import __version__
@@ -89,6 +99,17 @@ class TileSource:
             "AIDXAI_SCALING": self.scaling.description,
             "AIDXAI_MIN_VALID_FRACTION": self.options.min_valid_fraction,
         }
+
+
+def _chunks(items, size):
+    chunk = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 def top_k(probabilities, k):
