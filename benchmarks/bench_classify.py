@@ -75,6 +75,7 @@ def main():
     parser.add_argument("--input-size", type=int, default=128)
     parser.add_argument("--tile", type=int, default=256, help="tile size in source pixels")
     parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--gdal-cache-mb", type=int, default=256, help="GDAL_CACHEMAX for the measured process (GDAL's block cache is the only memory that grows with the raster, up to this cap)")
     parser.add_argument("--measure", nargs=2, metavar=("RASTER", "MODEL"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure:
@@ -91,12 +92,13 @@ def main():
     torch.manual_seed(0)
     arguments = {"num_classes": 6, "input_size": args.input_size, "in_bands": 3}
     save_model(model, Net(**arguments), ModelInfo("Net", arguments, list(SYNTHETIC_CLASSES), args.input_size, [1, 2, 3], [0.5] * 3, [0.25] * 3))
-    print(f"Net (random weights) at {args.input_size}×{args.input_size}, tiles of {args.tile} px, batch {args.batch}, CPU, 2 threads")
+    print(f"Net (random weights) at {args.input_size}×{args.input_size}, tiles of {args.tile} px, batch {args.batch}, CPU, 2 threads, GDAL_CACHEMAX={args.gdal_cache_mb} MB")
     print(f"{'raster':>14} {'tiles':>7} {'algorithm t/s':>14} {'forward t/s':>12} {'ratio':>6} {'peak RSS MB':>12}")
     for side in args.sides:
         raster = os.path.join(work, f"r{side}.tif")
         make_raster(raster, side)
-        completed = subprocess.run([sys.executable, __file__, "--tile", str(args.tile), "--batch", str(args.batch), "--measure", raster, model], capture_output=True, text=True, check=True)
+        environment = dict(os.environ, GDAL_CACHEMAX=str(args.gdal_cache_mb))
+        completed = subprocess.run([sys.executable, __file__, "--tile", str(args.tile), "--batch", str(args.batch), "--measure", raster, model], capture_output=True, text=True, check=True, env=environment)
         row = json.loads(completed.stdout.strip().splitlines()[-1])
         ratio = row["algorithm_tiles_per_s"] / row["forward_tiles_per_s"]
         print(f"{side:>6}×{side:<7} {row['tiles']:>7} {row['algorithm_tiles_per_s']:>14.1f} {row['forward_tiles_per_s']:>12.1f} {ratio:>6.2f} {row['peak_rss_mb']:>12.0f}", flush=True)
