@@ -4,7 +4,6 @@ and a small model trained once per session on synthetic scenes."""
 import json
 import os
 import subprocess
-import sys
 
 import pytest
 

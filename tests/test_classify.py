@@ -139,16 +139,13 @@ def test_sixteen_bit_and_rgba_inputs(mosaic, synthetic_model, tmp_path):
 
 
 def test_geographic_crs_with_tile_size_in_metres(synthetic_model, tmp_path):
-    from osgeo import gdal, osr
+    from osgeo import gdal
 
     path = str(tmp_path / "geo.tif")
     truth = make_scene_mosaic(path, rows=2, cols=3, scene_px=64, pixel_size=2.0, epsg=32633, seed=3)
     geographic = str(tmp_path / "geo4326.tif")
-    srs = osr.SpatialReference()
-    srs.ImportFromEPSG(4326)
-    # Put the same pixels on a lat/lon grid with ~2 m pixels at 52° N: 64 px ≈ 128 m.
-    dataset = gdal.Translate(geographic, path, outputSRS="EPSG:4326", outputBounds=[15.0, 52.0 + 2 * 64 * 2 / 111132.95, 15.0 + 3 * 64 * 2 / (111319.49 * np.cos(np.radians(52.0))), 52.0])
-    dataset = None
+    # Put the same pixels on a lat/lon grid with ~2 m pixels at 52° N: 64 px ≈ 128 m (closed on return).
+    gdal.Translate(geographic, path, outputSRS="EPSG:4326", outputBounds=[15.0, 52.0 + 2 * 64 * 2 / 111132.95, 15.0 + 3 * 64 * 2 / (111319.49 * np.cos(np.radians(52.0))), 52.0])
     outputs = ClassifyOutputs(class_raster=str(tmp_path / "geo_classes.tif"))
     summary = classify_raster(geographic, synthetic_model, TilingOptions(tile_size=128, tile_unit="metres", is_geographic=True, center_latitude=52.0), outputs)
     assert summary["tile_px"] == (64, 64) and summary["classified"] == 6
