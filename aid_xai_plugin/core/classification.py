@@ -12,6 +12,7 @@ import numpy as np
 
 from .atomic import atomic_output, check_writable
 from .palette import class_colors
+from .raster_io import create_geotiff
 from .tile_source import TileSource, top_k
 from .vector_io import PolygonWriter
 
@@ -44,6 +45,8 @@ def confidence(probabilities):
 
 def classify_raster(raster_path, model_path, options, outputs, k=4, batch_size=32, device="auto", progress=None):
     """Run the classifier over the raster; returns a summary (tile counts, class histogram)."""
+    from osgeo import gdal
+
     source = TileSource(raster_path, model_path, options, device)
     for path in (outputs.class_raster, outputs.probability_raster, outputs.tile_layer):
         if path:
@@ -56,19 +59,11 @@ def classify_raster(raster_path, model_path, options, outputs, k=4, batch_size=3
     with contextlib.ExitStack() as stack:
         class_dataset = class_band = probability_dataset = tile_writer = None
         if outputs.class_raster:
-            from osgeo import gdal
-
-            from .raster_io import create_geotiff
-
             temporary = stack.enter_context(atomic_output(outputs.class_raster))
             class_dataset = create_geotiff(temporary, grid.cols, grid.rows, 1, gdal.GDT_Byte, cell_transform, source.projection, CLASS_NODATA, ["class"], tags)
             class_band = class_dataset.GetRasterBand(1)
             _describe_classes(class_band, names)
         if outputs.probability_raster:
-            from osgeo import gdal
-
-            from .raster_io import create_geotiff
-
             temporary = stack.enter_context(atomic_output(outputs.probability_raster))
             probability_dataset = create_geotiff(temporary, grid.cols, grid.rows, len(names), gdal.GDT_Float32, cell_transform, source.projection, PROBABILITY_NODATA, names, tags)
         if outputs.tile_layer:
