@@ -91,7 +91,7 @@ def measure(engine, max_evals, arguments, values_file):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--max-evals", type=int, nargs="+", default=[500, 5000, 50000])
-    parser.add_argument("--engines", nargs="+", default=["shap", "fast"], choices=["shap", "fast"])
+    parser.add_argument("--engines", nargs="+", default=["shap", "fast"], choices=["shap", "exact", "fast"])
     parser.add_argument("--shap-measure-up-to", type=int, default=500, help="above this budget, estimate shap from its last measured evals/s")
     parser.add_argument("--masker", default="blur(256,256)")
     parser.add_argument("--batch-size", type=int, default=128)

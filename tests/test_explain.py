@@ -74,6 +74,36 @@ def test_written_values_equal_shap_run_directly_at_the_right_pixels(mosaic, synt
     assert np.abs(written - direct).max() <= 1e-6 * scale
 
 
+def test_every_engine_writes_shaps_values(mosaic, synthetic_model, tmp_path):
+    """exact writes shap's values (to float32 storage); fast (the default) agrees to its tested bound."""
+    from test_fast_engine import FAST_TOLERANCE
+
+    path, truth = mosaic
+    scene = _scene(truth, "StorageTank")
+    settings = ExplainSettings(masker="blur(64,64)", max_evals=1500, batch_size=64, seed=3)
+    written = {}
+    for engine in ("shap", "exact", "fast"):
+        outputs = ExplainOutputs(shap_raster=str(tmp_path / f"{engine}.tif"))
+        explain_raster(path, synthetic_model, TilingOptions(), ExplainRequest(tile_selector=_select(scene["row"], scene["col"], truth), top_k=3), settings, outputs, engine=engine)
+        with rasterio.open(outputs.shap_raster) as raster:
+            assert raster.tags()["AIDXAI_ENGINE"] == engine
+            written[engine] = raster.read().astype(np.float64)
+    scale = np.abs(written["shap"]).max()
+    assert np.abs(written["exact"] - written["shap"]).max() <= 1e-6 * scale
+    assert np.abs(written["fast"] - written["shap"]).max() <= FAST_TOLERANCE * scale
+
+
+def test_unknown_engine_is_a_clear_error(aid_xai_provider, mosaic, synthetic_model, tmp_path):
+    from qgis.core import QgsApplication, QgsProcessingContext, QgsProcessingException, QgsProcessingFeedback
+
+    path, _ = mosaic
+    algorithm = QgsApplication.processingRegistry().createAlgorithmById("aid_xai:explain")
+    parameters = {"INPUT": path, "MODEL": synthetic_model, "ENGINE": "lime", "OUTPUT": str(tmp_path / "s.tif")}
+    with pytest.raises(QgsProcessingException, match="ENGINE must be fast, exact or shap"):
+        algorithm.processAlgorithm(parameters, QgsProcessingContext(), QgsProcessingFeedback())
+    assert not os.path.exists(tmp_path / "s.tif")
+
+
 def test_efficiency_sum_equals_probability_minus_base(mosaic, synthetic_model, tmp_path):
     from osgeo import ogr
 

@@ -1,0 +1,130 @@
+"""shap's partition tree and Owen traversal for the Image masker, on boxes instead of pixel masks.
+
+shap's Image masker splits the image into a binary tree of axis-aligned boxes (halving the longer
+of rows and columns, channels once a box is one pixel) and its explainer walks that tree with a
+priority queue, keeping a full boolean mask of M = H·W·C entries for every queued node. Here a queued
+node only holds its box, its two model outputs, its context as a linked list of visible boxes
+(shared with its parent's) and an evaluator-defined state of that context; the traversal order and
+the `np.random.randn` tie-break draws are shap's, so the same outputs give the same values.
+"""
+
+import heapq
+
+import numpy as np
+
+
+def box_size(box):
+    x0, x1, y0, y1, z0, z1 = box
+    return (x1 - x0) * (y1 - y0) * (z1 - z0)
+
+
+def split_box(box):
+    """The (left, right) children of a box as in shap's Image masker tree.
+
+    `_jit_build_partition_tree` halves the widest of rows/columns (channels last) with the smaller half
+    on the left, but numbers its leaves in reverse flat order, so on the actual tile every box is
+    mirrored on all three axes: the left child is the upper part, of width w // 2.
+    """
+    x0, x1, y0, y1, z0, z1 = box
+    if x1 - x0 >= y1 - y0 and x1 - x0 > 1:
+        mid = x1 - (x1 - x0) // 2
+        return (mid, x1, y0, y1, z0, z1), (x0, mid, y0, y1, z0, z1)
+    if y1 - y0 > 1:
+        mid = y1 - (y1 - y0) // 2
+        return (x0, x1, mid, y1, z0, z1), (x0, x1, y0, mid, z0, z1)
+    mid = z1 - (z1 - z0) // 2
+    return (x0, x1, y0, y1, mid, z1), (x0, x1, y0, y1, z0, mid)
+
+
+def boxes_of(visible):
+    """The boxes of a linked visible-box list (box, rest), newest first."""
+    boxes = []
+    while visible is not None:
+        box, visible = visible
+        boxes.append(box)
+    return boxes
+
+
+def masked_background(image_hwc, mask_value):
+    """What shap's Image masker puts in hidden pixels: cv2.blur of the tile, or the constant cast to
+    the tile's float32 (as `out[~mask] = mask_value[~mask]` does)."""
+    if isinstance(mask_value, str):
+        import cv2
+
+        kernel = tuple(int(size) for size in mask_value[5:-1].split(","))
+        return cv2.blur(image_hwc, kernel).reshape(image_hwc.shape)  # cv2 drops a single channel axis
+    return np.full(image_hwc.shape, mask_value, dtype=np.float64).astype(image_hwc.dtype)
+
+
+def owen_node_values(evaluate, root, base, full, max_evals, batch_size):
+    """shap's `PartitionExplainer.owen` (fixed_context=None) over the box tree: returns the
+    hierarchical credit per box (dict box → K float64), accumulated in shap's order.
+
+    `base` is (f(nothing visible), state of that context) and `full` is f(everything visible).
+    `evaluate(requests)` gets (visible, state, box) triples — a context, its state and the box to
+    reveal on top of it — and returns the K outputs and the state of each revealed context."""
+    node_values = {}
+    f00, state00 = base
+    queue = [(0, 0, 0, (None, state00, f00, full, root, 1.0))]
+    pushes = 1
+    eval_count = 0
+    while queue:
+        if eval_count >= max_evals:
+            while queue:
+                _, _, f00, f11, box, weight = heapq.heappop(queue)[3]
+                node_values[box] = node_values.get(box, 0.0) + (f11 - f00) * weight
+            break
+
+        work = []
+        requests = []
+        while queue and len(requests) < batch_size and eval_count + len(requests) < max_evals:
+            visible, state, f00, f11, box, weight = heapq.heappop(queue)[3]
+            if box_size(box) == 1:
+                node_values[box] = node_values.get(box, 0.0) + (f11 - f00) * weight
+                continue
+            left, right = split_box(box)
+            work.append((visible, state, f00, f11, box, left, right, weight))
+            requests.append((visible, state, left))
+            requests.append((visible, state, right))
+
+        if work:
+            outputs, states = evaluate(requests)
+            eval_count += len(requests)
+
+        for i, (visible, state, f00, f11, box, left, right, weight) in enumerate(work):
+            f10, f01 = outputs[2 * i], outputs[2 * i + 1]
+            new_weight = weight / 2
+            interaction = (f11 - f10 - f01 + f00) * weight
+            # shap leaves the interaction on the node for the 0-context, then removes it for the 1-context
+            node_values[box] = node_values.get(box, 0.0) + interaction
+            node_values[box] = node_values[box] - interaction
+            children = (
+                (visible, state, f00, f10, left),
+                (visible, state, f00, f01, right),
+                ((right, visible), states[2 * i + 1], f01, f11, left),
+                ((left, visible), states[2 * i], f10, f11, right),
+            )
+            for child_visible, child_state, low, high, child in children:
+                priority = float(-np.max(np.abs(high - low)) * new_weight)
+                heapq.heappush(queue, (priority, float(np.random.randn()), pushes, (child_visible, child_state, low, high, child, new_weight)))
+                pushes += 1
+    return node_values
+
+
+def lower_credit(node_values, root, shape, num_outputs):
+    """shap's `lower_credit`: push each box's credit down to its pixels in proportion to size.
+    Boxes never expanded spread their credit evenly, which is what the recursion does below them."""
+    values = np.zeros(tuple(shape) + (num_outputs,), dtype=np.float64)
+    stack = [(root, np.zeros(num_outputs))]
+    while stack:
+        box, inherited = stack.pop()
+        total = node_values.get(box, 0.0) + inherited
+        size = box_size(box)
+        children = split_box(box) if size > 1 else None
+        if children is None or children[0] not in node_values:
+            x0, x1, y0, y1, z0, z1 = box
+            values[x0:x1, y0:y1, z0:z1, :] = total / size
+            continue
+        for child in children:
+            stack.append((child, total * box_size(child) / size))
+    return values

@@ -1,0 +1,112 @@
+"""The fast engine's model analysis: Net's receptive field, cropped features equal to the full ones,
+incremental updates equal to full evaluations, and clear reasons for models it can't split."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from aid_xai_plugin.core.explanation.incremental import IncrementalEvaluator
+from aid_xai_plugin.core.explanation.partition import masked_background
+from aid_xai_plugin.core.explanation.receptive_field import split_model
+from aid_xai_plugin.core.model import Net
+from test_fast_engine import make_classifier, random_tile
+
+
+@pytest.fixture(scope="module")
+def net256():
+    torch.manual_seed(0)
+    return Net(num_classes=30, input_size=256).eval()
+
+
+def test_net_front_geometry_and_split(net256):
+    split = split_model(net256, 256, 256, 3)
+    # 5×5 conv, pool 2, 3×3 conv, pool 2, 3×3 conv, pool 2: each final cell sees 24×24 pixels, 8 apart
+    assert (split.rows.jump, split.rows.field, split.rows.cells) == (8, 24, 30)
+    assert split.cols == split.rows and split.features == 128
+    x = torch.rand(2, 3, 256, 256)
+    with torch.inference_mode():
+        np.testing.assert_array_equal(split.rest(split.first_linear(torch.flatten(split.front(x), 1))).numpy(), net256(x).numpy())
+
+
+def test_cropped_front_equals_the_full_front(net256):
+    split = split_model(net256, 256, 256, 3)
+    x = torch.rand(1, 3, 256, 256)
+    with torch.inference_mode():
+        full = split.front(x)
+        for first, stop in [(0, 4), (7, 12), (26, 30), (0, 30)]:
+            start, end = split.rows.input_span(first, stop)
+            crop = split.front(x[:, :, start:end, start:end])
+            # same values; torch may pick another convolution algorithm for the smaller shape (last-bit rounding)
+            np.testing.assert_allclose(crop.numpy(), full[:, :, first:stop, first:stop].numpy(), rtol=0, atol=1e-6)
+
+
+def test_affected_cells_are_exactly_those_whose_field_meets_the_box(net256):
+    rows = split_model(net256, 256, 256, 3).rows
+    for start, stop in [(0, 1), (23, 24), (24, 25), (100, 132), (255, 256), (0, 256)]:
+        expected = [cell for cell in range(rows.cells) if cell * 8 < stop and cell * 8 + 24 > start]
+        first, end = rows.affected_cells(start, stop)
+        assert list(range(first, end)) == expected
+
+
+def test_incremental_updates_match_full_evaluations():
+    torch.manual_seed(1)
+    module = Net(num_classes=6, input_size=96).eval()
+    classifier = make_classifier(module, 3, 96)
+    tile = random_tile((96, 96, 3))
+    background = masked_background(tile, "blur(9,9)")
+    split = split_model(module, 96, 96, 3)
+    evaluator = IncrementalEvaluator(split, tile, background, classifier, np.arange(6))
+    root = (0, 96, 0, 96, 0, 3)
+    (_, state), _ = evaluator.start(root)
+    context = ((0, 48, 0, 96, 0, 3), None)  # the top half revealed
+    context_state = evaluator([(None, state, context[0])])[1][0]
+    boxes = [(60, 64, 10, 14, 0, 3), (90, 96, 90, 96, 1, 2), (48, 56, 40, 41, 0, 3), (0, 96, 48, 96, 0, 3)]
+    outputs, states = evaluator([(context, context_state, box) for box in boxes])
+    composed = []
+    for box in boxes:
+        visible = np.zeros(tile.shape, dtype=bool)
+        for x0, x1, y0, y1, z0, z1 in (box, context[0]):
+            visible[x0:x1, y0:y1, z0:z1] = True
+        composed.append(np.where(visible, tile, background))
+    expected = classifier.predict_probabilities(np.stack(composed))
+    np.testing.assert_allclose(outputs, expected, rtol=0, atol=1e-6)
+    assert len(states) == len(boxes) and states[0].dtype == torch.float64
+
+
+class Residual(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+        self.fc = nn.Linear(3 * 16 * 16, 2)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(x + self.conv(x), 1))
+
+
+class LateSkip(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.fc1 = nn.Linear(4 * 14 * 14, 8)
+        self.fc2 = nn.Linear(8 + 4 * 14 * 14, 2)
+
+    def forward(self, x):
+        features = torch.flatten(self.conv(x), 1)
+        return self.fc2(torch.cat([self.fc1(features), features], 1))
+
+
+@pytest.mark.parametrize(
+    "module, reason",
+    [
+        (nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Flatten(), nn.Linear(4 * 16 * 16, 2)), "padding"),
+        (nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(16, 2)), "AdaptiveAvgPool2d"),
+        (nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 2)), "no convolutional layers"),
+        (nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.ReLU(), nn.Linear(4 * 14 * 14, 2)), "not followed by a Linear"),
+        (Residual(), "feeds more than one layer"),
+        (LateSkip(), "flattened features feed more than one layer"),
+    ],
+)
+def test_models_that_cannot_be_split_say_why(module, reason):
+    result = split_model(module.eval(), 16, 16, 3)
+    assert isinstance(result, str) and reason in result
