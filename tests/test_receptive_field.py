@@ -71,7 +71,7 @@ def test_incremental_updates_match_full_evaluations():
         composed.append(np.where(visible, tile, background))
     expected = classifier.predict_probabilities(np.stack(composed))
     np.testing.assert_allclose(outputs, expected, rtol=0, atol=1e-6)
-    assert len(states) == len(boxes) and states[0].dtype == torch.float64
+    assert len(states) == len(boxes) and states[0].dtype == torch.float32
 
 
 class Residual(nn.Module):
