@@ -104,6 +104,25 @@ def test_unknown_engine_is_a_clear_error(aid_xai_provider, mosaic, synthetic_mod
     assert not os.path.exists(tmp_path / "s.tif")
 
 
+@pytest.mark.parametrize("engine", ["fast", "exact", "shap"])
+def test_cancel_inside_a_tile_stops_and_leaves_no_output(mosaic, synthetic_model, tmp_path, engine):
+    from aid_xai_plugin.core.errors import Cancelled
+    from aid_xai_plugin.core.progress import Progress
+
+    path, truth = mosaic
+    scene = _scene(truth, "Forest")
+    checks, percents = [], []
+    progress = Progress(set_progress=percents.append, is_canceled=lambda: checks.append(1) or len(checks) > 3)
+    outputs = ExplainOutputs(str(tmp_path / "out" / "shap.tif"), str(tmp_path / "out" / "tiles.gpkg"), str(tmp_path / "out" / "report.html"))
+    os.makedirs(tmp_path / "out")
+    settings = ExplainSettings(masker="blur(64,64)", max_evals=5000, batch_size=16)
+    with pytest.raises(Cancelled):
+        explain_raster(path, synthetic_model, TilingOptions(), ExplainRequest(tile_selector=_select(scene["row"], scene["col"], truth)), settings, outputs, engine=engine, progress=progress)
+    assert len(checks) == 4  # one check per tile, then one per model call inside the engine
+    assert 0 < max(percents) < 5  # progress moved within the tile before the cancel
+    assert os.listdir(tmp_path / "out") == []
+
+
 def test_efficiency_sum_equals_probability_minus_base(mosaic, synthetic_model, tmp_path):
     from osgeo import ogr
 

@@ -128,7 +128,7 @@ def explain_raster(raster_path, model_path, options, request, settings, outputs,
                     continue
                 probabilities = classifier.predict_probabilities(image[None])[0]
                 indices = fixed_indices if fixed_indices is not None else top_k(probabilities[None], len(band_names))[0]
-                result = explainer.explain(image, classifier, indices, settings)
+                result = explainer.explain(image, classifier, indices, settings, progress.part(number / len(tiles), (number + 1) / len(tiles)) if progress else None)
                 if getattr(explainer, "fallback_reason", None) and progress and not explained:
                     progress.log(f"The fast engine evaluates this model in full (as the exact engine does) because {explainer.fallback_reason}.")
                 per_pixel = result.values.sum(axis=2)  # S×S×K: channels summed, as shap.image_plot shows

@@ -61,6 +61,7 @@ def shap_image_masker(spec, shape):
 class ExplanationEngine:
     name = ""
 
-    def explain(self, image_hwc, classifier, class_indices, settings):
-        """Return a TileExplanation for `image_hwc` and the outputs `class_indices`."""
+    def explain(self, image_hwc, classifier, class_indices, settings, progress=None):
+        """Return a TileExplanation for `image_hwc` and the outputs `class_indices`; `progress` (a
+        core Progress) gets the fraction of `max_evals` spent and may cancel between model calls."""
         raise NotImplementedError

@@ -96,10 +96,10 @@ class ExactPartitionEngine(ExplanationEngine):
 
     name = "exact"
 
-    def explain(self, image_hwc, classifier, class_indices, settings):
+    def explain(self, image_hwc, classifier, class_indices, settings, progress=None):
         tile = _tile_and_background(image_hwc, settings)
         if tile is None:
-            return ShapPartitionEngine().explain(image_hwc, classifier, class_indices, settings)
+            return ShapPartitionEngine().explain(image_hwc, classifier, class_indices, settings, progress)
         image_hwc, background_hwc = tile
         indices = np.asarray(class_indices, dtype=int)
         painter = BoxPainter(image_hwc, background_hwc, classifier, settings.batch_size)
@@ -111,7 +111,7 @@ class ExactPartitionEngine(ExplanationEngine):
         def evaluate(requests):
             return painter.probabilities([(box, visible) for visible, _, box in requests])[:, indices], [None] * len(requests)
 
-        node_values = owen_node_values(evaluate, root, (base_all[indices], None), full_all[indices], settings.max_evals - 2, settings.batch_size)
+        node_values = owen_node_values(evaluate, root, (base_all[indices], None), full_all[indices], settings.max_evals - 2, settings.batch_size, progress)
         return _explanation(node_values, root, image_hwc, base_all, full_all, indices)
 
 
@@ -123,23 +123,23 @@ class FastPartitionEngine(ExplanationEngine):
     def __init__(self):
         self.fallback_reason = None  # why the last tile was not evaluated incrementally, if it wasn't
 
-    def explain(self, image_hwc, classifier, class_indices, settings):
+    def explain(self, image_hwc, classifier, class_indices, settings, progress=None):
         tile = _tile_and_background(image_hwc, settings)
         if tile is None:
             self.fallback_reason = f"masker {settings.masker} needs shap's own masking"
-            return ShapPartitionEngine().explain(image_hwc, classifier, class_indices, settings)
+            return ShapPartitionEngine().explain(image_hwc, classifier, class_indices, settings, progress)
         image_hwc, background_hwc = tile
         split = split_model(classifier.module, *image_hwc.shape)
         if isinstance(split, str):
             self.fallback_reason = split
-            return ExactPartitionEngine().explain(image_hwc, classifier, class_indices, settings)
+            return ExactPartitionEngine().explain(image_hwc, classifier, class_indices, settings, progress)
         self.fallback_reason = None
         indices = np.asarray(class_indices, dtype=int)
         evaluator = IncrementalEvaluator(split, image_hwc, background_hwc, classifier, indices)
         np.random.seed(settings.seed)  # same tie-break draws as the shap engine
         root = (0, image_hwc.shape[0], 0, image_hwc.shape[1], 0, image_hwc.shape[2])
         (base_all, base_state), full_all = evaluator.start(root)
-        node_values = owen_node_values(evaluator, root, (base_all[indices], base_state), full_all[indices], settings.max_evals - 2, settings.batch_size)
+        node_values = owen_node_values(evaluator, root, (base_all[indices], base_state), full_all[indices], settings.max_evals - 2, settings.batch_size, progress)
         return _explanation(node_values, root, image_hwc, base_all, full_all, indices)
 
 

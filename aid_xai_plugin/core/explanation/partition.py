@@ -56,13 +56,14 @@ def masked_background(image_hwc, mask_value):
     return np.full(image_hwc.shape, mask_value, dtype=np.float64).astype(image_hwc.dtype)
 
 
-def owen_node_values(evaluate, root, base, full, max_evals, batch_size):
+def owen_node_values(evaluate, root, base, full, max_evals, batch_size, progress=None):
     """shap's `PartitionExplainer.owen` (fixed_context=None) over the box tree: returns the
     hierarchical credit per box (dict box → K float64), accumulated in shap's order.
 
     `base` is (f(nothing visible), state of that context) and `full` is f(everything visible).
     `evaluate(requests)` gets (visible, state, box) triples — a context, its state and the box to
-    reveal on top of it — and returns the K outputs and the state of each revealed context."""
+    reveal on top of it — and returns the K outputs and the state of each revealed context.
+    `progress` (optional) may cancel before each model call and hears the fraction of evaluations done."""
     node_values = {}
     f00, state00 = base
     queue = [(0, 0, 0, (None, state00, f00, full, root, 1.0))]
@@ -88,6 +89,9 @@ def owen_node_values(evaluate, root, base, full, max_evals, batch_size):
             requests.append((visible, state, right))
 
         if work:
+            if progress is not None:
+                progress.check_cancel()
+                progress.fraction(eval_count / max_evals)
             outputs, states = evaluate(requests)
             eval_count += len(requests)
 

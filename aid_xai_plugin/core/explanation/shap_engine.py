@@ -8,13 +8,19 @@ from .engine import ExplanationEngine, TileExplanation, shap_image_masker
 class ShapPartitionEngine(ExplanationEngine):
     name = "shap"
 
-    def explain(self, image_hwc, classifier, class_indices, settings):
+    def explain(self, image_hwc, classifier, class_indices, settings, progress=None):
         import shap
 
         image_hwc = np.asarray(image_hwc, dtype=np.float32)
         masker = shap_image_masker(settings.masker, image_hwc.shape)
 
+        evaluated = [0]
+
         def predict(batch_nhwc):  # shap hands channels-last arrays; the Classifier transposes for torch
+            if progress is not None:
+                progress.check_cancel()
+                progress.fraction(evaluated[0] / settings.max_evals)
+            evaluated[0] += len(batch_nhwc)
             return classifier.predict_probabilities(batch_nhwc, batch_size=settings.batch_size)
 
         explainer = shap.PartitionExplainer(predict, masker)
