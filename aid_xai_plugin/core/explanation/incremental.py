@@ -10,8 +10,9 @@ keep the values as close to shap's as float64 states do, at half the memory.
 
 The results differ from full evaluations only by float32 rounding (the cropped front computes the
 same cells as the full one, the update's sum runs in another order), so the values are within a
-small, tested tolerance of shap's rather than bit-identical. Both windows of a request go through
-the front in the same call, so cells the box can't reach cancel exactly.
+small, tested tolerance of shap's rather than bit-identical. The two windows of a request sit side by
+side in one front call, so where revealing the box changes no input (the image equals the background)
+the update is exactly zero and shap's exact priority ties survive.
 """
 
 import numpy as np
@@ -80,8 +81,9 @@ class IncrementalEvaluator:
         return torch.where(visible > 0.5, image, background)
 
     def front(self, windows):
-        """The front's features, in calls of at most PIXELS_PER_FRONT_CALL input pixels."""
-        per_call = max(1, PIXELS_PER_FRONT_CALL // (windows.shape[2] * windows.shape[3]))
+        """The front's features, in calls of at most PIXELS_PER_FRONT_CALL input pixels and an even
+        number of windows (so a request's pair of windows never straddles two calls)."""
+        per_call = max(2, PIXELS_PER_FRONT_CALL // (windows.shape[2] * windows.shape[3])) // 2 * 2
         return self.torch.cat([self.split.front(windows[start : start + per_call]) for start in range(0, len(windows), per_call)])
 
     def full_states(self, box_lists):
@@ -134,11 +136,10 @@ class IncrementalEvaluator:
                 first_cols = np.array([member[2] for member in members])
                 height = (row_count - 1) * rows.jump + rows.field
                 width = (col_count - 1) * cols.jump + cols.field
-                contexts = [requests[i][0] for i in positions]
-                revealed = [(requests[i][2], requests[i][0]) for i in positions]
-                windows = self.paint(contexts + revealed, np.tile(first_rows * rows.jump, 2), np.tile(first_cols * cols.jump, 2), height, width)
+                box_lists = [visible for i in positions for visible in (requests[i][0], (requests[i][2], requests[i][0]))]  # context, revealed
+                windows = self.paint(box_lists, np.repeat(first_rows * rows.jump, 2), np.repeat(first_cols * cols.jump, 2), height, width)
                 features = self.front(windows)
-                changes = (features[len(members) :] - features[: len(members)]).permute(0, 2, 3, 1).contiguous()
+                changes = (features[1::2] - features[0::2]).permute(0, 2, 3, 1).contiguous()
                 changes = changes.view(len(members), row_count, 1, col_count * self.split.features)
                 for slot, position in enumerate(positions):
                     weight = self.weight_window(first_rows[slot], first_cols[slot], row_count, col_count)
