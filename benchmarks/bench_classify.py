@@ -12,7 +12,6 @@ tiles/s, and peak RSS flat as the raster grows.
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -20,6 +19,8 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+
+from peak_memory import peak_rss_mb  # noqa: E402 - the benchmarks folder is on sys.path when run as a script
 
 
 def make_raster(path, side, scene_px=256):
@@ -58,7 +59,7 @@ def measure(raster, model, tile, batch):
     start = time.perf_counter()
     summary = classify_raster(raster, model, options, ClassifyOutputs(os.path.join(out, "c.tif"), os.path.join(out, "p.tif"), os.path.join(out, "t.gpkg")), batch_size=batch, device="cpu")
     algorithm_seconds = time.perf_counter() - start
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_mb = peak_rss_mb()
     source = TileSource(raster, model, options, "cpu")
     tiles = list(source.grid.tiles())[: min(len(source.grid), 8 * batch)]
     images = np.stack([source.model_input(t)[0] for t in tiles])

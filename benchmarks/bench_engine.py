@@ -3,7 +3,7 @@
 The Net has the source's architecture (256×256×3 input, 30 classes, 29.6 M parameters) but RANDOM
 weights (seeded, last layer scaled so the logits spread like a trained model's): speed and
 agreement do not depend on training. Each engine and budget runs in its
-own subprocess, so the printed peak RSS (ru_maxrss) belongs to that run alone; it includes Python,
+own subprocess, so the printed peak RSS (VmHWM) belongs to that run alone; it includes Python,
 torch (the CUDA build alone takes ~510 MB resident on import), the model and the tile — the RSS
 after that setup is printed too. shap and exact evaluate every masked tile in full; their runs above
 --measure-full-up-to are not run but estimated from the evals/s of their largest measured run, and
@@ -18,7 +18,6 @@ estimated, fast's with exact's) from the same run.
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,8 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+
+from peak_memory import peak_rss_mb  # noqa: E402 - the benchmarks folder is on sys.path when run as a script
 
 NUM_CLASSES = 30
 # Net's default initialisation gives logits within ±0.1, so every probability stays ≈ 1/30 and the
@@ -81,13 +82,12 @@ def run_worker(arguments):
     tile = bench_tile(arguments.size)
     classes = np.argsort(-classifier.predict_probabilities(tile[None])[0])[:TOP_CLASSES]
     settings = ExplainSettings(masker=arguments.masker, max_evals=arguments.worker_evals, batch_size=arguments.batch_size, seed=0)
-    setup_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    setup_rss_mb = peak_rss_mb()
     start = time.perf_counter()
     explanation = engine_by_name(arguments.worker).explain(tile, classifier, classes, settings)
     wall = time.perf_counter() - start
     np.save(arguments.values_file, explanation.values)
-    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"wall_s": wall, "setup_rss_mb": setup_rss_mb, "peak_rss_mb": peak_rss_mb}))
+    print(json.dumps({"wall_s": wall, "setup_rss_mb": setup_rss_mb, "peak_rss_mb": peak_rss_mb()}))
 
 
 def measure(engine, max_evals, arguments, values_file):

@@ -64,12 +64,21 @@ class TileSource:
     def batches(self, tiles, batch_size):
         """Yield lists of (tile, image, valid_fraction); tiles with too few valid pixels come through
         with image None so callers can count and mark them. The next batch is read in a background
-        thread while the caller runs the model on this one (GDAL releases the GIL while it reads)."""
+        thread while the caller runs the model on this one (GDAL releases the GIL while it reads).
+
+        Tiles come row by row, so when a new tile row starts, the source blocks GDAL cached for the
+        rows above are dropped: memory stays flat however large the raster (an overlapping stride
+        re-reads at most the shared blocks)."""
         from concurrent.futures import ThreadPoolExecutor
+
+        current_row = [None]
 
         def read(chunk):
             batch = []
             for tile in chunk:
+                if tile.row != current_row[0]:
+                    self.dataset.FlushCache()
+                    current_row[0] = tile.row
                 image, fraction = self.model_input(tile)
                 keep = fraction >= self.options.min_valid_fraction and fraction > 0
                 batch.append((tile, image if keep else None, fraction))
