@@ -254,3 +254,17 @@ def test_engine_by_name():
     assert isinstance(engine_by_name(" SHAP "), ShapPartitionEngine)
     with pytest.raises(AidXaiError, match="Unknown explanation engine"):
         engine_by_name("lime")
+
+
+def test_one_fast_engine_serves_many_tiles_and_models():
+    """The engine analyses a model once per tile shape; later tiles and another model must give the
+    same values as a fresh engine would."""
+    settings = ExplainSettings(masker="blur(8,8)", max_evals=400, batch_size=32, seed=1)
+    first, second = net_classifier(48, seed=0), net_classifier(48, seed=1)
+    tiles = [random_tile((48, 48, 3), seed=seed) for seed in (1, 2)]
+    shared = FastPartitionEngine()
+    for classifier in (first, second):
+        for tile in tiles:
+            np.testing.assert_array_equal(
+                shared.explain(tile, classifier, [0, 1], settings).values, FastPartitionEngine().explain(tile, classifier, [0, 1], settings).values
+            )

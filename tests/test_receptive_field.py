@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from aid_xai_plugin.core.explanation.incremental import IncrementalEvaluator
+from aid_xai_plugin.core.explanation.incremental import IncrementalEvaluator, WindowedLinear
 from aid_xai_plugin.core.explanation.partition import masked_background
 from aid_xai_plugin.core.explanation.receptive_field import split_model
 from aid_xai_plugin.core.model import Net
@@ -56,7 +56,7 @@ def test_incremental_updates_match_full_evaluations():
     tile = random_tile((96, 96, 3))
     background = masked_background(tile, "blur(9,9)")
     split = split_model(module, 96, 96, 3)
-    evaluator = IncrementalEvaluator(split, tile, background, classifier, np.arange(6))
+    evaluator = IncrementalEvaluator(WindowedLinear(split), tile, background, classifier, np.arange(6))
     root = (0, 96, 0, 96, 0, 3)
     (_, state), _ = evaluator.start(root)
     context = ((0, 48, 0, 96, 0, 3), None)  # the top half revealed

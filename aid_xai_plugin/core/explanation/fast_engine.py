@@ -20,7 +20,7 @@ import numpy as np
 
 from ..errors import AidXaiError
 from .engine import ExplanationEngine, TileExplanation, masker_value
-from .incremental import IncrementalEvaluator, box_tensor
+from .incremental import IncrementalEvaluator, WindowedLinear, box_tensor
 from .partition import lower_credit, masked_background, owen_node_values
 from .receptive_field import split_model
 from .shap_engine import ShapPartitionEngine
@@ -122,6 +122,17 @@ class FastPartitionEngine(ExplanationEngine):
 
     def __init__(self):
         self.fallback_reason = None  # why the last tile was not evaluated incrementally, if it wasn't
+        self._prepared = (None, None, None)  # (model, tile shape, WindowedLinear or why it can't be split)
+
+    def _prepare(self, module, shape):
+        """Analyse the model once for all the tiles of one shape this engine explains (only the latest
+        model is kept: the weight copy is large)."""
+        cached_module, cached_shape, prepared = self._prepared
+        if cached_module is not module or cached_shape != tuple(shape):
+            split = split_model(module, *shape)
+            prepared = split if isinstance(split, str) else WindowedLinear(split)
+            self._prepared = (module, tuple(shape), prepared)
+        return prepared
 
     def explain(self, image_hwc, classifier, class_indices, settings, progress=None):
         tile = _tile_and_background(image_hwc, settings)
@@ -129,13 +140,13 @@ class FastPartitionEngine(ExplanationEngine):
             self.fallback_reason = f"masker {settings.masker} needs shap's own masking"
             return ShapPartitionEngine().explain(image_hwc, classifier, class_indices, settings, progress)
         image_hwc, background_hwc = tile
-        split = split_model(classifier.module, *image_hwc.shape)
-        if isinstance(split, str):
-            self.fallback_reason = split
+        prepared = self._prepare(classifier.module, image_hwc.shape)
+        if isinstance(prepared, str):
+            self.fallback_reason = prepared
             return ExactPartitionEngine().explain(image_hwc, classifier, class_indices, settings, progress)
         self.fallback_reason = None
         indices = np.asarray(class_indices, dtype=int)
-        evaluator = IncrementalEvaluator(split, image_hwc, background_hwc, classifier, indices)
+        evaluator = IncrementalEvaluator(prepared, image_hwc, background_hwc, classifier, indices)
         np.random.seed(settings.seed)  # same tie-break draws as the shap engine
         root = (0, image_hwc.shape[0], 0, image_hwc.shape[1], 0, image_hwc.shape[2])
         (base_all, base_state), full_all = evaluator.start(root)
