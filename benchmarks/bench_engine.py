@@ -13,6 +13,7 @@ estimated, fast's with exact's) from the same run.
     .venv/bin/python benchmarks/bench_engine.py                      # 500 / 5 000 / 50 000, all engines
     .venv/bin/python benchmarks/bench_engine.py --max-evals 5000 --engines fast
     .venv/bin/python benchmarks/bench_engine.py --size 96 --max-evals 50000 --measure-full-up-to 50000
+    .venv/bin/python benchmarks/bench_engine.py --image ../shared/aid150/StorageTanks/storagetanks_1.jpg --max-evals 5000 --engines shap fast
 """
 
 import argparse
@@ -79,7 +80,12 @@ def run_worker(arguments):
 
     torch.set_num_threads(arguments.threads)
     classifier = source_classifier(arguments.device, size=arguments.size)
-    tile = bench_tile(arguments.size)
+    if arguments.image:
+        from aid_xai_plugin.core.preprocess import load_image_file
+
+        tile = load_image_file(arguments.image, arguments.size)
+    else:
+        tile = bench_tile(arguments.size)
     classes = np.argsort(-classifier.predict_probabilities(tile[None])[0])[:TOP_CLASSES]
     settings = ExplainSettings(masker=arguments.masker, max_evals=arguments.worker_evals, batch_size=arguments.batch_size, seed=0)
     setup_rss_mb = peak_rss_mb()
@@ -95,7 +101,7 @@ def measure(engine, max_evals, arguments, values_file):
         sys.executable, os.path.abspath(__file__), "--worker", engine, "--worker-evals", str(max_evals),
         "--values-file", values_file, "--masker", arguments.masker, "--batch-size", str(arguments.batch_size),
         "--threads", str(arguments.threads), "--device", arguments.device, "--size", str(arguments.size),
-    ]  # fmt: skip
+    ] + (["--image", arguments.image] if arguments.image else [])  # fmt: skip
     completed = subprocess.run(command, capture_output=True, text=True, check=True)
     return json.loads(completed.stdout.strip().splitlines()[-1])
 
@@ -107,6 +113,7 @@ def main():
     parser.add_argument("--measure-full-up-to", type=int, default=5000, help="above this budget, estimate shap and exact from their last measured evals/s")
     parser.add_argument("--size", type=int, default=256, help="tile side in pixels (Net is built for it)")
     parser.add_argument("--masker", default=None, help="default blur(size,size), as the source uses")
+    parser.add_argument("--image", help="explain this image file (e.g. an AID scene, resized to --size) instead of the synthetic tile")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
@@ -118,6 +125,8 @@ def main():
     if arguments.worker:
         return run_worker(arguments)
 
+    if arguments.image:
+        print(f"Tile: {arguments.image} resized to {arguments.size}x{arguments.size}")
     print(f"Net {arguments.size}x{arguments.size}x3, {NUM_CLASSES} classes, RANDOM weights (last layer x{LOGIT_SCALE:g}), top-{TOP_CLASSES}, masker {arguments.masker}, "
           f"batch {arguments.batch_size}, device {arguments.device}, {arguments.threads} torch threads")  # fmt: skip
     rates = {}
