@@ -17,19 +17,9 @@ the update is exactly zero and shap's exact priority ties survive.
 
 import numpy as np
 
-from .partition import boxes_of
+from .partition import box_tensor
 
 PIXELS_PER_FRONT_CALL = 1 << 15  # bounds the front's activations (Net: ~35 MB at conv1)
-
-
-def box_tensor(box_lists, torch, device):
-    """N×B×6 int64 tensor of the boxes of each linked list, zero-padded (empty boxes)."""
-    chains = [boxes_of(visible) for visible in box_lists]
-    boxes = np.zeros((len(chains), max(1, max(len(chain) for chain in chains)), 6), dtype=np.int64)
-    for row, chain in enumerate(chains):
-        if chain:
-            boxes[row, : len(chain)] = chain
-    return torch.from_numpy(boxes).to(device)
 
 
 class WindowedLinear:

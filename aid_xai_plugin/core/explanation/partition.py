@@ -45,6 +45,16 @@ def boxes_of(visible):
     return boxes
 
 
+def box_tensor(box_lists, torch, device):
+    """N×B×6 int64 tensor of the boxes of each linked list, zero-padded (empty boxes), on `device`."""
+    chains = [boxes_of(visible) for visible in box_lists]
+    boxes = np.zeros((len(chains), max(1, max(len(chain) for chain in chains)), 6), dtype=np.int64)
+    for row, chain in enumerate(chains):
+        if chain:
+            boxes[row, : len(chain)] = chain
+    return torch.from_numpy(boxes).to(device)
+
+
 def masked_background(image_hwc, mask_value):
     """What shap's Image masker puts in hidden pixels: cv2.blur of the tile, or the constant cast to
     the tile's float32 (as `out[~mask] = mask_value[~mask]` does)."""
