@@ -7,7 +7,7 @@ PLUGIN_NAME := aid_xai
 SYSTEM_PACKAGES := qgis python3-qgis qgis-providers python3-gdal gdal-bin python3-rasterio python3-venv python3-pip zip unzip
 export QT_QPA_PLATFORM := offscreen
 
-.PHONY: setup system venv plugin demo test zip install-user clean
+.PHONY: setup system venv plugin demo test test-debian zip install-user clean
 
 setup: system venv plugin
 
@@ -18,9 +18,12 @@ system:
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt constraints.txt
+# pip must never replace the numpy/scipy/Pillow/matplotlib/… QGIS's Python was built against: their
+# installed versions are read off this system (they differ between Debian releases) and pinned.
+$(VENV)/.installed: requirements.txt requirements-dev.txt constraints.txt scripts/system_constraints.py $(wildcard /var/lib/dpkg/status)
 	test -x $(VENV)/bin/python || /usr/bin/python3 -m venv --system-site-packages $(VENV)
-	$(VENV)/bin/pip install --disable-pip-version-check -q -c constraints.txt -r requirements-dev.txt
+	/usr/bin/python3 scripts/system_constraints.py > $(VENV)/system-constraints.txt
+	$(VENV)/bin/pip install --disable-pip-version-check -q -c $(VENV)/system-constraints.txt -c constraints.txt -r requirements-dev.txt
 	touch $@
 
 # The checkout itself is the plugin folder (metadata.txt, __init__.py, resources/, aid_xai_plugin/),
@@ -45,3 +48,10 @@ install-user: venv
 
 clean:
 	rm -rf $(QGIS_DIR) build aid_xai.zip demo_output .pytest_cache
+
+# Run `make test` (or GOAL=demo) in a debootstrapped Debian root of another release (as root; the
+# root is cached under build/debian): RELEASE=trixie (Debian 13) or bookworm (Debian 12).
+RELEASE ?= trixie
+GOAL ?= test
+test-debian:
+	scripts/test_other_debian.sh $(RELEASE) $(GOAL)

@@ -4,7 +4,7 @@
 Processing layer on top of it.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 
 def classFactory(iface):  # noqa: N802 (QGIS's name)

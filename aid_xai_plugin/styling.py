@@ -21,6 +21,7 @@ from qgis.core import (
 from qgis.PyQt.QtGui import QColor
 
 from .core.palette import class_colors
+from .qgis_compat import RAMP_INTERPOLATED
 
 _POST_PROCESSORS = []  # QGIS holds post-processors weakly: keep them alive here
 
@@ -62,7 +63,7 @@ def style_shap_raster(path, max_abs, band=1):
     layer = QgsRasterLayer(path, "shap", "gdal")
     m = max(float(max_abs), 1e-12)
     ramp = QgsColorRampShader(-m, m)
-    ramp.setColorRampType(QgsColorRampShader.Interpolated)
+    ramp.setColorRampType(RAMP_INTERPOLATED)
     ramp.setColorRampItemList(
         [
             QgsColorRampShader.ColorRampItem(-m, QColor(5, 48, 97, 255), f"{-m:.3g} (pushes down)"),

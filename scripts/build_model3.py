@@ -20,6 +20,9 @@ from qgis.core import (
 )
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from aid_xai_plugin.qgis_compat import NUMBER_INTEGER  # noqa: E402 (needs ROOT on sys.path)
+
 TARGET = os.path.join(ROOT, "resources", "models", "classify_explain_least_confident.model3")
 Source = QgsProcessingModelChildParameterSource
 
@@ -50,8 +53,8 @@ def build():
     for parameter in (
         QgsProcessingParameterRasterLayer("raster", "Raster"),
         QgsProcessingParameterFile("model", "Model file", fileFilter="AID-XAI model (*.aidx.pt)"),
-        QgsProcessingParameterNumber("tiles_to_explain", "Number of least-confident tiles to explain", QgsProcessingParameterNumber.Integer, 3, minValue=1),
-        QgsProcessingParameterNumber("max_evals", "Model evaluations per tile (max_evals)", QgsProcessingParameterNumber.Integer, 500, minValue=3),
+        QgsProcessingParameterNumber("tiles_to_explain", "Number of least-confident tiles to explain", NUMBER_INTEGER, 3, minValue=1),
+        QgsProcessingParameterNumber("max_evals", "Model evaluations per tile (max_evals)", NUMBER_INTEGER, 500, minValue=3),
     ):
         model.addModelParameter(parameter, QgsProcessingModelParameter(parameter.name()))
     child(model, "aid_xai:classify", "aid_xai:classify_1", "Classify tiles", {"INPUT": Source.fromModelParameter("raster"), "MODEL": Source.fromModelParameter("model")}, [("tiles", "OUTPUT_TILES", "Classified tiles")])
@@ -92,7 +95,6 @@ if __name__ == "__main__":
     from processing.core.Processing import Processing
 
     Processing.initialize()
-    sys.path.insert(0, ROOT)
     from aid_xai_plugin.provider import AidXaiProvider
 
     QgsApplication.processingRegistry().addProvider(AidXaiProvider())

@@ -6,6 +6,12 @@ import os
 import subprocess
 
 import pytest
+from osgeo import gdal
+
+# The tests' own GDAL calls raise, as GDAL 4 will by default. The plugin sets its mode around its
+# own calls and leaves this one alone (test_algorithms_leave_gdal_exception_mode_as_found); the
+# qgis_process runs below check that it never relies on the process-wide mode.
+gdal.UseExceptions()
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QGIS_PROCESS = os.path.join(ROOT, "bin", "qgis_process")
@@ -43,6 +49,7 @@ def run_algorithm_json(algorithm, parameters):
     args = ["--json", "run", algorithm, "--"] + [f"{key}={value}" for key, value in parameters.items()]
     completed = run_qgis_process(*args)
     assert completed.returncode == 0, f"qgis_process failed ({completed.returncode}):\n{completed.stdout[-3000:]}\n{completed.stderr[-3000:]}"
+    assert "gdal.UseExceptions()" not in completed.stderr, f"the plugin made GDAL calls outside gdal_exceptions():\n{completed.stderr[-3000:]}"
     return json.loads(completed.stdout[completed.stdout.index("{") :])
 
 

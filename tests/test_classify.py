@@ -235,3 +235,25 @@ def test_cancel_leaves_no_output(mosaic, synthetic_model, tmp_path):
     with pytest.raises(Cancelled):
         classify_raster(mosaic[0], synthetic_model, TilingOptions(), outputs, batch_size=4, progress=progress)
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("exceptions_on", [False, True])
+def test_algorithms_leave_gdal_exception_mode_as_found(aid_xai_provider, mosaic, synthetic_model, tmp_path, exceptions_on):
+    """QGIS and other plugins rely on GDAL's process-wide exception mode: the plugin must not change it."""
+    import processing
+    from osgeo import gdal, ogr, osr
+
+    modules = (gdal, ogr, osr)
+    before = [module.GetUseExceptions() for module in modules]
+    try:
+        for module in modules:
+            module.UseExceptions() if exceptions_on else module.DontUseExceptions()
+        processing.run("aid_xai:synthetic_mosaic", {"ROWS": 1, "COLUMNS": 2, "OUTPUT": str(tmp_path / "m.tif"), "TRUTH": str(tmp_path / "t.gpkg")})
+        processing.run("aid_xai:classify", {"INPUT": mosaic[0], "MODEL": synthetic_model, "OUTPUT_CLASSES": str(tmp_path / "c.tif"), "OUTPUT_TILES": str(tmp_path / "t2.gpkg")})
+        assert [module.GetUseExceptions() for module in modules] == [int(exceptions_on)] * 3
+        for module in modules:  # and later changes by others still take effect in this thread
+            module.DontUseExceptions() if exceptions_on else module.UseExceptions()
+        assert [module.GetUseExceptions() for module in modules] == [int(not exceptions_on)] * 3
+    finally:
+        for module, mode in zip(modules, before):
+            module.UseExceptions() if mode else module.DontUseExceptions()

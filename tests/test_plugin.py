@@ -126,3 +126,13 @@ def test_metadata_is_complete_for_the_plugin_repository():
     assert "torch" in general["about"] and "shap" in general["about"]
     assert os.path.exists(os.path.join(ROOT, general["icon"])) and os.path.exists(os.path.join(ROOT, "LICENSE"))
     assert os.access(QGIS_PROCESS, os.X_OK)
+
+
+def test_metadata_version_is_the_package_version():
+    import configparser
+
+    import aid_xai_plugin
+
+    metadata = configparser.ConfigParser(interpolation=None)
+    metadata.read(os.path.join(ROOT, "metadata.txt"), encoding="utf-8")
+    assert metadata["general"]["version"] == aid_xai_plugin.__version__

@@ -9,6 +9,7 @@ from qgis.core import (
 
 from ..core.classification import ClassifyOutputs, classify_raster
 from ..core.errors import AidXaiError
+from ..qgis_compat import NUMBER_INTEGER
 from ..styling import apply_on_load, style_class_raster, style_tile_layer
 from .base import AidXaiAlgorithm
 from .tiling_parameters import add_raster_and_model_parameters, add_tiling_parameters, read_tiling_options
@@ -35,7 +36,7 @@ class ClassifyAlgorithm(AidXaiAlgorithm):
     def initAlgorithm(self, config=None):  # noqa: N802
         add_raster_and_model_parameters(self)
         add_tiling_parameters(self)
-        self.addParameter(QgsProcessingParameterNumber("TOP_K", "Classes listed per tile (top-k)", QgsProcessingParameterNumber.Integer, 4, minValue=1))
+        self.addParameter(QgsProcessingParameterNumber("TOP_K", "Classes listed per tile (top-k)", NUMBER_INTEGER, 4, minValue=1))
         self.add_device_parameter()
         self.addParameter(QgsProcessingParameterRasterDestination("OUTPUT_CLASSES", "Class raster", optional=True, createByDefault=True))
         self.addParameter(QgsProcessingParameterRasterDestination("OUTPUT_PROBABILITIES", "Probability raster", optional=True, createByDefault=True))

@@ -10,6 +10,7 @@ from qgis.core import (
 from ..core.atomic import check_writable
 from ..core.figures import write_evaluation_report
 from ..core.metrics import evaluate_folder
+from ..qgis_compat import NUMBER_INTEGER
 from .base import AidXaiAlgorithm
 
 
@@ -31,7 +32,7 @@ class EvaluateAlgorithm(AidXaiAlgorithm):
         self.addParameter(QgsProcessingParameterFile("MODEL", "Model file", behavior=QgsProcessingParameterFile.File, fileFilter="AID-XAI model (*.aidx.pt)"))
         self.addParameter(QgsProcessingParameterFile("DATASET", "Image folder (one sub-folder per class)", behavior=QgsProcessingParameterFile.Folder))
         self.add_device_parameter()
-        self.addParameter(QgsProcessingParameterNumber("BATCH_SIZE", "Batch size", QgsProcessingParameterNumber.Integer, 64, minValue=1))
+        self.addParameter(QgsProcessingParameterNumber("BATCH_SIZE", "Batch size", NUMBER_INTEGER, 64, minValue=1))
         self.addParameter(QgsProcessingParameterFileDestination("OUTPUT_HTML", "Evaluation report", fileFilter="HTML files (*.html)"))
         self.addParameter(QgsProcessingParameterFileDestination("OUTPUT_CSV", "Per-class scores (CSV)", fileFilter="CSV files (*.csv)", optional=True, createByDefault=False))
         self.addOutput(QgsProcessingOutputNumber("ACCURACY", "Overall accuracy"))

@@ -4,7 +4,6 @@ from qgis.core import (
     QgsFeatureRequest,
     QgsGeometry,
     QgsPointXY,
-    QgsProcessing,
     QgsProcessingOutputNumber,
     QgsProcessingParameterFeatureSource,
     QgsProcessingParameterField,
@@ -14,12 +13,12 @@ from qgis.core import (
     QgsProcessingParameterString,
     QgsProcessingParameterVectorDestination,
     QgsSpatialIndex,
-    QgsWkbTypes,
 )
 
 from ..core.errors import AidXaiError
 from ..core.explaining import ExplainOutputs, ExplainRequest, explain_raster
 from ..core.explanation.engine import ExplainSettings
+from ..qgis_compat import NUMBER_INTEGER, POINT_GEOMETRY, SOURCE_VECTOR_POINT, SOURCE_VECTOR_POLYGON
 from ..styling import apply_on_load, style_shap_raster
 from .base import AidXaiAlgorithm
 from .tiling_parameters import add_raster_and_model_parameters, add_tiling_parameters, read_tiling_options
@@ -57,17 +56,17 @@ class ExplainAlgorithm(AidXaiAlgorithm):
         add_raster_and_model_parameters(self)
         self.addParameter(
             QgsProcessingParameterFeatureSource(
-                "FEATURES", "Explain tiles under these features (empty = all tiles in the extent)", [QgsProcessing.TypeVectorPoint, QgsProcessing.TypeVectorPolygon], optional=True
+                "FEATURES", "Explain tiles under these features (empty = all tiles in the extent)", [SOURCE_VECTOR_POINT, SOURCE_VECTOR_POLYGON], optional=True
             )
         )
         self.addParameter(QgsProcessingParameterField("LABEL_FIELD", "Field with the true label (shown in the report)", parentLayerParameterName="FEATURES", optional=True))
         add_tiling_parameters(self, default_batch=128)
-        self.addParameter(QgsProcessingParameterNumber("MAX_EVALS", "Model evaluations per tile (max_evals)", QgsProcessingParameterNumber.Integer, 500, minValue=3))
+        self.addParameter(QgsProcessingParameterNumber("MAX_EVALS", "Model evaluations per tile (max_evals)", NUMBER_INTEGER, 500, minValue=3))
         self.addParameter(QgsProcessingParameterString("MASKER", "Masker: blur(k,k), inpaint_telea, inpaint_ns or a constant 0..1", defaultValue="blur(256,256)"))
-        self.addParameter(QgsProcessingParameterNumber("TOP_K", "Explain the k most probable classes", QgsProcessingParameterNumber.Integer, 4, minValue=1))
+        self.addParameter(QgsProcessingParameterNumber("TOP_K", "Explain the k most probable classes", NUMBER_INTEGER, 4, minValue=1))
         self.addParameter(QgsProcessingParameterString("CLASSES", "…or these classes (comma-separated names; overrides TOP_K)", optional=True))
         self.addParameter(QgsProcessingParameterString("ENGINE", "Engine: fast, exact or shap", defaultValue="fast"))
-        self.addParameter(QgsProcessingParameterNumber("SEED", "Random seed", QgsProcessingParameterNumber.Integer, 0))
+        self.addParameter(QgsProcessingParameterNumber("SEED", "Random seed", NUMBER_INTEGER, 0))
         self.add_device_parameter()
         self.addParameter(QgsProcessingParameterRasterDestination("OUTPUT", "SHAP raster"))
         self.addParameter(QgsProcessingParameterVectorDestination("OUTPUT_TABLE", "Explained tiles table", optional=True, createByDefault=True))
@@ -137,7 +136,7 @@ class ExplainAlgorithm(AidXaiAlgorithm):
             centre = footprint.centroid()
             for fid in index.intersects(footprint.boundingBox()):
                 geometry = geometries[fid]
-                if QgsWkbTypes.geometryType(geometry.wkbType()) == QgsWkbTypes.PointGeometry:
+                if geometry.type() == POINT_GEOMETRY:
                     hit = footprint.intersects(geometry)
                 else:
                     hit = geometry.contains(centre)

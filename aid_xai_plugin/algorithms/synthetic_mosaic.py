@@ -12,6 +12,7 @@ from ..core.atomic import atomic_output
 from ..core.errors import AidXaiError
 from ..core.synthetic import make_scene_mosaic
 from ..core.vector_io import write_polygons
+from ..qgis_compat import NUMBER_DOUBLE, NUMBER_INTEGER
 from .base import AidXaiAlgorithm
 
 
@@ -29,12 +30,12 @@ class SyntheticMosaicAlgorithm(AidXaiAlgorithm):
     )
 
     def initAlgorithm(self, config=None):  # noqa: N802
-        self.addParameter(QgsProcessingParameterNumber("ROWS", "Rows of scenes", QgsProcessingParameterNumber.Integer, 4, minValue=1, maxValue=500))
-        self.addParameter(QgsProcessingParameterNumber("COLUMNS", "Columns of scenes", QgsProcessingParameterNumber.Integer, 6, minValue=1, maxValue=500))
-        self.addParameter(QgsProcessingParameterNumber("SCENE_SIZE", "Scene size (pixels)", QgsProcessingParameterNumber.Integer, 64, minValue=24, maxValue=2048))
-        self.addParameter(QgsProcessingParameterNumber("PIXEL_SIZE", "Pixel size (map units)", QgsProcessingParameterNumber.Double, 2.0, minValue=1e-9))
+        self.addParameter(QgsProcessingParameterNumber("ROWS", "Rows of scenes", NUMBER_INTEGER, 4, minValue=1, maxValue=500))
+        self.addParameter(QgsProcessingParameterNumber("COLUMNS", "Columns of scenes", NUMBER_INTEGER, 6, minValue=1, maxValue=500))
+        self.addParameter(QgsProcessingParameterNumber("SCENE_SIZE", "Scene size (pixels)", NUMBER_INTEGER, 64, minValue=24, maxValue=2048))
+        self.addParameter(QgsProcessingParameterNumber("PIXEL_SIZE", "Pixel size (map units)", NUMBER_DOUBLE, 2.0, minValue=1e-9))
         self.addParameter(QgsProcessingParameterCrs("CRS", "CRS (a projected CRS in metres; origin 500000, 5600000)", "EPSG:32633", optional=True))
-        self.addParameter(QgsProcessingParameterNumber("SEED", "Random seed", QgsProcessingParameterNumber.Integer, 0))
+        self.addParameter(QgsProcessingParameterNumber("SEED", "Random seed", NUMBER_INTEGER, 0))
         self.addParameter(QgsProcessingParameterRasterDestination("OUTPUT", "Mosaic"))
         self.addParameter(QgsProcessingParameterVectorDestination("TRUTH", "Ground-truth scene footprints", optional=True, createByDefault=True))
 

@@ -3,6 +3,7 @@
 from qgis.core import QgsProcessingOutputFolder, QgsProcessingParameterFolderDestination, QgsProcessingParameterNumber
 
 from ..core.synthetic import SYNTHETIC_CLASSES, make_scene_folder
+from ..qgis_compat import NUMBER_INTEGER
 from .base import AidXaiAlgorithm
 
 
@@ -19,9 +20,9 @@ class SyntheticScenesAlgorithm(AidXaiAlgorithm):
     )
 
     def initAlgorithm(self, config=None):  # noqa: N802
-        self.addParameter(QgsProcessingParameterNumber("PER_CLASS", "Images per class", QgsProcessingParameterNumber.Integer, 40, minValue=1, maxValue=10000))
-        self.addParameter(QgsProcessingParameterNumber("SIZE", "Image size (pixels)", QgsProcessingParameterNumber.Integer, 64, minValue=24, maxValue=2048))
-        self.addParameter(QgsProcessingParameterNumber("SEED", "Random seed", QgsProcessingParameterNumber.Integer, 0))
+        self.addParameter(QgsProcessingParameterNumber("PER_CLASS", "Images per class", NUMBER_INTEGER, 40, minValue=1, maxValue=10000))
+        self.addParameter(QgsProcessingParameterNumber("SIZE", "Image size (pixels)", NUMBER_INTEGER, 64, minValue=24, maxValue=2048))
+        self.addParameter(QgsProcessingParameterNumber("SEED", "Random seed", NUMBER_INTEGER, 0))
         self.addParameter(QgsProcessingParameterFolderDestination("OUTPUT", "Dataset folder"))
         self.addOutput(QgsProcessingOutputFolder("OUTPUT", "Dataset folder"))
 

@@ -12,6 +12,7 @@ from qgis.core import (
 
 from ..core.raster_io import SCALING_HELP
 from ..core.tile_source import DEFAULT_MIN_VALID_FRACTION, TilingOptions
+from ..qgis_compat import DISTANCE_METRES, NUMBER_DOUBLE, NUMBER_INTEGER, with_advanced_flag
 
 TILE_UNITS = ["pixels", "map units", "metres"]
 MODEL_FILTER = "AID-XAI model (*.aidx.pt *.pt);;All files (*.*)"
@@ -25,11 +26,11 @@ def add_raster_and_model_parameters(algorithm):
 def add_tiling_parameters(algorithm, default_batch=32):
     advanced = []
     algorithm.addParameter(
-        QgsProcessingParameterNumber("TILE_SIZE", "Tile size (0 = the model's input size in source pixels)", QgsProcessingParameterNumber.Double, 0.0, minValue=0.0)
+        QgsProcessingParameterNumber("TILE_SIZE", "Tile size (0 = the model's input size in source pixels)", NUMBER_DOUBLE, 0.0, minValue=0.0)
     )
     algorithm.addParameter(QgsProcessingParameterEnum("TILE_UNIT", "Tile size and stride unit", TILE_UNITS, defaultValue=0))
     algorithm.addParameter(
-        QgsProcessingParameterNumber("STRIDE", "Stride between tiles (0 = tile size, no overlap)", QgsProcessingParameterNumber.Double, 0.0, minValue=0.0)
+        QgsProcessingParameterNumber("STRIDE", "Stride between tiles (0 = tile size, no overlap)", NUMBER_DOUBLE, 0.0, minValue=0.0)
     )
     algorithm.addParameter(QgsProcessingParameterExtent("EXTENT", "Processing extent (empty = whole raster)", optional=True))
     advanced.append(QgsProcessingParameterString("BANDS", "Bands in model order, e.g. 1,2,3 (empty = as recorded in the model)", optional=True))
@@ -38,16 +39,15 @@ def add_tiling_parameters(algorithm, default_batch=32):
         QgsProcessingParameterNumber(
             "MIN_VALID_FRACTION",
             "Minimum fraction of valid (not nodata/alpha/outside) pixels for a tile to be used",
-            QgsProcessingParameterNumber.Double,
+            NUMBER_DOUBLE,
             DEFAULT_MIN_VALID_FRACTION,
             minValue=0.0,
             maxValue=1.0,
         )
     )
-    advanced.append(QgsProcessingParameterNumber("BATCH_SIZE", "Batch size (tiles per model call)", QgsProcessingParameterNumber.Integer, default_batch, minValue=1))
+    advanced.append(QgsProcessingParameterNumber("BATCH_SIZE", "Batch size (tiles per model call)", NUMBER_INTEGER, default_batch, minValue=1))
     for parameter in advanced:
-        parameter.setFlags(parameter.flags() | parameter.FlagAdvanced)
-        algorithm.addParameter(parameter)
+        algorithm.addParameter(with_advanced_flag(parameter))
 
 
 def read_tiling_options(algorithm, parameters, context, layer):
@@ -67,5 +67,5 @@ def read_tiling_options(algorithm, parameters, context, layer):
         min_valid_fraction=algorithm.parameterAsDouble(parameters, "MIN_VALID_FRACTION", context),
         is_geographic=crs.isGeographic(),
         center_latitude=layer.extent().center().y(),
-        metres_per_map_unit=QgsUnitTypes.fromUnitToUnitFactor(crs.mapUnits(), QgsUnitTypes.DistanceMeters),
+        metres_per_map_unit=QgsUnitTypes.fromUnitToUnitFactor(crs.mapUnits(), DISTANCE_METRES),
     )

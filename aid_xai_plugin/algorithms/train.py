@@ -9,6 +9,7 @@ from qgis.core import (
 )
 
 from ..core.training import MIN_INPUT_SIZE, TrainingConfig, train_model
+from ..qgis_compat import NUMBER_DOUBLE, NUMBER_INTEGER
 from .base import AidXaiAlgorithm
 
 
@@ -35,12 +36,12 @@ class TrainAlgorithm(AidXaiAlgorithm):
 
     def initAlgorithm(self, config=None):  # noqa: N802
         self.addParameter(QgsProcessingParameterFile("DATASET", "Image folder (one sub-folder per class)", behavior=QgsProcessingParameterFile.Folder))
-        self.addParameter(QgsProcessingParameterNumber("INPUT_SIZE", "Model input size (pixels)", QgsProcessingParameterNumber.Integer, 256, minValue=MIN_INPUT_SIZE, maxValue=2048))
-        self.addParameter(QgsProcessingParameterNumber("VALIDATION_FRACTION", "Validation fraction (per class)", QgsProcessingParameterNumber.Double, 0.10, minValue=0.01, maxValue=0.9))
-        self.addParameter(QgsProcessingParameterNumber("EPOCHS", "Epochs", QgsProcessingParameterNumber.Integer, 10, minValue=1))
-        self.addParameter(QgsProcessingParameterNumber("BATCH_SIZE", "Batch size", QgsProcessingParameterNumber.Integer, 32, minValue=1))
-        self.addParameter(QgsProcessingParameterNumber("LEARNING_RATE", "Learning rate (Adam)", QgsProcessingParameterNumber.Double, 0.001, minValue=1e-7, maxValue=1.0))
-        self.addParameter(QgsProcessingParameterNumber("SEED", "Random seed", QgsProcessingParameterNumber.Integer, 0))
+        self.addParameter(QgsProcessingParameterNumber("INPUT_SIZE", "Model input size (pixels)", NUMBER_INTEGER, 256, minValue=MIN_INPUT_SIZE, maxValue=2048))
+        self.addParameter(QgsProcessingParameterNumber("VALIDATION_FRACTION", "Validation fraction (per class)", NUMBER_DOUBLE, 0.10, minValue=0.01, maxValue=0.9))
+        self.addParameter(QgsProcessingParameterNumber("EPOCHS", "Epochs", NUMBER_INTEGER, 10, minValue=1))
+        self.addParameter(QgsProcessingParameterNumber("BATCH_SIZE", "Batch size", NUMBER_INTEGER, 32, minValue=1))
+        self.addParameter(QgsProcessingParameterNumber("LEARNING_RATE", "Learning rate (Adam)", NUMBER_DOUBLE, 0.001, minValue=1e-7, maxValue=1.0))
+        self.addParameter(QgsProcessingParameterNumber("SEED", "Random seed", NUMBER_INTEGER, 0))
         self.add_device_parameter()
         self.addParameter(QgsProcessingParameterBoolean("AUGMENT", "Augment with random flips and 90° rotations", False))
         self.addParameter(QgsProcessingParameterBoolean("CHECKPOINTS", "Save the model after every epoch", False))

@@ -11,6 +11,7 @@ import dataclasses
 import numpy as np
 
 from .atomic import atomic_output, check_writable
+from .gdal_context import raising_gdal_errors
 from .palette import class_colors
 from .raster_io import create_geotiff
 from .tile_source import TileSource, top_k
@@ -43,6 +44,7 @@ def confidence(probabilities):
     return margin, entropy
 
 
+@raising_gdal_errors
 def classify_raster(raster_path, model_path, options, outputs, k=4, batch_size=32, device="auto", progress=None):
     """Run the classifier over the raster; returns a summary (tile counts, class histogram)."""
     from osgeo import gdal

@@ -30,6 +30,7 @@ def missing_packages_message(import_names=None):
         f"AID-XAI needs the Python package(s) {', '.join(missing)}, which QGIS's Python cannot "
         f"import. Install them into the Python QGIS uses, e.g. `python3 -m pip install "
         f"{' '.join(missing)} numpy==$(python3 -c 'import numpy; print(numpy.__version__)')` "
-        f"(keeping numpy at QGIS's version), or run `make setup` in the AID-XAI checkout and "
-        f"start QGIS with its venv on PYTHONPATH, then restart QGIS."
+        f"(keeping numpy at QGIS's version; the README's 'Installing into your own QGIS' keeps every "
+        f"compiled package of QGIS's Python as it is), or run `make setup` in the AID-XAI checkout "
+        f"and start QGIS with its venv on PYTHONPATH, then restart QGIS."
     )

@@ -19,6 +19,7 @@ from .atomic import atomic_output, check_writable
 from .errors import AidXaiError
 from .explanation.engine import masker_value
 from .explanation.fast_engine import engine_by_name
+from .gdal_context import raising_gdal_errors
 from .tile_source import TileSource, top_k
 from .vector_io import PolygonWriter
 
@@ -70,6 +71,7 @@ def tiles_to_explain(source, request):
     return chosen
 
 
+@raising_gdal_errors
 def explain_raster(raster_path, model_path, options, request, settings, outputs, engine="fast", device="auto", progress=None):
     source = TileSource(raster_path, model_path, options, device)
     classifier, grid = source.classifier, source.grid

@@ -12,6 +12,7 @@ import re
 import numpy as np
 
 from .errors import AidXaiError
+from .gdal_context import raising_gdal_errors
 
 SCALING_HELP = (
     "auto (8-bit: value/255; other types: per-band 2-98 % stretch), percentile(LOW,HIGH), "
@@ -19,10 +20,10 @@ SCALING_HELP = (
 )
 
 
+@raising_gdal_errors
 def open_raster(path):
     from osgeo import gdal
 
-    gdal.UseExceptions()
     try:
         dataset = gdal.Open(path, gdal.GA_ReadOnly)
     except RuntimeError as error:

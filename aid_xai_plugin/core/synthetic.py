@@ -10,6 +10,8 @@ import os
 
 import numpy as np
 
+from .gdal_context import raising_gdal_errors
+
 SYNTHETIC_CLASSES = ("BareLand", "Farmland", "Forest", "Residential", "StorageTank", "Water")
 
 
@@ -99,6 +101,7 @@ def render_scene(class_name, size, rng):
     return np.clip(np.rint(image), 0, 255).astype(np.uint8)
 
 
+@raising_gdal_errors
 def make_scene_folder(folder, per_class=40, size=64, seed=0, classes=SYNTHETIC_CLASSES, progress=None):
     """Write a folder-per-class dataset (AID's layout) of PNG scenes; returns the file count."""
     from osgeo import gdal
@@ -120,6 +123,7 @@ def make_scene_folder(folder, per_class=40, size=64, seed=0, classes=SYNTHETIC_C
     return total
 
 
+@raising_gdal_errors
 def make_scene_mosaic(path, rows=4, cols=6, scene_px=64, pixel_size=2.0, origin=(500000.0, 5600000.0), epsg=32633, seed=0, classes=SYNTHETIC_CLASSES):
     """Write a georeferenced GeoTIFF mosaic of rows×cols synthetic scenes (north-up, UTM by default).
 

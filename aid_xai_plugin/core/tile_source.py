@@ -5,6 +5,7 @@ import dataclasses
 import numpy as np
 
 from .errors import AidXaiError
+from .gdal_context import raising_gdal_errors
 from .inference import Classifier
 from .model_file import load_model
 from .preprocess import resize_to_input
@@ -73,6 +74,7 @@ class TileSource:
 
         current_row = [None]
 
+        @raising_gdal_errors  # GDAL's exception mode is per thread: set it in the reader's too
         def read(chunk):
             batch = []
             for tile in chunk:

@@ -3,6 +3,7 @@
 import os
 
 from .atomic import atomic_output
+from .gdal_context import raising_gdal_errors
 
 _OGR_TYPES = {int: "OFTInteger64", float: "OFTReal", str: "OFTString"}
 
@@ -10,6 +11,7 @@ _OGR_TYPES = {int: "OFTInteger64", float: "OFTReal", str: "OFTString"}
 class PolygonWriter:
     """Open with a path, CRS (WKT or 'EPSG:n') and [(name, python type)]; `add(values, corners)`."""
 
+    @raising_gdal_errors
     def __init__(self, path, crs, fields, layer_name=None):
         from osgeo import ogr, osr
 
@@ -28,6 +30,7 @@ class PolygonWriter:
         self._field_names = [name for name, _ in fields]
         self._layer.StartTransaction()
 
+    @raising_gdal_errors
     def add(self, values, corners):
         """`corners`: polygon ring as (x, y) pairs, or a (xmin, ymin, xmax, ymax) box."""
         ogr = self._ogr
@@ -45,6 +48,7 @@ class PolygonWriter:
         feature.SetGeometry(polygon)
         self._layer.CreateFeature(feature)
 
+    @raising_gdal_errors
     def close(self, success=True):
         if self._dataset is not None:
             if success:
