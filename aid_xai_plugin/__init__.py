@@ -4,7 +4,7 @@
 Processing layer on top of it.
 """
 
-__version__ = "0.2.0"
+from .core import __version__  # noqa: F401 (the plugin's version, also in metadata.txt)
 
 
 def classFactory(iface):  # noqa: N802 (QGIS's name)

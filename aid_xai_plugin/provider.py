@@ -15,7 +15,7 @@ class AidXaiProvider(QgsProcessingProvider):
         return "AID XAI"
 
     def longName(self):  # noqa: N802 (QGIS's name)
-        from . import __version__
+        from .core import __version__
 
         return f"AID XAI {__version__}: explainable scene classification"
 
@@ -24,6 +24,19 @@ class AidXaiProvider(QgsProcessingProvider):
 
     def svgIconPath(self):  # noqa: N802 (QGIS's name)
         return ICON_PATH
+
+    # The formats the algorithms write: the dialogs offer these, and a file name says which one.
+    def supportedOutputRasterLayerExtensions(self):  # noqa: N802 (QGIS's name)
+        return ["tif"]
+
+    def supportedOutputVectorLayerExtensions(self):  # noqa: N802 (QGIS's name)
+        return ["gpkg", "geojson", "shp"]
+
+    def defaultRasterFileExtension(self):  # noqa: N802 (QGIS's name)
+        return "tif"
+
+    def defaultVectorFileExtension(self, hasGeometry=True):  # noqa: N802,N803 (QGIS's names)
+        return "gpkg"
 
     def loadAlgorithms(self):  # noqa: N802 (QGIS's name)
         for algorithm in all_algorithms():

@@ -20,7 +20,7 @@ from qgis.core import (
 )
 from qgis.PyQt.QtGui import QColor
 
-from .core.palette import class_colors
+from .core.common.palette import class_colors
 from .qgis_compat import RAMP_INTERPOLATED
 
 _POST_PROCESSORS = []  # QGIS holds post-processors weakly: keep them alive here

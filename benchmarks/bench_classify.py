@@ -28,7 +28,7 @@ def make_raster(path, side, scene_px=256):
     import numpy as np
     from osgeo import gdal, osr
 
-    from aid_xai_plugin.core.synthetic import SYNTHETIC_CLASSES, render_scene
+    from aid_xai_plugin.core.data.synthetic import SYNTHETIC_CLASSES, render_scene
 
     rng = np.random.default_rng(0)
     block = np.concatenate([render_scene(SYNTHETIC_CLASSES[i % 6], scene_px, rng) for i in range(4)], axis=1)  # 256×1024×3
@@ -50,8 +50,8 @@ def measure(raster, model, tile, batch):
     import numpy as np
     import torch
 
-    from aid_xai_plugin.core.classification import ClassifyOutputs, classify_raster
-    from aid_xai_plugin.core.tile_source import TileSource, TilingOptions
+    from aid_xai_plugin.core.pipelines.classify import ClassifyOutputs, classify_raster
+    from aid_xai_plugin.core.pipelines.tiles import TileSource, TilingOptions
 
     torch.set_num_threads(2)
     options = TilingOptions(tile_size=tile)
@@ -67,7 +67,7 @@ def measure(raster, model, tile, batch):
     start = time.perf_counter()
     source.classifier.predict_probabilities(images, batch)
     forward_rate = len(images) / (time.perf_counter() - start)
-    print(json.dumps({"tiles": summary["tiles"], "algorithm_tiles_per_s": summary["tiles"] / algorithm_seconds, "forward_tiles_per_s": forward_rate, "peak_rss_mb": peak_mb, "seconds": algorithm_seconds}))
+    print(json.dumps({"tiles": summary.tiles, "algorithm_tiles_per_s": summary.tiles / algorithm_seconds, "forward_tiles_per_s": forward_rate, "peak_rss_mb": peak_mb, "seconds": algorithm_seconds}))
 
 
 def main():
@@ -84,9 +84,9 @@ def main():
         return
     import torch
 
-    from aid_xai_plugin.core.model import Net
-    from aid_xai_plugin.core.model_file import ModelInfo, save_model
-    from aid_xai_plugin.core.synthetic import SYNTHETIC_CLASSES
+    from aid_xai_plugin.core.data.synthetic import SYNTHETIC_CLASSES
+    from aid_xai_plugin.core.ml.model_file import ModelInfo, save_model
+    from aid_xai_plugin.core.ml.net import Net
 
     work = tempfile.mkdtemp(prefix="aidxai_bench_")
     model = os.path.join(work, "net.aidx.pt")

@@ -42,9 +42,9 @@ TOP_CLASSES = 4
 def source_classifier(device, seed=0, size=256):
     import torch
 
-    from aid_xai_plugin.core.inference import Classifier
-    from aid_xai_plugin.core.model import Net
-    from aid_xai_plugin.core.model_file import LoadedModel, ModelInfo
+    from aid_xai_plugin.core.ml.classifier import Classifier
+    from aid_xai_plugin.core.ml.model_file import LoadedModel, ModelInfo
+    from aid_xai_plugin.core.ml.net import Net
 
     torch.manual_seed(seed)
     info = ModelInfo(
@@ -75,13 +75,13 @@ def run_worker(arguments):
     """One engine, one budget, in this process: prints a JSON line and saves the values."""
     import torch
 
-    from aid_xai_plugin.core.explanation.engine import ExplainSettings
-    from aid_xai_plugin.core.explanation.fast_engine import engine_by_name
+    from aid_xai_plugin.core.explain.engine import ExplainSettings
+    from aid_xai_plugin.core.explain.registry import engine_by_name
 
     torch.set_num_threads(arguments.threads)
     classifier = source_classifier(arguments.device, size=arguments.size)
     if arguments.image:
-        from aid_xai_plugin.core.preprocess import load_image_file
+        from aid_xai_plugin.core.ml.preprocess import load_image_file
 
         tile = load_image_file(arguments.image, arguments.size)
     else:

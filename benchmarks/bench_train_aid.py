@@ -18,9 +18,9 @@ import tempfile
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from aid_xai_plugin.core.inference import resolve_device  # noqa: E402
-from aid_xai_plugin.core.progress import Progress  # noqa: E402
-from aid_xai_plugin.core.training import TrainingConfig, train_model  # noqa: E402
+from aid_xai_plugin.core.common.progress import Progress  # noqa: E402
+from aid_xai_plugin.core.ml.classifier import resolve_device  # noqa: E402
+from aid_xai_plugin.core.ml.training import TrainingConfig, train_model  # noqa: E402
 
 SOURCE_ACCURACY = 0.53
 SOURCE_MACRO_F1 = 0.517

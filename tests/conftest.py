@@ -55,7 +55,7 @@ def run_algorithm_json(algorithm, parameters):
 
 @pytest.fixture(scope="session")
 def synthetic_dataset(tmp_path_factory):
-    from aid_xai_plugin.core.synthetic import make_scene_folder
+    from aid_xai_plugin.core.data.synthetic import make_scene_folder
 
     folder = tmp_path_factory.mktemp("synthetic_scenes")
     make_scene_folder(str(folder), per_class=40, size=64, seed=1)
@@ -65,7 +65,7 @@ def synthetic_dataset(tmp_path_factory):
 @pytest.fixture(scope="session")
 def synthetic_model(tmp_path_factory, synthetic_dataset):
     """A Net trained on the synthetic scenes at 64×64 (seconds on 2 cores); path of the model file."""
-    from aid_xai_plugin.core.training import TrainingConfig, train_model
+    from aid_xai_plugin.core.ml.training import TrainingConfig, train_model
 
     path = str(tmp_path_factory.mktemp("model") / "synthetic.aidx.pt")
     train_model(TrainingConfig(dataset=synthetic_dataset, output=path, input_size=64, epochs=6, batch_size=16, seed=0, augment=True))

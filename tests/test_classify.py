@@ -7,9 +7,9 @@ import pytest
 import rasterio
 from conftest import AID150, requires_aid150, run_algorithm_json
 
-from aid_xai_plugin.core.classification import ClassifyOutputs, classify_raster
-from aid_xai_plugin.core.synthetic import make_scene_mosaic
-from aid_xai_plugin.core.tile_source import TilingOptions
+from aid_xai_plugin.core.pipelines.classify import ClassifyOutputs, classify_raster
+from aid_xai_plugin.core.data.synthetic import make_scene_mosaic
+from aid_xai_plugin.core.pipelines.tiles import TilingOptions
 
 
 @pytest.fixture(scope="module")
@@ -64,10 +64,10 @@ def test_core_classify_is_accurate_and_aligned(mosaic, synthetic_model, tmp_path
     path, truth = mosaic
     outputs = ClassifyOutputs(str(tmp_path / "classes.tif"), str(tmp_path / "probabilities.tif"), str(tmp_path / "tiles.gpkg"))
     summary = classify_raster(path, synthetic_model, TilingOptions(), outputs, k=3, batch_size=8)
-    assert summary["classified"] == 24 and summary["skipped"] == 0
+    assert summary.classified == 24 and summary.skipped == 0
     assert_aligned_and_accurate(outputs.class_raster, outputs.tile_layer, path, truth)
     with rasterio.open(outputs.probability_raster) as probabilities:
-        assert probabilities.descriptions == tuple(summary["class_names"])
+        assert probabilities.descriptions == tuple(summary.class_names)
         assert np.allclose(probabilities.read().sum(axis=0), 1.0, atol=1e-5)
         tags = probabilities.tags()
         assert tags["AIDXAI_TILE_SIZE_PX"] == "64x64" and len(tags["AIDXAI_MODEL_SHA256"]) == 64
@@ -130,7 +130,7 @@ def test_sixteen_bit_and_rgba_inputs(mosaic, synthetic_model, tmp_path):
     classify_raster(path, synthetic_model, TilingOptions(), reference)
     scaled = ClassifyOutputs(class_raster=str(tmp_path / "u16_classes.tif"))
     summary = classify_raster(str(tmp_path / "u16.tif"), synthetic_model, TilingOptions(bands="1,2,3", scaling="minmax(0,65535)"), scaled)
-    assert summary["skipped"] == 1
+    assert summary.skipped == 1
     expected = rasterio.open(reference.class_raster).read(1)
     got = rasterio.open(scaled.class_raster).read(1)
     assert got[0, 0] == 255
@@ -148,8 +148,8 @@ def test_geographic_crs_with_tile_size_in_metres(synthetic_model, tmp_path):
     gdal.Translate(geographic, path, outputSRS="EPSG:4326", outputBounds=[15.0, 52.0 + 2 * 64 * 2 / 111132.95, 15.0 + 3 * 64 * 2 / (111319.49 * np.cos(np.radians(52.0))), 52.0])
     outputs = ClassifyOutputs(class_raster=str(tmp_path / "geo_classes.tif"))
     summary = classify_raster(geographic, synthetic_model, TilingOptions(tile_size=128, tile_unit="metres", is_geographic=True, center_latitude=52.0), outputs)
-    assert summary["tile_px"] == (64, 64) and summary["classified"] == 6
-    assert summary["class_counts"] and sum(summary["class_counts"].values()) == len(truth)
+    assert summary.tile_px == (64, 64) and summary.classified == 6
+    assert summary.class_counts and sum(summary.class_counts.values()) == len(truth)
 
 
 @pytest.mark.parametrize(
@@ -175,7 +175,7 @@ def test_bad_inputs_give_clear_errors(aid_xai_provider, mosaic, synthetic_model,
 
 
 def test_invalid_model_file_is_refused(aid_xai_provider, mosaic, tmp_path):
-    from aid_xai_plugin.core.errors import AidXaiError
+    from aid_xai_plugin.core.common.errors import AidXaiError
 
     bogus = tmp_path / "bogus.aidx.pt"
     bogus.write_bytes(b"not a model")
@@ -191,10 +191,10 @@ def test_aid_mosaic_predictions_equal_direct_predictions(tmp_path):
     from osgeo import gdal, osr
     from PIL import Image
 
-    from aid_xai_plugin.core.inference import Classifier
-    from aid_xai_plugin.core.model import Net
-    from aid_xai_plugin.core.model_file import ModelInfo, load_model, save_model
-    from aid_xai_plugin.core.preprocess import load_image_file
+    from aid_xai_plugin.core.ml.classifier import Classifier
+    from aid_xai_plugin.core.ml.net import Net
+    from aid_xai_plugin.core.ml.model_file import ModelInfo, load_model, save_model
+    from aid_xai_plugin.core.ml.preprocess import load_image_file
 
     classes = sorted(os.listdir(AID150))
     classes = [c for c in classes if os.path.isdir(os.path.join(AID150, c))]
@@ -226,8 +226,8 @@ def test_aid_mosaic_predictions_equal_direct_predictions(tmp_path):
 
 
 def test_cancel_leaves_no_output(mosaic, synthetic_model, tmp_path):
-    from aid_xai_plugin.core.errors import Cancelled
-    from aid_xai_plugin.core.progress import Progress
+    from aid_xai_plugin.core.common.errors import Cancelled
+    from aid_xai_plugin.core.common.progress import Progress
 
     checks = []
     progress = Progress(is_canceled=lambda: checks.append(1) or len(checks) > 1)  # cancel at the 2nd batch
@@ -244,16 +244,47 @@ def test_algorithms_leave_gdal_exception_mode_as_found(aid_xai_provider, mosaic,
     from osgeo import gdal, ogr, osr
 
     modules = (gdal, ogr, osr)
+
+    def set_modes(modes):  # GDAL < 3.7 keeps one error-handler stack: switch off in reverse order
+        for module, on in zip(modules, modes):
+            if on:
+                module.UseExceptions()
+        for module, on in reversed(list(zip(modules, modes))):
+            if not on:
+                module.DontUseExceptions()
+
     before = [module.GetUseExceptions() for module in modules]
     try:
-        for module in modules:
-            module.UseExceptions() if exceptions_on else module.DontUseExceptions()
+        set_modes([exceptions_on] * 3)
         processing.run("aid_xai:synthetic_mosaic", {"ROWS": 1, "COLUMNS": 2, "OUTPUT": str(tmp_path / "m.tif"), "TRUTH": str(tmp_path / "t.gpkg")})
         processing.run("aid_xai:classify", {"INPUT": mosaic[0], "MODEL": synthetic_model, "OUTPUT_CLASSES": str(tmp_path / "c.tif"), "OUTPUT_TILES": str(tmp_path / "t2.gpkg")})
         assert [module.GetUseExceptions() for module in modules] == [int(exceptions_on)] * 3
-        for module in modules:  # and later changes by others still take effect in this thread
-            module.DontUseExceptions() if exceptions_on else module.UseExceptions()
+        set_modes([not exceptions_on] * 3)  # and later changes by others still take effect in this thread
         assert [module.GetUseExceptions() for module in modules] == [int(not exceptions_on)] * 3
     finally:
-        for module, mode in zip(modules, before):
-            module.UseExceptions() if mode else module.DontUseExceptions()
+        set_modes(before)
+
+
+@pytest.mark.parametrize("extension, driver", [(".gpkg", "GPKG"), (".geojson", "GeoJSON"), (".shp", "ESRI Shapefile")])
+def test_tile_layer_is_written_in_the_format_its_name_says(aid_xai_provider, mosaic, synthetic_model, tmp_path, extension, driver):
+    import processing
+    from osgeo import ogr
+
+    path, truth = mosaic
+    tiles = str(tmp_path / f"tiles{extension}")
+    processing.run("aid_xai:classify", {"INPUT": path, "MODEL": synthetic_model, "OUTPUT_CLASSES": str(tmp_path / "c.tif"), "OUTPUT_TILES": tiles})
+    dataset = ogr.Open(tiles)
+    assert dataset.GetDriver().GetName() == driver
+    layer = dataset.GetLayer(0)
+    assert layer.GetFeatureCount() == len(truth)
+    assert layer.GetSpatialRef().GetAuthorityCode(None) == "32633"
+    assert sorted(os.listdir(tmp_path)) == sorted(name for name in os.listdir(tmp_path) if not name.startswith("."))  # no temporaries left
+
+
+def test_raster_output_in_another_format_is_a_clear_error(aid_xai_provider, mosaic, synthetic_model, tmp_path):
+    import processing
+    from qgis.core import QgsProcessingException
+
+    with pytest.raises(QgsProcessingException, match=r"writes GeoTIFF; give a \.tif"):
+        processing.run("aid_xai:classify", {"INPUT": mosaic[0], "MODEL": synthetic_model, "OUTPUT_CLASSES": str(tmp_path / "c.png")})
+    assert os.listdir(tmp_path) == []

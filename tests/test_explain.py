@@ -7,10 +7,10 @@ import pytest
 import rasterio
 from conftest import ROOT, run_algorithm_json, run_qgis_process
 
-from aid_xai_plugin.core.explaining import ExplainOutputs, ExplainRequest, explain_raster, to_source_pixels
-from aid_xai_plugin.core.explanation.engine import ExplainSettings
-from aid_xai_plugin.core.synthetic import make_scene_mosaic
-from aid_xai_plugin.core.tile_source import TilingOptions
+from aid_xai_plugin.core.pipelines.explain import ExplainOutputs, ExplainRequest, explain_raster, to_source_pixels
+from aid_xai_plugin.core.explain.engine import ExplainSettings
+from aid_xai_plugin.core.data.synthetic import make_scene_mosaic
+from aid_xai_plugin.core.pipelines.tiles import TilingOptions
 
 SETTINGS = ExplainSettings(masker="blur(64,64)", max_evals=300, batch_size=64, seed=7)
 
@@ -47,8 +47,8 @@ def _read_window(path, window):
 def test_written_values_equal_shap_run_directly_at_the_right_pixels(mosaic, synthetic_model, tmp_path):
     import shap
 
-    from aid_xai_plugin.core.inference import Classifier
-    from aid_xai_plugin.core.model_file import load_model
+    from aid_xai_plugin.core.ml.classifier import Classifier
+    from aid_xai_plugin.core.ml.model_file import load_model
 
     path, truth = mosaic
     scene = _scene(truth, "Residential")
@@ -99,15 +99,15 @@ def test_unknown_engine_is_a_clear_error(aid_xai_provider, mosaic, synthetic_mod
     path, _ = mosaic
     algorithm = QgsApplication.processingRegistry().createAlgorithmById("aid_xai:explain")
     parameters = {"INPUT": path, "MODEL": synthetic_model, "ENGINE": "lime", "OUTPUT": str(tmp_path / "s.tif")}
-    with pytest.raises(QgsProcessingException, match="ENGINE must be fast, exact or shap"):
+    with pytest.raises(QgsProcessingException, match="ENGINE must be one of fast, exact, shap"):
         algorithm.processAlgorithm(parameters, QgsProcessingContext(), QgsProcessingFeedback())
     assert not os.path.exists(tmp_path / "s.tif")
 
 
 @pytest.mark.parametrize("engine", ["fast", "exact", "shap"])
 def test_cancel_inside_a_tile_stops_and_leaves_no_output(mosaic, synthetic_model, tmp_path, engine):
-    from aid_xai_plugin.core.errors import Cancelled
-    from aid_xai_plugin.core.progress import Progress
+    from aid_xai_plugin.core.common.errors import Cancelled
+    from aid_xai_plugin.core.common.progress import Progress
 
     path, truth = mosaic
     scene = _scene(truth, "Forest")
@@ -129,7 +129,7 @@ def test_efficiency_sum_equals_probability_minus_base(mosaic, synthetic_model, t
     path, truth = mosaic
     outputs = ExplainOutputs(shap_raster=str(tmp_path / "shap.tif"), tile_table=str(tmp_path / "table.gpkg"))
     summary = explain_raster(path, synthetic_model, TilingOptions(), ExplainRequest(top_k=3), ExplainSettings(masker="blur(16,16)", max_evals=100, batch_size=64), outputs, engine="shap")
-    assert summary["explained"] == 12
+    assert summary.explained == 12
     table_dataset = ogr.Open(outputs.tile_table)
     table = table_dataset.GetLayer(0)
     assert table.GetFeatureCount() == 36
@@ -176,7 +176,7 @@ def test_positive_evidence_for_a_storage_tank_lies_on_the_tank(mosaic, synthetic
 
 def test_qgis_process_explain_with_features_and_labels(mosaic, synthetic_model, tmp_path):
     path, truth = mosaic
-    from aid_xai_plugin.core.vector_io import write_polygons
+    from aid_xai_plugin.core.geo.vector import write_polygons
 
     features = str(tmp_path / "picked.gpkg")
     picked = truth[:2]
@@ -189,7 +189,8 @@ def test_qgis_process_explain_with_features_and_labels(mosaic, synthetic_model, 
             "FEATURES": features,
             "LABEL_FIELD": "label",
             "MAX_EVALS": 100,
-            "MASKER": "blur(16,16)",
+            "MASKER": "blur",
+            "MASKER_KERNEL": 16,
             "TOP_K": 2,
             "OUTPUT": tmp_path / "shap.tif",
             "OUTPUT_TABLE": tmp_path / "table.gpkg",
@@ -207,7 +208,7 @@ def test_qgis_process_explain_with_features_and_labels(mosaic, synthetic_model, 
 
 
 def test_bad_explain_inputs(mosaic, synthetic_model, tmp_path):
-    from aid_xai_plugin.core.errors import AidXaiError
+    from aid_xai_plugin.core.common.errors import AidXaiError
 
     path, _ = mosaic
     outputs = ExplainOutputs(shap_raster=str(tmp_path / "s.tif"))

@@ -8,13 +8,15 @@ import pytest
 import torch
 from torch import nn
 
-from aid_xai_plugin.core.errors import AidXaiError
-from aid_xai_plugin.core.explanation.engine import ExplainSettings
-from aid_xai_plugin.core.explanation.fast_engine import ExactPartitionEngine, FastPartitionEngine, engine_by_name
-from aid_xai_plugin.core.explanation.shap_engine import ShapPartitionEngine
-from aid_xai_plugin.core.inference import Classifier
-from aid_xai_plugin.core.model import Net
-from aid_xai_plugin.core.model_file import LoadedModel, ModelInfo
+from aid_xai_plugin.core.common.errors import AidXaiError
+from aid_xai_plugin.core.explain.engine import ExplainSettings
+from aid_xai_plugin.core.explain.exact_engine import ExactPartitionEngine
+from aid_xai_plugin.core.explain.fast_engine import FastPartitionEngine
+from aid_xai_plugin.core.explain.registry import engine_by_name
+from aid_xai_plugin.core.explain.shap_engine import ShapPartitionEngine
+from aid_xai_plugin.core.ml.classifier import Classifier
+from aid_xai_plugin.core.ml.net import Net
+from aid_xai_plugin.core.ml.model_file import LoadedModel, ModelInfo
 
 NUM_CLASSES = 6
 # the fast engine's bound, relative to the largest value: shap's own float32 values are ~1e-5 from
@@ -122,9 +124,8 @@ def assert_same_explanation(classifier, tile, class_indices, settings, engine=No
 
 
 def assert_fast_matches_shap(classifier, tile, class_indices, settings):
-    engine = FastPartitionEngine()
-    fast = assert_same_explanation(classifier, tile, class_indices, settings, engine=engine, tolerance=FAST_TOLERANCE)
-    assert engine.fallback_reason is None  # the values came from incremental evaluations
+    fast = assert_same_explanation(classifier, tile, class_indices, settings, engine=FastPartitionEngine(), tolerance=FAST_TOLERANCE)
+    assert fast.fallback_reason is None  # the values came from incremental evaluations
     return fast
 
 
@@ -188,8 +189,9 @@ def test_ties_follow_shaps_random_draws():
             settings = ExplainSettings(masker="0.25", max_evals=max_evals, batch_size=4, seed=seed)
             reference = ShapPartitionEngine().explain(tile, classifier, [0], settings).values
             for engine in (ExactPartitionEngine(), FastPartitionEngine()):
-                np.testing.assert_array_equal(engine.explain(tile, classifier, [0], settings).values, reference)
-            assert engine.fallback_reason is None  # the fast engine did evaluate incrementally
+                explanation = engine.explain(tile, classifier, [0], settings)
+                np.testing.assert_array_equal(explanation.values, reference)
+                assert explanation.fallback_reason is None  # the fast engine did evaluate incrementally
             by_seed.append(reference)
         assert any(not np.array_equal(by_seed[0], other) for other in by_seed[1:])
 
@@ -200,7 +202,9 @@ def test_inpaint_is_delegated_to_shap():
     settings = ExplainSettings(masker="inpaint_telea", max_evals=60, batch_size=16, seed=0)
     reference = ShapPartitionEngine().explain(tile, classifier, [1], settings)
     for engine in (ExactPartitionEngine(), FastPartitionEngine()):
-        np.testing.assert_array_equal(engine.explain(tile, classifier, [1], settings).values, reference.values)
+        explanation = engine.explain(tile, classifier, [1], settings)
+        np.testing.assert_array_equal(explanation.values, reference.values)
+        assert "inpaint_telea needs shap's own masking" in explanation.fallback_reason
 
 
 @pytest.mark.parametrize(
@@ -242,9 +246,8 @@ def test_fast_engine_falls_back_for_models_it_cannot_analyse():
     classifier = tiny_classifier(3)
     tile = random_tile((7, 9, 3))
     settings = ExplainSettings(masker="blur(3,3)", max_evals=200, batch_size=16, seed=0)
-    engine = FastPartitionEngine()
-    fast = engine.explain(tile, classifier, [0, 2], settings)
-    assert "padding" in engine.fallback_reason
+    fast = FastPartitionEngine().explain(tile, classifier, [0, 2], settings)
+    assert "padding" in fast.fallback_reason
     np.testing.assert_array_equal(fast.values, ExactPartitionEngine().explain(tile, classifier, [0, 2], settings).values)
 
 

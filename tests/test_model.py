@@ -8,9 +8,9 @@ import pickle
 import pytest
 import torch
 
-from aid_xai_plugin.core.errors import AidXaiError
-from aid_xai_plugin.core.model import Net, feature_side
-from aid_xai_plugin.core.model_file import FORMAT, FORMAT_VERSION, ModelInfo, load_model, save_model
+from aid_xai_plugin.core.common.errors import AidXaiError
+from aid_xai_plugin.core.ml.net import Net, feature_side
+from aid_xai_plugin.core.ml.model_file import FORMAT, FORMAT_VERSION, ModelInfo, load_model, save_model
 
 SOURCE_LAYER_SHAPES = {
     "conv1": [32, 32, 252, 252],

@@ -87,7 +87,7 @@ def test_without_torch_the_provider_loads_and_runs_fail_with_the_install_command
     assert _qgis_process_bin(env, "plugins", "enable", "aid_xai").returncode == 0
     listed = _qgis_process_bin(env, "list")
     assert "aid_xai:classify" in listed.stdout and "aid_xai:explain" in listed.stdout
-    from aid_xai_plugin.core.synthetic import make_scene_mosaic
+    from aid_xai_plugin.core.data.synthetic import make_scene_mosaic
 
     make_scene_mosaic(str(tmp_path / "mosaic.tif"), rows=1, cols=1, scene_px=32)
     run = _qgis_process_bin(env, "run", "aid_xai:classify", "--", f"INPUT={tmp_path / 'mosaic.tif'}", "MODEL=/nonexistent.aidx.pt")
@@ -136,3 +136,40 @@ def test_metadata_version_is_the_package_version():
     metadata = configparser.ConfigParser(interpolation=None)
     metadata.read(os.path.join(ROOT, "metadata.txt"), encoding="utf-8")
     assert metadata["general"]["version"] == aid_xai_plugin.__version__
+
+
+def test_algorithms_leave_global_random_state_and_pyplot_alone(aid_xai_provider, synthetic_dataset, synthetic_model, tmp_path):
+    """Inside a user's QGIS, numpy's and torch's global RNGs and pyplot's open figures belong to the user."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # this test process's own choice, before pyplot is imported here
+    import numpy as np
+    import processing
+    import torch
+    from matplotlib import pyplot
+
+    from aid_xai_plugin.core.data.synthetic import make_scene_mosaic
+
+    mosaic = str(tmp_path / "mosaic.tif")
+    make_scene_mosaic(mosaic, rows=1, cols=2, scene_px=64, seed=3)
+    user_figure = pyplot.figure()
+    runs = [
+        ("aid_xai:synthetic_scenes", {"PER_CLASS": 2, "SIZE": 32, "OUTPUT": str(tmp_path / "scenes")}),
+        ("aid_xai:synthetic_mosaic", {"ROWS": 1, "COLUMNS": 1, "OUTPUT": str(tmp_path / "m.tif"), "TRUTH": str(tmp_path / "t.gpkg")}),
+        ("aid_xai:train", {"DATASET": synthetic_dataset, "INPUT_SIZE": 32, "EPOCHS": 1, "OUTPUT": str(tmp_path / "m.aidx.pt"), "METRICS": str(tmp_path / "m.json")}),
+        ("aid_xai:evaluate", {"MODEL": synthetic_model, "DATASET": synthetic_dataset, "OUTPUT_HTML": str(tmp_path / "e.html")}),
+        ("aid_xai:classify", {"INPUT": mosaic, "MODEL": synthetic_model, "OUTPUT_CLASSES": str(tmp_path / "c.tif")}),
+        ("aid_xai:explain", {"INPUT": mosaic, "MODEL": synthetic_model, "ENGINE": "shap", "MAX_EVALS": 40, "TOP_K": 1, "OUTPUT": str(tmp_path / "s.tif"), "OUTPUT_REPORT": str(tmp_path / "r.html")}),
+        ("aid_xai:explain", {"INPUT": mosaic, "MODEL": synthetic_model, "ENGINE": "fast", "MAX_EVALS": 40, "TOP_K": 1, "OUTPUT": str(tmp_path / "f.tif")}),
+    ]
+    assert {name for name, _ in runs} == {f"aid_xai:{name}" for name in ALGORITHMS}
+    for name, parameters in runs:
+        np.random.seed(1234)
+        torch.manual_seed(1234)
+        numpy_state, torch_state = np.random.get_state(), torch.get_rng_state()
+        processing.run(name, parameters)
+        after = np.random.get_state()
+        assert after[0] == numpy_state[0] and np.array_equal(after[1], numpy_state[1]) and after[2:] == numpy_state[2:], name
+        assert torch.equal(torch.get_rng_state(), torch_state), name
+        assert pyplot.get_fignums() == [user_figure.number], name
+    pyplot.close(user_figure)

@@ -10,13 +10,15 @@ import pytest
 import torch
 from conftest import run_algorithm_json
 
-from aid_xai_plugin.core.errors import AidXaiError, Cancelled
-from aid_xai_plugin.core.figures import write_evaluation_report
-from aid_xai_plugin.core.metrics import accuracy, confusion_matrix, evaluate_folder, macro_f1, per_class_scores
-from aid_xai_plugin.core.model_file import load_model
-from aid_xai_plugin.core.progress import Progress
-from aid_xai_plugin.core.synthetic import SYNTHETIC_CLASSES, make_scene_folder
-from aid_xai_plugin.core.training import MIN_INPUT_SIZE, TrainingConfig, augment_batch, metrics_csv_path, train_model
+from aid_xai_plugin.core.common.errors import AidXaiError, Cancelled
+from aid_xai_plugin.core.reports.evaluation_report import write_evaluation_report
+from aid_xai_plugin.core.ml.datasets import augment_batch
+from aid_xai_plugin.core.ml.evaluation import evaluate_folder
+from aid_xai_plugin.core.ml.metrics import accuracy, confusion_matrix, macro_f1, per_class_scores
+from aid_xai_plugin.core.ml.model_file import load_model
+from aid_xai_plugin.core.common.progress import Progress
+from aid_xai_plugin.core.data.synthetic import SYNTHETIC_CLASSES, make_scene_folder
+from aid_xai_plugin.core.ml.training import MIN_INPUT_SIZE, TrainingConfig, metrics_csv_path, train_model
 
 
 @pytest.fixture(scope="module")

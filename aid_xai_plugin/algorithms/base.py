@@ -9,16 +9,24 @@ import os
 from qgis.core import (
     QgsProcessingAlgorithm,
     QgsProcessingException,
-    QgsProcessingParameterString,
+    QgsProcessingParameterEnum,
 )
 from qgis.PyQt.QtGui import QIcon
 
-from ..core.dependencies import missing_packages_message
-from ..core.errors import AidXaiError, Cancelled
-from ..core.progress import Progress
+from ..core.common.dependencies import missing_packages_message
+from ..core.common.errors import AidXaiError, Cancelled
+from ..core.common.progress import Progress
 from ..provider_paths import HELP_URL, ICON_PATH
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
+
+
+def choice_parameter(name, description, choices, default, optional=False):
+    """A drop-down whose values are the choices' own words (static strings), so the Toolbox shows a
+    list while `qgis_process run … -- ENGINE=fast` and saved models keep working with the word."""
+    parameter = QgsProcessingParameterEnum(name, description, options=list(choices), defaultValue=default, optional=optional)
+    parameter.setUsesStaticStrings(True)
+    return parameter
 
 
 class AidXaiAlgorithm(QgsProcessingAlgorithm):
@@ -77,16 +85,18 @@ class AidXaiAlgorithm(QgsProcessingAlgorithm):
     # --- typed parameter helpers: each returns a usable value or raises with a clear message ---
 
     def add_device_parameter(self):
-        self.addParameter(
-            QgsProcessingParameterString(
-                "DEVICE", "Device: auto (CUDA when available), cpu or cuda", defaultValue="auto"
-            )
-        )
+        self.addParameter(choice_parameter("DEVICE", "Device (auto: CUDA when available)", DEVICE_CHOICES, "auto"))
 
     def device(self, parameters, context):
-        value = (self.parameterAsString(parameters, "DEVICE", context) or "auto").strip().lower()
-        if value not in DEVICE_CHOICES:
-            raise QgsProcessingException(f"DEVICE must be one of {', '.join(DEVICE_CHOICES)}; got '{value}'.")
+        return self.choice(parameters, "DEVICE", context)
+
+    def choice(self, parameters, name, context):
+        """The chosen word of a `choice_parameter`; anything else names the valid words."""
+        options = self.parameterDefinition(name).options()
+        given = parameters.get(name)
+        value = self.parameterAsEnumString(parameters, name, context)  # falls back to the default silently
+        if (isinstance(given, str) and given not in ("", value)) or value not in options:
+            raise QgsProcessingException(f"{name} must be one of {', '.join(options)}; got '{given}'.")
         return value
 
     def raster_layer(self, parameters, name, context):

@@ -7,8 +7,8 @@ from qgis.core import (
     QgsProcessingParameterVectorDestination,
 )
 
-from ..core.classification import ClassifyOutputs, classify_raster
-from ..core.errors import AidXaiError
+from ..core.common.errors import AidXaiError
+from ..core.pipelines.classify import ClassifyOutputs, classify_raster
 from ..qgis_compat import NUMBER_INTEGER
 from ..styling import apply_on_load, style_class_raster, style_tile_layer
 from .base import AidXaiAlgorithm
@@ -28,9 +28,9 @@ class ClassifyAlgorithm(AidXaiAlgorithm):
         "footprint (with a stride, the stride-sized block at the tile's centre), on edges of the source "
         "pixels; and a tile layer (GeoPackage) with the top-k classes, probabilities, margin (p1 − p2) and "
         "normalised entropy, so low-confidence tiles are one filter away. Each output gets a .qml style "
-        "sidecar.\n\nValues are scaled to 0..1 by SCALING (8-bit: /255; other types: 2–98 % stretch by "
-        "default); nodata, alpha and pixels outside the raster are invalid, and tiles with less than "
-        "MIN_VALID_FRACTION valid pixels are skipped."
+        "sidecar.\n\nValues are scaled to 0..1 by the value scaling (auto: 8-bit /255, other types a 2–98 % "
+        "stretch; percentile or minmax with the low/high numbers; none); nodata, alpha and pixels outside "
+        "the raster are invalid, and tiles with less than the minimum fraction of valid pixels are skipped."
     )
 
     def initAlgorithm(self, config=None):  # noqa: N802
@@ -65,10 +65,10 @@ class ClassifyAlgorithm(AidXaiAlgorithm):
             device=self.device(parameters, context),
             progress=progress,
         )
-        feedback.pushInfo(f"Grid: {summary['rows']} × {summary['cols']} tiles of {summary['tile_px'][0]}×{summary['tile_px'][1]} px, stride {summary['stride_px'][0]}×{summary['stride_px'][1]} px")
-        feedback.pushInfo(f"Classes: {summary['class_counts']}")
-        results = {"TILES_CLASSIFIED": summary["classified"], "TILES_SKIPPED": summary["skipped"]}
-        names = summary["class_names"]
+        feedback.pushInfo(f"Grid: {summary.rows} × {summary.cols} tiles of {summary.tile_px[0]}×{summary.tile_px[1]} px, stride {summary.stride_px[0]}×{summary.stride_px[1]} px")
+        feedback.pushInfo(f"Classes: {summary.class_counts}")
+        results = {"TILES_CLASSIFIED": summary.classified, "TILES_SKIPPED": summary.skipped}
+        names = summary.class_names
         for key, path, styler in (
             ("OUTPUT_CLASSES", outputs.class_raster, style_class_raster),
             ("OUTPUT_PROBABILITIES", outputs.probability_raster, None),

@@ -7,9 +7,9 @@ from qgis.core import (
     QgsProcessingParameterNumber,
 )
 
-from ..core.atomic import check_writable
-from ..core.figures import write_evaluation_report
-from ..core.metrics import evaluate_folder
+from ..core.common.atomic import check_writable
+from ..core.ml.evaluation import evaluate_folder
+from ..core.reports.evaluation_report import write_evaluation_report
 from ..qgis_compat import NUMBER_INTEGER
 from .base import AidXaiAlgorithm
 

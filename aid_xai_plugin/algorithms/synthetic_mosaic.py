@@ -8,10 +8,10 @@ from qgis.core import (
     QgsProcessingParameterVectorDestination,
 )
 
-from ..core.atomic import atomic_output
-from ..core.errors import AidXaiError
-from ..core.synthetic import make_scene_mosaic
-from ..core.vector_io import write_polygons
+from ..core.common.atomic import atomic_output
+from ..core.common.errors import AidXaiError
+from ..core.data.synthetic import make_scene_mosaic
+from ..core.geo.vector import write_polygons
 from ..qgis_compat import NUMBER_DOUBLE, NUMBER_INTEGER
 from .base import AidXaiAlgorithm
 

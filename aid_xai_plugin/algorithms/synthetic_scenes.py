@@ -2,7 +2,7 @@
 
 from qgis.core import QgsProcessingOutputFolder, QgsProcessingParameterFolderDestination, QgsProcessingParameterNumber
 
-from ..core.synthetic import SYNTHETIC_CLASSES, make_scene_folder
+from ..core.data.synthetic import SYNTHETIC_CLASSES, make_scene_folder
 from ..qgis_compat import NUMBER_INTEGER
 from .base import AidXaiAlgorithm
 

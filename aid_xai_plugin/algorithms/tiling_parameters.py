@@ -10,11 +10,12 @@ from qgis.core import (
     QgsUnitTypes,
 )
 
-from ..core.raster_io import SCALING_HELP
-from ..core.tile_source import DEFAULT_MIN_VALID_FRACTION, TilingOptions
+from ..core.pipelines.tiles import DEFAULT_MIN_VALID_FRACTION, TilingOptions
 from ..qgis_compat import DISTANCE_METRES, NUMBER_DOUBLE, NUMBER_INTEGER, with_advanced_flag
+from .base import choice_parameter
 
 TILE_UNITS = ["pixels", "map units", "metres"]
+SCALING_MODES = ("auto", "percentile", "minmax", "none")
 MODEL_FILTER = "AID-XAI model (*.aidx.pt *.pt);;All files (*.*)"
 
 
@@ -34,7 +35,9 @@ def add_tiling_parameters(algorithm, default_batch=32):
     )
     algorithm.addParameter(QgsProcessingParameterExtent("EXTENT", "Processing extent (empty = whole raster)", optional=True))
     advanced.append(QgsProcessingParameterString("BANDS", "Bands in model order, e.g. 1,2,3 (empty = as recorded in the model)", optional=True))
-    advanced.append(QgsProcessingParameterString("SCALING", f"Value scaling to 0..1: {SCALING_HELP}", defaultValue="auto"))
+    advanced.append(choice_parameter("SCALING", "Value scaling to 0..1", SCALING_MODES, "auto"))
+    advanced.append(QgsProcessingParameterNumber("SCALING_LOW", "Scaling low: percentile, or minmax minimum", NUMBER_DOUBLE, 2.0))
+    advanced.append(QgsProcessingParameterNumber("SCALING_HIGH", "Scaling high: percentile, or minmax maximum", NUMBER_DOUBLE, 98.0))
     advanced.append(
         QgsProcessingParameterNumber(
             "MIN_VALID_FRACTION",
@@ -63,9 +66,19 @@ def read_tiling_options(algorithm, parameters, context, layer):
         stride=algorithm.parameterAsDouble(parameters, "STRIDE", context),
         extent=extent,
         bands=algorithm.parameterAsString(parameters, "BANDS", context),
-        scaling=algorithm.parameterAsString(parameters, "SCALING", context) or "auto",
+        scaling=scaling_spec(algorithm, parameters, context),
         min_valid_fraction=algorithm.parameterAsDouble(parameters, "MIN_VALID_FRACTION", context),
         is_geographic=crs.isGeographic(),
         center_latitude=layer.extent().center().y(),
         metres_per_map_unit=QgsUnitTypes.fromUnitToUnitFactor(crs.mapUnits(), DISTANCE_METRES),
     )
+
+
+def scaling_spec(algorithm, parameters, context):
+    """The core's scaling spec from the drop-down and its two numbers, e.g. 'percentile(2,98)'."""
+    mode = algorithm.choice(parameters, "SCALING", context)
+    if mode in ("percentile", "minmax"):
+        low = algorithm.parameterAsDouble(parameters, "SCALING_LOW", context)
+        high = algorithm.parameterAsDouble(parameters, "SCALING_HIGH", context)
+        return f"{mode}({low!r},{high!r})"
+    return mode

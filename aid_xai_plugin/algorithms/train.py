@@ -8,7 +8,7 @@ from qgis.core import (
     QgsProcessingParameterNumber,
 )
 
-from ..core.training import MIN_INPUT_SIZE, TrainingConfig, train_model
+from ..core.ml.training import MIN_INPUT_SIZE, TrainingConfig, train_model
 from ..qgis_compat import NUMBER_DOUBLE, NUMBER_INTEGER
 from .base import AidXaiAlgorithm
 

@@ -10,12 +10,12 @@ import dataclasses
 
 import numpy as np
 
-from .atomic import atomic_output, check_writable
-from .gdal_context import raising_gdal_errors
-from .palette import class_colors
-from .raster_io import create_geotiff
-from .tile_source import TileSource, top_k
-from .vector_io import PolygonWriter
+from ..common.atomic import atomic_output, check_writable
+from ..common.palette import class_colors
+from ..geo.gdal_context import raising_gdal_errors
+from ..geo.raster import create_geotiff
+from ..geo.vector import PolygonWriter
+from .tiles import TileSource, top_k
 
 CLASS_NODATA = 255
 PROBABILITY_NODATA = -1.0
@@ -26,6 +26,20 @@ class ClassifyOutputs:
     class_raster: str = None
     probability_raster: str = None
     tile_layer: str = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassifyResult:
+    tiles: int
+    classified: int
+    skipped: int  # below the minimum valid fraction
+    rows: int
+    cols: int
+    tile_px: tuple  # (width, height) in source pixels
+    stride_px: tuple
+    class_counts: dict  # class name → tiles, for the classes that occur
+    device: str
+    class_names: list
 
 
 def tile_layer_fields(k):
@@ -119,20 +133,20 @@ def classify_raster(raster_path, model_path, options, outputs, k=4, batch_size=3
             tile_writer.close()
         class_band = None
         class_dataset = probability_dataset = None  # closes the GeoTIFFs before they move into place
-    summary = {
-        "tiles": len(grid),
-        "classified": int(histogram.sum()),
-        "skipped": skipped,
-        "rows": grid.rows,
-        "cols": grid.cols,
-        "tile_px": (grid.tile_w, grid.tile_h),
-        "stride_px": (grid.stride_x, grid.stride_y),
-        "class_counts": {names[i]: int(n) for i, n in enumerate(histogram) if n},
-        "device": classifier.device,
-        "class_names": names,
-    }
+    summary = ClassifyResult(
+        tiles=len(grid),
+        classified=int(histogram.sum()),
+        skipped=skipped,
+        rows=grid.rows,
+        cols=grid.cols,
+        tile_px=(grid.tile_w, grid.tile_h),
+        stride_px=(grid.stride_x, grid.stride_y),
+        class_counts={names[i]: int(n) for i, n in enumerate(histogram) if n},
+        device=classifier.device,
+        class_names=names,
+    )
     if progress:
-        progress.log(f"Classified {summary['classified']} of {summary['tiles']} tiles ({skipped} skipped: below the minimum valid fraction) on {classifier.device}.")
+        progress.log(f"Classified {summary.classified} of {summary.tiles} tiles ({skipped} skipped: below the minimum valid fraction) on {classifier.device}.")
     return summary
 
 

@@ -12,8 +12,8 @@ import hashlib
 import json
 import os
 
-from .atomic import atomic_output
-from .errors import AidXaiError
+from ..common.atomic import atomic_output
+from ..common.errors import AidXaiError
 
 FORMAT = "aid-xai-model"
 FORMAT_VERSION = 1
@@ -72,7 +72,7 @@ def load_model(path, device="cpu"):
 
     import torch
 
-    from .model import build_model
+    from .net import build_model
 
     if not os.path.isfile(path):
         raise AidXaiError(f"Model file '{path}' does not exist; train one with aid_xai:train or give the path of a {MODEL_EXTENSION} file.")
@@ -96,7 +96,8 @@ def load_model(path, device="cpu"):
         )
     try:
         info = ModelInfo(**json.loads(payload["info"]))
-        module = build_model(info.architecture, info.arguments)
+        with torch.random.fork_rng(devices=[]):  # the throw-away initial weights must not draw from the process's RNG
+            module = build_model(info.architecture, info.arguments)
     except (KeyError, TypeError, ValueError) as error:
         raise AidXaiError(f"Model file '{path}' has an invalid description ({error}); it was not written by AID-XAI or is damaged.") from error
     try:

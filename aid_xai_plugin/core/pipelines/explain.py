@@ -15,13 +15,14 @@ import time
 
 import numpy as np
 
-from .atomic import atomic_output, check_writable
-from .errors import AidXaiError
-from .explanation.engine import masker_value
-from .explanation.fast_engine import engine_by_name
-from .gdal_context import raising_gdal_errors
-from .tile_source import TileSource, top_k
-from .vector_io import PolygonWriter
+from ..common.atomic import atomic_output, check_writable
+from ..common.errors import AidXaiError
+from ..explain.engine import masker_value
+from ..explain.registry import engine_by_name
+from ..geo.gdal_context import raising_gdal_errors
+from ..geo.vector import PolygonWriter
+from ..reports.explanation_report import ExplanationReport
+from .tiles import TileSource, top_k
 
 SHAP_NODATA = -9999.0
 
@@ -39,6 +40,16 @@ class ExplainOutputs:
     shap_raster: str = None
     tile_table: str = None
     report: str = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ExplainResult:
+    explained: int  # tiles explained
+    requested: int  # tiles selected (some may lack valid pixels)
+    style_scale: float  # robust |value| limit for the colour ramp
+    band_names: list
+    class_names: list
+    fallback_reason: str = None  # why the engine evaluated tiles another way, if it did
 
 
 def area_weights(source_pixels, model_pixels):
@@ -105,14 +116,17 @@ def explain_raster(raster_path, model_path, options, request, settings, outputs,
     g = grid.geotransform
     transform = (g[0] + origin_x * g[1] + origin_y * g[2], g[1], g[2], g[3] + origin_x * g[4] + origin_y * g[5], g[4], g[5])
     tags = dict(source.provenance(), AIDXAI_ENGINE=engine, AIDXAI_MASKER=settings.masker, AIDXAI_MAX_EVALS=settings.max_evals, AIDXAI_BATCH_SIZE=settings.batch_size, AIDXAI_SEED=settings.seed, AIDXAI_MODE="classes" if fixed_indices is not None else f"top-{len(band_names)}")
-    explained = []
+    explained = 0
+    fallback_reason = None
     style_scale = 0.0  # colour-ramp limit: robust to a few extreme pixels, so every tile shows
     with contextlib.ExitStack() as stack:
-        dataset = writer = None
+        dataset = writer = report = None
+        if outputs.report:
+            report = stack.enter_context(ExplanationReport(outputs.report, names, settings, engine))
         if outputs.shap_raster:
             from osgeo import gdal
 
-            from .raster_io import create_geotiff
+            from ..geo.raster import create_geotiff
 
             temporary = stack.enter_context(atomic_output(outputs.shap_raster))
             dataset = create_geotiff(temporary, width, height, len(band_names), gdal.GDT_Float32, transform, source.projection, SHAP_NODATA, band_names, tags)
@@ -131,8 +145,10 @@ def explain_raster(raster_path, model_path, options, request, settings, outputs,
                 probabilities = classifier.predict_probabilities(image[None])[0]
                 indices = fixed_indices if fixed_indices is not None else top_k(probabilities[None], len(band_names))[0]
                 result = explainer.explain(image, classifier, indices, settings, progress.part(number / len(tiles), (number + 1) / len(tiles)) if progress else None)
-                if getattr(explainer, "fallback_reason", None) and progress and not explained:
-                    progress.log(f"The fast engine evaluates this model in full (as the exact engine does) because {explainer.fallback_reason}.")
+                if result.fallback_reason and fallback_reason is None:
+                    fallback_reason = result.fallback_reason
+                    if progress:
+                        progress.log(f"The {engine} engine evaluates this model another way because {fallback_reason}.")
                 per_pixel = result.values.sum(axis=2)  # S×S×K: channels summed, as shap.image_plot shows
                 on_source = to_source_pixels(per_pixel, tile.window[3], tile.window[2]).astype(np.float32)
                 style_scale = max(style_scale, float(np.percentile(np.abs(on_source), 99)))
@@ -146,9 +162,13 @@ def explain_raster(raster_path, model_path, options, request, settings, outputs,
                             [tile.index, tile.row, tile.col, rank + 1, names[class_index], float(result.output_values[rank]), float(result.base_values[rank]), float(per_pixel[..., rank].sum()), label],
                             grid.footprint(tile),
                         )
-                explained.append({"tile": tile, "image": image, "values": per_pixel, "indices": indices, "probabilities": result.output_values, "base_values": result.base_values, "label": label})
+                if report is not None:
+                    report.add(tile.index, tile.row, tile.col, image, per_pixel, indices, result.output_values, result.base_values, label)
+                explained += 1
                 if progress:
                     progress.fraction((number + 1) / len(tiles))
+            if not explained:
+                raise AidXaiError("No selected tile had enough valid pixels to explain; lower the minimum valid fraction or choose other tiles.")
         except BaseException:
             if writer is not None:
                 writer.close(success=False)
@@ -157,11 +177,7 @@ def explain_raster(raster_path, model_path, options, request, settings, outputs,
         if writer is not None:
             writer.close()
         dataset = None  # close before the file moves into place
-    if outputs.report and explained:
-        from .explanation_report import write_explanation_report
-
-        write_explanation_report(outputs.report, explained, names, settings, engine)
-    return {"explained": len(explained), "requested": len(tiles), "style_scale": style_scale, "band_names": band_names, "class_names": names}
+    return ExplainResult(explained, len(tiles), style_scale, band_names, names, fallback_reason)
 
 
 def _log_estimate(classifier, tile_count, settings, engine, progress):

@@ -19,18 +19,21 @@ def atomic_output(path):
     temporary = os.path.join(folder, f".{stem}.{uuid.uuid4().hex[:8]}.partial{ext}")
     try:
         yield temporary
+        for companion in _companions(temporary):
+            os.replace(companion, os.path.splitext(path)[0] + companion[len(os.path.splitext(temporary)[0]) :])
         os.replace(temporary, path)
-        for sidecar in _sidecars(temporary):
-            os.replace(sidecar, path + sidecar[len(temporary):])
     finally:
-        for leftover in [temporary, *_sidecars(temporary)]:
+        for leftover in [temporary, *_companions(temporary)]:
             if os.path.exists(leftover):
                 os.remove(leftover)
 
 
-def _sidecars(temporary):
-    """Files GDAL may write next to a dataset (.aux.xml statistics, .ovr overviews)."""
-    return [temporary + suffix for suffix in (".aux.xml", ".ovr") if os.path.exists(temporary + suffix)]
+def _companions(temporary):
+    """Files written beside the temporary under its name: a shapefile's .shx/.dbf/.prj/.cpg, GDAL's
+    .aux.xml statistics and .ovr overviews; they move (or go) with it."""
+    root = os.path.splitext(temporary)[0] + "."
+    folder = os.path.dirname(temporary)
+    return [os.path.join(folder, name) for name in sorted(os.listdir(folder)) if os.path.join(folder, name).startswith(root) and os.path.join(folder, name) != temporary]
 
 
 def check_writable(path, what="output"):

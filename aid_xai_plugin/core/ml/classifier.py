@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from .errors import AidXaiError
+from ..common.errors import AidXaiError
 
 
 def resolve_device(name="auto"):

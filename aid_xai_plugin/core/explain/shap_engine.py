@@ -1,5 +1,7 @@
 """The reference engine: shap's PartitionExplainer with an Image masker, called as the source does."""
 
+import dataclasses
+
 import numpy as np
 
 from .engine import ExplanationEngine, TileExplanation, shap_image_masker
@@ -25,9 +27,19 @@ class ShapPartitionEngine(ExplanationEngine):
 
         explainer = shap.PartitionExplainer(predict, masker)
         indices = np.asarray(class_indices, dtype=int)
-        np.random.seed(settings.seed)  # shap breaks priority ties with numpy's global RNG
-        result = explainer(image_hwc[None], max_evals=settings.max_evals, batch_size=settings.batch_size, outputs=indices, silent=True)
+        global_state = np.random.get_state()  # shap breaks priority ties with numpy's global RNG:
+        try:  # seed it for this call only, then give the process its own state back
+            np.random.seed(settings.seed)
+            result = explainer(image_hwc[None], max_evals=settings.max_evals, batch_size=settings.batch_size, outputs=indices, silent=True)
+        finally:
+            np.random.set_state(global_state)
         values = np.asarray(result.values[0], dtype=np.float64).reshape(image_hwc.shape + (len(indices),))
         base_values = np.asarray(result.base_values[0], dtype=np.float64).reshape(len(indices))
         output_values = classifier.predict_probabilities(image_hwc[None])[0][indices].astype(np.float64)
         return TileExplanation(values=values, base_values=base_values, output_values=output_values, class_indices=indices)
+
+
+def explained_by_shap(image_hwc, classifier, class_indices, settings, progress=None):
+    """For maskers only shap can apply (inpainting): shap's explanation, saying why it was used."""
+    result = ShapPartitionEngine().explain(image_hwc, classifier, class_indices, settings, progress)
+    return dataclasses.replace(result, fallback_reason=f"masker {settings.masker} needs shap's own masking")

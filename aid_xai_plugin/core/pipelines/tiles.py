@@ -4,13 +4,13 @@ import dataclasses
 
 import numpy as np
 
-from .errors import AidXaiError
-from .gdal_context import raising_gdal_errors
-from .inference import Classifier
-from .model_file import load_model
-from .preprocess import resize_to_input
-from .raster_io import band_scaling, check_bands, open_raster, parse_bands, read_tile
-from .tiling import make_grid, tile_size_in_pixels
+from ..common.errors import AidXaiError
+from ..geo.gdal_context import raising_gdal_errors
+from ..geo.grid import make_grid, tile_size_in_pixels
+from ..geo.raster import band_scaling, check_bands, open_raster, parse_bands, read_tile
+from ..ml.classifier import Classifier
+from ..ml.model_file import load_model
+from ..ml.preprocess import resize_to_input
 
 DEFAULT_MIN_VALID_FRACTION = 0.5
 

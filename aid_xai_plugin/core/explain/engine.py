@@ -11,7 +11,7 @@ import re
 
 import numpy as np
 
-from ..errors import AidXaiError
+from ..common.errors import AidXaiError
 
 
 @dataclasses.dataclass
@@ -20,6 +20,7 @@ class TileExplanation:
     base_values: np.ndarray  # K: f(fully masked tile)
     output_values: np.ndarray  # K: f(tile)
     class_indices: np.ndarray  # K: which model outputs were explained
+    fallback_reason: str = None  # why the engine evaluated this tile another way (e.g. fast → exact)
 
 
 @dataclasses.dataclass(frozen=True)

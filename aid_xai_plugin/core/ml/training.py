@@ -1,8 +1,8 @@
 """Train Net on a folder-per-class image set (AID's layout) and write an AID-XAI model file.
 
-Images are read with `preprocess.load_image_file`, the resize the raster path uses, so a model sees
-the same arrays when it is trained and when it classifies. The validation split is stratified and,
-like every random choice here (weights, shuffling, augmentation), fixed by the seed.
+Images come from `datasets.image_folder`, loaded as the raster path loads tiles. The validation
+split is stratified and, like every random choice here (weights, shuffling, augmentation), fixed by
+the seed.
 
 The model file is written once, at the end, atomically: a failed or cancelled run leaves none. With
 `checkpoints=True` the model file is also rewritten after every epoch, so a long run that is
@@ -11,20 +11,19 @@ stopped keeps the last finished epoch (its provenance says how many epochs that 
 
 import csv
 import dataclasses
-import functools
 import json
 import os
 import time
 
 import numpy as np
 
-from .atomic import atomic_output, check_writable
-from .errors import AidXaiError
+from ..common.atomic import atomic_output, check_writable
+from ..common.errors import AidXaiError
+from ..common.progress import Progress
+from .datasets import augment_batch, image_folder, stratified_split
 from .metrics import confusion_matrix, summarize
 from .model_file import ModelInfo, now_iso, save_model
 from .net_geometry import MIN_INPUT_SIZE
-from .preprocess import load_image_file
-from .progress import Progress
 
 STATISTICS_SHARE = 0.05  # of the progress bar: the mean/std pass before training
 
@@ -45,26 +44,6 @@ class TrainingConfig:
     metrics_path: str = None  # JSON summary; a per-epoch CSV is written beside it
 
 
-def _chw_tensor(image_hwc):
-    import torch
-
-    return torch.from_numpy(np.ascontiguousarray(image_hwc.transpose(2, 0, 1)))
-
-
-def image_folder(folder, input_size):
-    """A torchvision ImageFolder whose images are loaded exactly as classification loads tiles."""
-    from torchvision.datasets import ImageFolder
-
-    if not folder or not os.path.isdir(folder):
-        raise AidXaiError(f"Dataset folder '{folder}' does not exist; give a folder with one sub-folder of images per class (AID's layout).")
-    try:
-        return ImageFolder(folder, loader=functools.partial(load_image_file, size=input_size), transform=_chw_tensor)
-    except FileNotFoundError as error:
-        raise AidXaiError(
-            f"Dataset folder '{folder}': {error}. It needs one sub-folder per class, each holding images (PNG, JPEG, TIFF…)."
-        ) from error
-
-
 def metrics_csv_path(metrics_path):
     """Where the per-epoch CSV goes: beside the JSON, same name with .csv."""
     root, extension = os.path.splitext(metrics_path)
@@ -83,26 +62,6 @@ def _check_config(config):
     check_writable(config.output, "model file")
     if config.metrics_path:
         check_writable(config.metrics_path, "metrics file")
-
-
-def stratified_split(targets, validation_fraction, seed, class_names):
-    """Seeded per-class split: round(fraction × n) validation images per class, at least one each way."""
-    targets = np.asarray(targets)
-    counts = np.bincount(targets, minlength=len(class_names))
-    too_small = [f"{name} ({count})" for name, count in zip(class_names, counts) if count < 2]
-    if too_small:
-        raise AidXaiError(
-            f"Class folder(s) {', '.join(too_small)} have fewer than 2 images; each class needs at least one training and one "
-            "validation image. Add images or remove those folders."
-        )
-    rng = np.random.default_rng(seed)
-    train_indices, validation_indices = [], []
-    for label, count in enumerate(counts):
-        members = rng.permutation(np.flatnonzero(targets == label))
-        n_validation = min(max(1, int(round(validation_fraction * count))), count - 1)
-        validation_indices.extend(members[:n_validation].tolist())
-        train_indices.extend(members[n_validation:].tolist())
-    return sorted(train_indices), sorted(validation_indices)
 
 
 def band_statistics(dataset, indices, progress, batch_size=64):
@@ -126,29 +85,24 @@ def band_statistics(dataset, indices, progress, batch_size=64):
     return mean.tolist(), torch.clamp(std, min=1e-6).tolist()
 
 
-def augment_batch(images, generator):
-    """Random flips and 90° rotations: aerial scenes have no canonical 'up', so these are label-safe."""
-    import torch
-
-    rotations = torch.randint(0, 4, (len(images),), generator=generator).tolist()
-    flips = torch.randint(0, 2, (len(images),), generator=generator).tolist()
-    augmented = []
-    for image, quarter_turns, flip in zip(images, rotations, flips):
-        image = torch.rot90(image, quarter_turns, dims=(1, 2))
-        augmented.append(torch.flip(image, dims=(2,)) if flip else image)
-    return torch.stack(augmented)
-
-
 def train_model(config, progress=None):
     """Train Net as `config` says, save the model file, return validation metrics and history."""
+    import torch
+
+    # torch's global RNG draws the initial weights: seed it for this run, then give the process its own back
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        return _train(config, progress or Progress())
+
+
+def _train(config, progress):
     import torch
     from torch import nn
     from torch.utils.data import DataLoader, Subset
 
-    from .inference import resolve_device
-    from .model import Net
+    from .classifier import resolve_device
+    from .net import Net
 
-    progress = progress or Progress()
     _check_config(config)
     device = resolve_device(config.device)
     dataset = image_folder(config.dataset, config.input_size)

@@ -11,7 +11,7 @@ import re
 
 import numpy as np
 
-from .errors import AidXaiError
+from ..common.errors import AidXaiError
 from .gdal_context import raising_gdal_errors
 
 SCALING_HELP = (
@@ -81,13 +81,13 @@ def band_scaling(dataset, bands, spec, window):
     if match:
         low, high = float(match.group(1)), float(match.group(2))
         if high <= low:
-            raise AidXaiError(f"SCALING '{spec}': MAX must be greater than MIN.")
+            raise AidXaiError(f"SCALING '{spec}': the maximum (SCALING_HIGH) must be greater than the minimum (SCALING_LOW).")
         return BandScaling(np.full(count, low, np.float32), np.full(count, high - low, np.float32), f"minmax({low:g},{high:g})")
     match = re.match(r"^percentile\(([0-9.]+),([0-9.]+)\)$", text)
     if text == "auto" or match:
         low_pct, high_pct = (2.0, 98.0) if text == "auto" else (float(match.group(1)), float(match.group(2)))
         if not 0 <= low_pct < high_pct <= 100:
-            raise AidXaiError(f"SCALING '{spec}': percentiles must satisfy 0 <= LOW < HIGH <= 100.")
+            raise AidXaiError(f"SCALING '{spec}': percentiles must satisfy 0 <= SCALING_LOW < SCALING_HIGH <= 100.")
         return _percentile_scaling(dataset, bands, window, low_pct, high_pct)
     raise AidXaiError(f"SCALING '{spec}' is not understood; use {SCALING_HELP}.")
 
@@ -157,6 +157,9 @@ def _mask_bands(dataset, bands):
 def create_geotiff(path, width, height, band_count, data_type, geotransform, projection, nodata=None, band_names=None, tags=None):
     """A tiled, compressed GeoTIFF, ready to receive windows."""
     from osgeo import gdal
+
+    if not path.lower().endswith((".tif", ".tiff")):
+        raise AidXaiError(f"Cannot write the raster output '{path}': AID-XAI writes GeoTIFF; give a .tif file name.")
 
     options = ["COMPRESS=DEFLATE", "TILED=YES", "BIGTIFF=IF_SAFER"]
     if data_type == gdal.GDT_Float32:

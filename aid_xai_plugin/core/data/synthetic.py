@@ -10,7 +10,7 @@ import os
 
 import numpy as np
 
-from .gdal_context import raising_gdal_errors
+from ..geo.gdal_context import raising_gdal_errors
 
 SYNTHETIC_CLASSES = ("BareLand", "Farmland", "Forest", "Residential", "StorageTank", "Water")
 

@@ -6,11 +6,16 @@ The model is traced with torch.fx. The front is the chain of layers from the inp
 `flatten`; every one of them must be a layer whose geometry is known here: unpadded Conv2d, unpadded
 floor-mode MaxPool2d/AvgPool2d, or an element-wise layer (activations, eval-mode BatchNorm2d and
 Dropout). The flatten must feed one Linear layer, and the rest of the model may only use that
-Linear's output. Anything else (padding, adaptive pooling, skip connections, …) is reported as the
-reason the model can't be split, and the caller falls back to full evaluations.
+Linear's output. Anything else (padding, adaptive pooling, skip connections, …) raises CannotSplit
+with the reason, and the caller falls back to full evaluations.
 """
 
 import dataclasses
+
+
+class CannotSplit(Exception):
+    """The model has a part whose receptive field this module can't analyse; str() says which."""
+
 
 ELEMENTWISE_MODULES = (
     "ReLU", "ReLU6", "LeakyReLU", "ELU", "SELU", "CELU", "GELU", "SiLU", "Mish", "Sigmoid", "Tanh",
@@ -55,21 +60,21 @@ def _pair(value):
 
 
 def _layer_geometry(module):
-    """(kernel, stride) per axis for a spatial module, (1, 1) for element-wise ones, or a reason string."""
+    """(kernel, stride) per axis for a spatial module, (1, 1) for element-wise ones; CannotSplit otherwise."""
     kind = type(module).__name__
     if kind in ELEMENTWISE_MODULES:
         if kind == "BatchNorm2d" and module.training:
-            return "BatchNorm2d in training mode"
+            raise CannotSplit("BatchNorm2d in training mode")
         return ((1, 1), (1, 1))
     if kind == "Conv2d":
         if module.padding not in ("valid", (0, 0), 0) or _pair(module.dilation) != (1, 1):
-            return f"Conv2d with padding {module.padding} / dilation {module.dilation}"
+            raise CannotSplit(f"Conv2d with padding {module.padding} / dilation {module.dilation}")
         return (_pair(module.kernel_size), _pair(module.stride))
     if kind in ("MaxPool2d", "AvgPool2d"):
         if _pair(module.padding) != (0, 0) or module.ceil_mode or _pair(getattr(module, "dilation", 1)) != (1, 1):
-            return f"{kind} with padding, dilation or ceil_mode"
+            raise CannotSplit(f"{kind} with padding, dilation or ceil_mode")
         return (_pair(module.kernel_size), _pair(module.stride or module.kernel_size))
-    return f"layer {kind}"
+    raise CannotSplit(f"layer {kind}")
 
 
 def _is_flatten(node, modules):
@@ -92,7 +97,7 @@ def _front_geometry(node, modules):
         return ((1, 1), (1, 1))
     if node.op == "call_method" and node.target in ELEMENTWISE_METHODS and only_input:
         return ((1, 1), (1, 1))
-    return f"operation {node.target}"
+    raise CannotSplit(f"operation {node.target}")
 
 
 def _subgraph(traced, nodes, inputs, output):
@@ -108,49 +113,50 @@ def _subgraph(traced, nodes, inputs, output):
 
 
 def split_model(module, height, width, bands):
-    """A SplitModel for `module` on height×width×bands inputs, or the reason (a string) it can't be split."""
+    """A SplitModel for `module` on height×width×bands inputs; CannotSplit says why it can't be split."""
     import torch
     import torch.fx
 
     try:
         traced = torch.fx.symbolic_trace(module)
     except Exception as error:  # noqa: BLE001 - any tracing failure just means "no incremental mode"
-        return f"the model can't be traced with torch.fx ({type(error).__name__})"
+        raise CannotSplit(f"the model can't be traced with torch.fx ({type(error).__name__})") from None
     modules = dict(traced.named_modules())
     nodes = list(traced.graph.nodes)
     placeholders = [node for node in nodes if node.op == "placeholder"]
     if len(placeholders) != 1:
-        return "the model takes more than one input"
+        raise CannotSplit("the model takes more than one input")
 
     front, kernels, strides = [], [], []
     node = placeholders[0]
     while True:
         if len(node.users) != 1:
-            return f"{node.name} feeds more than one layer"
+            raise CannotSplit(f"{node.name} feeds more than one layer")
         node = next(iter(node.users))
         if _is_flatten(node, modules):
             break
-        geometry = _front_geometry(node, modules)
-        if isinstance(geometry, str):
-            return f"{geometry} is not supported in the convolutional front"
+        try:
+            geometry = _front_geometry(node, modules)
+        except CannotSplit as reason:
+            raise CannotSplit(f"{reason} is not supported in the convolutional front") from None
         front.append(node)
         kernels.append(geometry[0])
         strides.append(geometry[1])
     if not front:
-        return "the model has no convolutional layers before its flatten"
+        raise CannotSplit("the model has no convolutional layers before its flatten")
     flatten = node
     if len(flatten.users) != 1:
-        return "the flattened features feed more than one layer"
+        raise CannotSplit("the flattened features feed more than one layer")
     linear_node = next(iter(flatten.users))
     if linear_node.op != "call_module" or type(modules[linear_node.target]).__name__ != "Linear":
-        return "the flatten is not followed by a Linear layer"
+        raise CannotSplit("the flatten is not followed by a Linear layer")
     rest = nodes[nodes.index(linear_node) + 1 :]
     allowed = set(rest) | {linear_node}
     if any(source not in allowed for node in rest for source in node.all_input_nodes):
-        return "layers after the first Linear use earlier results (skip connections)"
+        raise CannotSplit("layers after the first Linear use earlier results (skip connections)")
     output = [node for node in rest if node.op == "output"]
     if len(output) != 1:
-        return "the model has no single output"
+        raise CannotSplit("the model has no single output")
 
     axes = []
     for axis, size in enumerate((height, width)):
@@ -160,7 +166,7 @@ def split_model(module, height, width, bands):
             jump *= stride[axis]
             size = (size - kernel[axis]) // stride[axis] + 1
         if size < 1:
-            return "the input is smaller than the front's receptive field"
+            raise CannotSplit("the input is smaller than the front's receptive field")
         axes.append(AxisGeometry(jump=jump, field=field, cells=size))
 
     front_module = _subgraph(traced, front, placeholders, front[-1])
@@ -171,7 +177,7 @@ def split_model(module, height, width, bands):
         probe = torch.zeros((1, bands, height, width), dtype=parameter.dtype, device=parameter.device)
         features = front_module(probe)
     if features.dim() != 4 or tuple(features.shape[2:]) != (axes[0].cells, axes[1].cells):
-        return f"the front's output {tuple(features.shape)} doesn't match its computed geometry"
+        raise CannotSplit(f"the front's output {tuple(features.shape)} doesn't match its computed geometry")
     if features[0].numel() != linear.in_features:
-        return "the first Linear layer's width doesn't match the front's output"
+        raise CannotSplit("the first Linear layer's width doesn't match the front's output")
     return SplitModel(front=front_module, first_linear=linear, rest=rest_module, rows=axes[0], cols=axes[1], features=int(features.shape[1]))

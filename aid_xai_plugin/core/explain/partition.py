@@ -5,7 +5,8 @@ of rows and columns, channels once a box is one pixel) and its explainer walks t
 priority queue, keeping a full boolean mask of M = H·W·C entries for every queued node. Here a queued
 node only holds its box, its two model outputs, its context as a linked list of visible boxes
 (shared with its parent's) and an evaluator-defined state of that context; the traversal order and
-the `np.random.randn` tie-break draws are shap's, so the same outputs give the same values.
+the tie-break draws are shap's `np.random.randn` stream (from a RandomState seeded as shap's global
+RNG would be), so the same outputs give the same values.
 """
 
 import heapq
@@ -66,13 +67,14 @@ def masked_background(image_hwc, mask_value):
     return np.full(image_hwc.shape, mask_value, dtype=np.float64).astype(image_hwc.dtype)
 
 
-def owen_node_values(evaluate, root, base, full, max_evals, batch_size, progress=None):
+def owen_node_values(evaluate, root, base, full, max_evals, batch_size, random_state, progress=None):
     """shap's `PartitionExplainer.owen` (fixed_context=None) over the box tree: returns the
     hierarchical credit per box (dict box → K float64), accumulated in shap's order.
 
     `base` is (f(nothing visible), state of that context) and `full` is f(everything visible).
     `evaluate(requests)` gets (visible, state, box) triples — a context, its state and the box to
     reveal on top of it — and returns the K outputs and the state of each revealed context.
+    `random_state` (a numpy RandomState seeded like shap's global one) draws the tie-breaks.
     `progress` (optional) may cancel before each model call and hears the fraction of evaluations done."""
     node_values = {}
     f00, state00 = base
@@ -120,7 +122,7 @@ def owen_node_values(evaluate, root, base, full, max_evals, batch_size, progress
             )
             for child_visible, child_state, low, high, child in children:
                 priority = float(-np.max(np.abs(high - low)) * new_weight)
-                heapq.heappush(queue, (priority, float(np.random.randn()), pushes, (child_visible, child_state, low, high, child, new_weight)))
+                heapq.heappush(queue, (priority, float(random_state.randn()), pushes, (child_visible, child_state, low, high, child, new_weight)))
                 pushes += 1
     return node_values
 

@@ -13,7 +13,7 @@ stride = tile size each cell is exactly its tile's footprint.
 import dataclasses
 import math
 
-from .errors import AidXaiError
+from ..common.errors import AidXaiError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,8 +92,12 @@ def pixel_window(geotransform, raster_size, extent=None):
     xmin, ymin, xmax, ymax = extent
     cols = sorted(((xmin - g[0]) / g[1], (xmax - g[0]) / g[1]))
     rows = sorted(((ymax - g[3]) / g[5], (ymin - g[3]) / g[5]))
-    x0, x1 = max(0, math.floor(cols[0] + 1e-9)), min(width, math.ceil(cols[1] - 1e-9))
-    y0, y1 = max(0, math.floor(rows[0] + 1e-9)), min(height, math.ceil(rows[1] - 1e-9))
+    # An edge given in map units carries the rounding of its coordinate (a few ulps of |x|, e.g. 1e-9 m
+    # at UTM northings), which is that many ulps over the pixel size in pixels: snap within that.
+    slack_x = 1e-9 + 16 * math.ulp(max(abs(xmin), abs(xmax), abs(g[0]))) / abs(g[1])
+    slack_y = 1e-9 + 16 * math.ulp(max(abs(ymin), abs(ymax), abs(g[3]))) / abs(g[5])
+    x0, x1 = max(0, math.floor(cols[0] + slack_x)), min(width, math.ceil(cols[1] - slack_x))
+    y0, y1 = max(0, math.floor(rows[0] + slack_y)), min(height, math.ceil(rows[1] - slack_y))
     if x1 <= x0 or y1 <= y0:
         raise AidXaiError("The processing extent does not overlap the raster; choose an extent inside the layer (or leave it empty for the whole raster).")
     return (x0, y0, x1 - x0, y1 - y0)

@@ -1,11 +1,25 @@
-"""GeoPackage polygon layers written with OGR, feature by feature, under a temporary name."""
+"""Polygon layers written with OGR, feature by feature, under a temporary name.
+
+The format is the one the file name says: .gpkg (GeoPackage), .geojson/.json (GeoJSON) or .shp
+(shapefile, whose field names OGR cuts to 10 characters); anything else is a clear error.
+"""
 
 import os
 
-from .atomic import atomic_output
+from ..common.atomic import atomic_output
+from ..common.errors import AidXaiError
 from .gdal_context import raising_gdal_errors
 
 _OGR_TYPES = {int: "OFTInteger64", float: "OFTReal", str: "OFTString"}
+VECTOR_DRIVERS = {".gpkg": "GPKG", ".geojson": "GeoJSON", ".json": "GeoJSON", ".shp": "ESRI Shapefile"}
+
+
+def vector_driver(path):
+    """OGR driver name for the output `path`, from its extension."""
+    extension = os.path.splitext(path)[1].lower()
+    if extension not in VECTOR_DRIVERS:
+        raise AidXaiError(f"Cannot write the vector output '{path}': use a .gpkg, .geojson or .shp file name.")
+    return VECTOR_DRIVERS[extension]
 
 
 class PolygonWriter:
@@ -16,9 +30,9 @@ class PolygonWriter:
         from osgeo import ogr, osr
 
         self._ogr = ogr
+        driver_name = vector_driver(path)
         self._atomic = atomic_output(path)
         temporary = self._atomic.__enter__()
-        driver_name = "ESRI Shapefile" if path.lower().endswith(".shp") else "GPKG"
         self._dataset = ogr.GetDriverByName(driver_name).CreateDataSource(temporary)
         srs = osr.SpatialReference()
         srs.SetFromUserInput(crs)
@@ -27,8 +41,9 @@ class PolygonWriter:
         self._layer = self._dataset.CreateLayer(name, srs, ogr.wkbPolygon)
         for field_name, python_type in fields:
             self._layer.CreateField(ogr.FieldDefn(field_name, getattr(ogr, _OGR_TYPES[python_type])))
-        self._field_names = [name for name, _ in fields]
-        self._layer.StartTransaction()
+        self._transactions = bool(self._layer.TestCapability(ogr.OLCTransactions))  # GeoPackage: one commit
+        if self._transactions:
+            self._layer.StartTransaction()
 
     @raising_gdal_errors
     def add(self, values, corners):
@@ -43,15 +58,15 @@ class PolygonWriter:
         polygon = ogr.Geometry(ogr.wkbPolygon)
         polygon.AddGeometry(ring)
         feature = ogr.Feature(self._layer.GetLayerDefn())
-        for field_name, value in zip(self._field_names, values):
-            feature.SetField(field_name, value.item() if hasattr(value, "item") else value)
+        for index, value in enumerate(values):  # by position: a shapefile may have shortened the names
+            feature.SetField(index, value.item() if hasattr(value, "item") else value)
         feature.SetGeometry(polygon)
         self._layer.CreateFeature(feature)
 
     @raising_gdal_errors
     def close(self, success=True):
         if self._dataset is not None:
-            if success:
+            if success and self._transactions:
                 self._layer.CommitTransaction()
             self._layer = None
             self._dataset = None

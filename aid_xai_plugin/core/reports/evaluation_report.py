@@ -11,7 +11,7 @@ import os
 
 import numpy as np
 
-from .atomic import atomic_output
+from ..common.atomic import atomic_output
 
 
 def write_confusion_matrix_png(path, matrix, class_names, title="Confusion matrix (rows normalised to the true class)"):

@@ -1,1 +1,0 @@
-"""Partition-SHAP explanations of one model-input tile, behind a small engine interface."""

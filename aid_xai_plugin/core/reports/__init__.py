@@ -1,0 +1,1 @@
+"""Layer 1: HTML reports (evaluation, explanations) drawn with matplotlib's object API."""
