@@ -22,10 +22,9 @@ requires_aid150 = pytest.mark.skipif(
 )
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def aid_xai_provider(qgis_app, qgis_processing):
-    """The provider registered in the real processing registry, as initProcessing() does (again if a
-    test unloaded the plugin)."""
+    """The provider registered in the real processing registry, as initProcessing() does."""
     from qgis.core import QgsApplication
 
     from aid_xai_plugin.provider import AidXaiProvider

@@ -150,6 +150,15 @@ def test_algorithms_leave_global_random_state_and_pyplot_alone(aid_xai_provider,
 
     from aid_xai_plugin.core.data.synthetic import make_scene_mosaic
 
+    from qgis.core import QgsApplication
+
+    from aid_xai_plugin.provider import AidXaiProvider
+
+    registry = QgsApplication.processingRegistry()
+    provider = registry.providerById("aid_xai")  # another test may have unloaded the plugin
+    if provider is None:
+        provider = AidXaiProvider()
+        registry.addProvider(provider)
     mosaic = str(tmp_path / "mosaic.tif")
     make_scene_mosaic(mosaic, rows=1, cols=2, scene_px=64, seed=3)
     user_figure = pyplot.figure()
