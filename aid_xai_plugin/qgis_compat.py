@@ -35,11 +35,6 @@ DISTANCE_METRES = _scoped("DistanceUnit", "Meters", lambda: QgsUnitTypes.Distanc
 RAMP_INTERPOLATED = _scoped("ShaderInterpolationMethod", "Linear", lambda: QgsColorRampShader.Interpolated)
 
 
-def geometry_type(geometry):
-    """Point/line/polygon type of a QgsGeometry (QgsWkbTypes.geometryType's successor on 3.30+)."""
-    return geometry.type()
-
-
 def with_advanced_flag(parameter):
     parameter.setFlags(parameter.flags() | PARAMETER_FLAG_ADVANCED)
     return parameter

@@ -33,7 +33,8 @@ def _companions(temporary):
     .aux.xml statistics and .ovr overviews; they move (or go) with it."""
     root = os.path.splitext(temporary)[0] + "."
     folder = os.path.dirname(temporary)
-    return [os.path.join(folder, name) for name in sorted(os.listdir(folder)) if os.path.join(folder, name).startswith(root) and os.path.join(folder, name) != temporary]
+    paths = [os.path.join(folder, name) for name in sorted(os.listdir(folder))]
+    return [path for path in paths if path.startswith(root) and path != temporary]
 
 
 def check_writable(path, what="output"):

@@ -70,6 +70,6 @@ def tile_and_background(image_hwc, settings):
     return image_hwc, masked_background(image_hwc, mask_value)
 
 
-def explanation_from_nodes(node_values, root, image_hwc, base_all, full_all, indices, fallback_reason=None):
+def explanation_from_nodes(node_values, root, image_hwc, base_all, full_all, indices):
     values = lower_credit(node_values, root, image_hwc.shape, len(indices))
-    return TileExplanation(values=values, base_values=base_all[indices], output_values=full_all[indices], class_indices=indices, fallback_reason=fallback_reason)
+    return TileExplanation(values=values, base_values=base_all[indices], output_values=full_all[indices], class_indices=indices)

@@ -23,9 +23,10 @@ def vector_driver(path):
 
 
 class PolygonWriter:
-    """Open with a path, CRS (WKT or 'EPSG:n') and [(name, python type)]; `add(values, corners)`."""
+    """Open with a path, CRS (WKT or 'EPSG:n') and [(name, python type)]; `add(values, corners)`.
+    Use it inside `gdal_exceptions()` (the pipelines and `write_polygons` run in one), so a failing
+    write raises instead of returning an error code."""
 
-    @raising_gdal_errors
     def __init__(self, path, crs, fields, layer_name=None):
         from osgeo import ogr, osr
 
@@ -45,7 +46,6 @@ class PolygonWriter:
         if self._transactions:
             self._layer.StartTransaction()
 
-    @raising_gdal_errors
     def add(self, values, corners):
         """`corners`: polygon ring as (x, y) pairs, or a (xmin, ymin, xmax, ymax) box."""
         ogr = self._ogr
@@ -63,7 +63,6 @@ class PolygonWriter:
         feature.SetGeometry(polygon)
         self._layer.CreateFeature(feature)
 
-    @raising_gdal_errors
     def close(self, success=True):
         if self._dataset is not None:
             if success and self._transactions:
@@ -76,6 +75,7 @@ class PolygonWriter:
                 self._atomic.__exit__(RuntimeError, RuntimeError(), None)
 
 
+@raising_gdal_errors
 def write_polygons(path, crs, fields, records):
     """Write [(values, corners)] as a polygon layer in one go."""
     writer = PolygonWriter(path, crs, fields)
