@@ -26,7 +26,7 @@ class ClassifyAlgorithm(AidXaiAlgorithm):
         "Outputs: a class raster (uint8, nodata 255, class names as categories) and a probability raster "
         "(float32, one band per class named after it) with one cell per tile: the cell is the tile's "
         "footprint (with a stride, the stride-sized block at the tile's centre), on edges of the source "
-        "pixels; and a tile layer (GeoPackage) with the top-k classes, probabilities, margin (p1 − p2) and "
+        "pixels; and a tile layer (.gpkg, .geojson or .shp) with the top-k classes, probabilities, margin (p1 − p2) and "
         "normalised entropy, so low-confidence tiles are one filter away. Each output gets a .qml style "
         "sidecar.\n\nValues are scaled to 0..1 by the value scaling (auto: 8-bit /255, other types a 2–98 % "
         "stretch; percentile or minmax with the low/high numbers; none); nodata, alpha and pixels outside "

@@ -68,11 +68,22 @@ class TileGrid:
         x0, y0 = self.pixel_to_map(self.window[0] + off_x, self.window[1] + off_y)
         return (x0, g[1] * self.stride_x, g[2] * self.stride_y, y0, g[4] * self.stride_x, g[5] * self.stride_y)
 
+    def covering_window(self, tiles=None):
+        """(x, y, width, height) in source pixels of the smallest window holding `tiles` (default all)."""
+        if tiles is None:
+            return (self.window[0], self.window[1], *self.pixel_extent_size)
+        x0, y0 = min(t.window[0] for t in tiles), min(t.window[1] for t in tiles)
+        return (x0, y0, max(t.window[0] for t in tiles) + self.tile_w - x0, max(t.window[1] for t in tiles) + self.tile_h - y0)
+
+    def window_geotransform(self, window):
+        """Geotransform of an output on the source's own pixel grid whose pixel (0, 0) is `window`'s top-left."""
+        g = self.geotransform
+        x0, y0 = self.pixel_to_map(window[0], window[1])
+        return (x0, g[1], g[2], y0, g[4], g[5])
+
     def pixel_grid_geotransform(self):
         """Geotransform of an output on the source's own pixel grid covering the tiles' extent."""
-        g = self.geotransform
-        x0, y0 = self.pixel_to_map(self.window[0], self.window[1])
-        return (x0, g[1], g[2], y0, g[4], g[5])
+        return self.window_geotransform(self.window)
 
     @property
     def pixel_extent_size(self):

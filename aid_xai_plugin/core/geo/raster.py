@@ -1,4 +1,4 @@
-"""Reading model-ready tiles from any GDAL raster, and creating aligned GeoTIFF outputs.
+"""Reading model-ready tiles from any GDAL raster.
 
 Tiles are read window by window (memory does not grow with the raster), validity comes from GDAL's
 mask bands (nodata, alpha, per-dataset masks), and values are scaled to [0, 1] the same way for
@@ -152,30 +152,3 @@ def _mask_bands(dataset, bands):
         if flags & gdal.GMF_PER_DATASET:
             break
     return masks
-
-
-def create_geotiff(path, width, height, band_count, data_type, geotransform, projection, nodata=None, band_names=None, tags=None):
-    """A tiled, compressed GeoTIFF, ready to receive windows."""
-    from osgeo import gdal
-
-    if not path.lower().endswith((".tif", ".tiff")):
-        raise AidXaiError(f"Cannot write the raster output '{path}': AID-XAI writes GeoTIFF; give a .tif file name.")
-
-    options = ["COMPRESS=DEFLATE", "TILED=YES", "BIGTIFF=IF_SAFER"]
-    if data_type == gdal.GDT_Float32:
-        options.append("PREDICTOR=3")
-    dataset = gdal.GetDriverByName("GTiff").Create(path, width, height, band_count, data_type, options)
-    if dataset is None:
-        raise AidXaiError(f"Cannot create '{path}'; check the folder exists and is writable.")
-    dataset.SetGeoTransform(geotransform)
-    dataset.SetProjection(projection)
-    for index in range(band_count):
-        band = dataset.GetRasterBand(index + 1)
-        if nodata is not None:
-            band.SetNoDataValue(nodata)
-            band.Fill(nodata)
-        if band_names:
-            band.SetDescription(band_names[index])
-    if tags:
-        dataset.SetMetadata({key: str(value) for key, value in tags.items()})
-    return dataset

@@ -63,6 +63,12 @@ class PolygonWriter:
         feature.SetGeometry(polygon)
         self._layer.CreateFeature(feature)
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, traceback):
+        self.close(success=exc_type is None)
+
     def close(self, success=True):
         if self._dataset is not None:
             if success and self._transactions:
@@ -78,11 +84,6 @@ class PolygonWriter:
 @raising_gdal_errors
 def write_polygons(path, crs, fields, records):
     """Write [(values, corners)] as a polygon layer in one go."""
-    writer = PolygonWriter(path, crs, fields)
-    try:
+    with PolygonWriter(path, crs, fields) as writer:
         for values, corners in records:
             writer.add(values, corners)
-    except BaseException:
-        writer.close(success=False)
-        raise
-    writer.close()

@@ -55,3 +55,9 @@ class Classifier:
         if not outputs:
             return np.zeros((0, len(self.class_names)), dtype=np.float32)
         return np.concatenate(outputs)
+
+
+def top_k(probabilities, k):
+    """Indices of the k largest probabilities per row, most probable first."""
+    k = min(k, probabilities.shape[1])
+    return np.argsort(-probabilities, axis=1, kind="stable")[:, :k]

@@ -15,16 +15,18 @@ import time
 
 import numpy as np
 
-from ..common.atomic import atomic_output, check_writable
 from ..common.errors import AidXaiError
 from ..explain.engine import masker_value
-from ..explain.registry import engine_by_name
 from ..geo.gdal_context import raising_gdal_errors
 from ..geo.vector import PolygonWriter
+from ..geo.writers import GeoTiffSink
 from ..reports.explanation_report import ExplanationReport
-from .tiles import TileSource, top_k
+from .run import check_outputs, with_progress
+from .steps import ExplainJob, TileExplainer
+from .tiles import TileSource
 
 SHAP_NODATA = -9999.0
+TILE_TABLE_FIELDS = [("tile_id", int), ("row", int), ("col", int), ("rank", int), ("class_name", str), ("probability", float), ("base_value", float), ("shap_sum", float), ("label", str)]
 
 
 @dataclasses.dataclass
@@ -84,100 +86,71 @@ def tiles_to_explain(source, request):
 
 @raising_gdal_errors
 def explain_raster(raster_path, model_path, options, request, settings, outputs, engine="fast", device="auto", progress=None):
+    """Explain the tiles the request selects; returns an ExplainResult."""
+    from osgeo import gdal
+
     source = TileSource(raster_path, model_path, options, device)
     classifier, grid = source.classifier, source.grid
     names = classifier.class_names
     masker_value(settings.masker)
     if settings.max_evals < 3:
         raise AidXaiError("MAX_EVALS must be at least 3 (the masked and unmasked image take two).")
-    for path in (outputs.shap_raster, outputs.tile_table, outputs.report):
-        if path:
-            check_writable(path)
+    check_outputs(outputs.shap_raster, outputs.tile_table, outputs.report)
     if request.class_names:
         unknown = [name for name in request.class_names if name not in names]
         if unknown:
             raise AidXaiError(f"CLASSES {unknown} are not classes of this model; it knows: {', '.join(names)}.")
-        fixed_indices = np.array([names.index(name) for name in request.class_names])
+        fixed_indices = tuple(names.index(name) for name in request.class_names)
         band_names = list(request.class_names)
     else:
         fixed_indices = None
         band_names = [f"rank {rank}" for rank in range(1, min(request.top_k, len(names)) + 1)]
     tiles_and_labels = tiles_to_explain(source, request)
-    tiles = [tile for tile, _ in tiles_and_labels]
-    explainer = engine_by_name(engine)
-    _log_estimate(classifier, len(tiles), settings, engine, progress)
+    job = ExplainJob(source.inputs, model_path, classifier.device, engine, settings, fixed_indices, len(band_names))
+    explain_tile = TileExplainer(job, classifier, source.reader)
+    _log_estimate(classifier, len(tiles_and_labels), settings, engine, progress)
 
-    rows = [t.row for t in tiles]
-    cols = [t.col for t in tiles]
-    origin_x = grid.window[0] + min(cols) * grid.stride_x
-    origin_y = grid.window[1] + min(rows) * grid.stride_y
-    width = (max(cols) - min(cols)) * grid.stride_x + grid.tile_w
-    height = (max(rows) - min(rows)) * grid.stride_y + grid.tile_h
-    g = grid.geotransform
-    transform = (g[0] + origin_x * g[1] + origin_y * g[2], g[1], g[2], g[3] + origin_x * g[4] + origin_y * g[5], g[4], g[5])
+    window = grid.covering_window([tile for tile, _ in tiles_and_labels])
     tags = dict(source.provenance(), AIDXAI_ENGINE=engine, AIDXAI_MASKER=settings.masker, AIDXAI_MAX_EVALS=settings.max_evals, AIDXAI_BATCH_SIZE=settings.batch_size, AIDXAI_SEED=settings.seed, AIDXAI_MODE="classes" if fixed_indices is not None else f"top-{len(band_names)}")
     explained = 0
     fallback_reason = None
     style_scale = 0.0  # colour-ramp limit: robust to a few extreme pixels, so every tile shows
-    with contextlib.ExitStack() as stack:
-        dataset = writer = report = None
-        if outputs.report:
-            report = stack.enter_context(ExplanationReport(outputs.report, names, settings, engine))
+    with contextlib.ExitStack() as sinks:
+        shap_raster = table = report = None
         if outputs.shap_raster:
-            from osgeo import gdal
-
-            from ..geo.raster import create_geotiff
-
-            temporary = stack.enter_context(atomic_output(outputs.shap_raster))
-            dataset = create_geotiff(temporary, width, height, len(band_names), gdal.GDT_Float32, transform, source.projection, SHAP_NODATA, band_names, tags)
+            shap_raster = sinks.enter_context(GeoTiffSink(outputs.shap_raster, window[2], window[3], len(band_names), gdal.GDT_Float32, grid.window_geotransform(window), source.projection, SHAP_NODATA, band_names, tags))
         if outputs.tile_table:
-            fields = [("tile_id", int), ("row", int), ("col", int), ("rank", int), ("class_name", str), ("probability", float), ("base_value", float), ("shap_sum", float), ("label", str)]
-            writer = PolygonWriter(outputs.tile_table, source.projection, fields)
-        try:
-            for number, (tile, label) in enumerate(tiles_and_labels):
+            table = sinks.enter_context(PolygonWriter(outputs.tile_table, source.projection, TILE_TABLE_FIELDS))
+        if outputs.report:
+            report = sinks.enter_context(ExplanationReport(outputs.report, names, settings, engine))
+        count = len(tiles_and_labels)
+        for number, (tile, label) in with_progress(enumerate(tiles_and_labels), count, progress):
+            tile_progress = progress.part(number / count, (number + 1) / count) if progress else None
+            result, fraction = explain_tile(tile.window, tile_progress)
+            if result is None:
                 if progress:
-                    progress.check_cancel()
-                image, fraction = source.model_input(tile)
-                if fraction < options.min_valid_fraction or fraction == 0:
-                    if progress:
-                        progress.log(f"Tile row {tile.row}, col {tile.col} skipped: only {fraction:.0%} valid pixels.")
-                    continue
-                probabilities = classifier.predict_probabilities(image[None])[0]
-                indices = fixed_indices if fixed_indices is not None else top_k(probabilities[None], len(band_names))[0]
-                result = explainer.explain(image, classifier, indices, settings, progress.part(number / len(tiles), (number + 1) / len(tiles)) if progress else None)
-                if result.fallback_reason and fallback_reason is None:
-                    fallback_reason = result.fallback_reason
-                    if progress:
-                        progress.log(f"The {engine} engine evaluates this model another way because {fallback_reason}.")
-                per_pixel = result.values.sum(axis=2)  # S×S×K: channels summed, as shap.image_plot shows
-                on_source = to_source_pixels(per_pixel, tile.window[3], tile.window[2]).astype(np.float32)
-                style_scale = max(style_scale, float(np.percentile(np.abs(on_source), 99)))
-                if dataset is not None:
-                    x, y = tile.window[0] - origin_x, tile.window[1] - origin_y
-                    for band in range(len(band_names)):
-                        dataset.GetRasterBand(band + 1).WriteArray(on_source[..., band], x, y)
-                if writer is not None:
-                    for rank, class_index in enumerate(indices):
-                        writer.add(
-                            [tile.index, tile.row, tile.col, rank + 1, names[class_index], float(result.output_values[rank]), float(result.base_values[rank]), float(per_pixel[..., rank].sum()), label],
-                            grid.footprint(tile),
-                        )
-                if report is not None:
-                    report.add(tile.index, tile.row, tile.col, image, per_pixel, indices, result.output_values, result.base_values, label)
-                explained += 1
+                    progress.log(f"Tile row {tile.row}, col {tile.col} skipped: only {fraction:.0%} valid pixels.")
+                continue
+            if result.fallback_reason and fallback_reason is None:
+                fallback_reason = result.fallback_reason
                 if progress:
-                    progress.fraction((number + 1) / len(tiles))
-            if not explained:
-                raise AidXaiError("No selected tile had enough valid pixels to explain; lower the minimum valid fraction or choose other tiles.")
-        except BaseException:
-            if writer is not None:
-                writer.close(success=False)
-            dataset = None  # closed now, so GDAL writes no sidecar after the cleanup
-            raise
-        if writer is not None:
-            writer.close()
-        dataset = None  # close before the file moves into place
-    return ExplainResult(explained, len(tiles), style_scale, band_names, names, fallback_reason)
+                    progress.log(f"The {engine} engine evaluates this model another way because {fallback_reason}.")
+            on_source = to_source_pixels(result.values, tile.window[3], tile.window[2]).astype(np.float32)
+            style_scale = max(style_scale, float(np.percentile(np.abs(on_source), 99)))
+            if shap_raster is not None:
+                shap_raster.write(on_source.transpose(2, 0, 1), tile.window[0] - window[0], tile.window[1] - window[1])
+            if table is not None:
+                for rank, class_index in enumerate(result.class_indices):
+                    table.add(
+                        [tile.index, tile.row, tile.col, rank + 1, names[class_index], float(result.output_values[rank]), float(result.base_values[rank]), float(result.values[..., rank].sum()), label],
+                        grid.footprint(tile),
+                    )
+            if report is not None:
+                report.add(tile.index, tile.row, tile.col, result.image, result.values, result.class_indices, result.output_values, result.base_values, label)
+            explained += 1
+        if not explained:
+            raise AidXaiError("No selected tile had enough valid pixels to explain; lower the minimum valid fraction or choose other tiles.")
+    return ExplainResult(explained, len(tiles_and_labels), style_scale, band_names, names, fallback_reason)
 
 
 def _log_estimate(classifier, tile_count, settings, engine, progress):

@@ -1,13 +1,17 @@
-"""Everything classify and explain share: model + raster + tile grid → model-ready tile batches."""
+"""The start of every pipeline: raster + model + tile grid → model-ready tiles.
+
+`TileSource` opens the raster and the model once in the process that runs the pipeline, builds the
+grid and the band scaling, and hands out `TileInputs`: plain values (paths, bands, scaling) from
+which a `TileReader` in any process can read the same model-ready tiles. The valid-pixel rule lives
+in `TileReader.read`, once for classify and explain.
+"""
 
 import dataclasses
-
-import numpy as np
 
 from ..common.errors import AidXaiError
 from ..geo.gdal_context import raising_gdal_errors
 from ..geo.grid import make_grid, tile_size_in_pixels
-from ..geo.raster import band_scaling, check_bands, open_raster, parse_bands, read_tile
+from ..geo.raster import BandScaling, band_scaling, check_bands, open_raster, parse_bands, read_tile
 from ..ml.classifier import Classifier
 from ..ml.model_file import load_model
 from ..ml.preprocess import resize_to_input
@@ -29,38 +33,66 @@ class TilingOptions:
     metres_per_map_unit: float = 1.0
 
 
+@dataclasses.dataclass(frozen=True)
+class TileInputs:
+    """What reading model-ready tiles needs, as plain values (no GDAL handle): picklable."""
+
+    raster_path: str
+    bands: tuple
+    scaling: BandScaling
+    input_size: int
+    min_valid_fraction: float
+
+
+class TileReader:
+    """Reads tile windows of the raster as the model sees them."""
+
+    def __init__(self, inputs, dataset=None):
+        self.inputs = inputs
+        self.dataset = dataset if dataset is not None else open_raster(inputs.raster_path)
+
+    def model_input(self, window):
+        """(model-input image size×size×C in [0, 1], fraction of valid source pixels)."""
+        image, valid = read_tile(self.dataset, list(self.inputs.bands), window, self.inputs.scaling)
+        return resize_to_input(image, self.inputs.input_size), float(valid.mean())
+
+    def read(self, window):
+        """(image, valid fraction); the image is None when the tile has too few valid pixels to use."""
+        image, fraction = self.model_input(window)
+        usable = fraction >= self.inputs.min_valid_fraction and fraction > 0
+        return (image if usable else None), fraction
+
+    def drop_cache(self):
+        """Forget the source blocks GDAL cached (tiles come row by row: rows above are done)."""
+        self.dataset.FlushCache()
+
+
 class TileSource:
-    """Opens the raster and model once, then yields (tile, model-input image, valid fraction)."""
+    """Opens the raster and model once; the grid, the classifier and a reader for this process."""
 
     def __init__(self, raster_path, model_path, options, device="auto"):
         self.options = options
-        self.dataset = open_raster(raster_path)
+        dataset = open_raster(raster_path)
         self.classifier = Classifier(load_model(model_path), device)
         info = self.classifier.info
         self.bands = parse_bands(options.bands, info.bands)
-        check_bands(self.dataset, self.bands, info.num_bands)
+        check_bands(dataset, self.bands, info.num_bands)
         if not 0.0 <= options.min_valid_fraction <= 1.0:
             raise AidXaiError("MIN_VALID_FRACTION must be between 0 and 1.")
-        geotransform = self.dataset.GetGeoTransform()
-        size = (self.dataset.RasterXSize, self.dataset.RasterYSize)
+        geotransform = dataset.GetGeoTransform()
+        size = (dataset.RasterXSize, dataset.RasterYSize)
         tile = self._pixels(options.tile_size or info.input_size, "pixels" if not options.tile_size else options.tile_unit, geotransform)
         stride = self._pixels(options.stride, options.tile_unit, geotransform) if options.stride else None
         self.grid = make_grid(geotransform, size, tile, stride, options.extent)
-        self.scaling = band_scaling(self.dataset, self.bands, options.scaling, self.grid.window)
+        self.projection = dataset.GetProjection()
+        scaling = band_scaling(dataset, self.bands, options.scaling, self.grid.window)
+        self.inputs = TileInputs(raster_path, tuple(self.bands), scaling, info.input_size, options.min_valid_fraction)
+        self.reader = TileReader(self.inputs, dataset)
 
     def _pixels(self, value, unit, geotransform):
         if unit == "metres" and not self.options.is_geographic:
             value, unit = value / self.options.metres_per_map_unit, "map units"
         return tile_size_in_pixels(value, unit, geotransform, self.options.is_geographic, self.options.center_latitude)
-
-    @property
-    def projection(self):
-        return self.dataset.GetProjection()
-
-    def model_input(self, tile):
-        """(model-input image size×size×C in [0, 1], fraction of valid source pixels)."""
-        image, valid = read_tile(self.dataset, self.bands, tile.window, self.scaling)
-        return resize_to_input(image, self.classifier.info.input_size), float(valid.mean())
 
     def batches(self, tiles, batch_size):
         """Yield lists of (tile, image, valid_fraction); tiles with too few valid pixels come through
@@ -79,11 +111,9 @@ class TileSource:
             batch = []
             for tile in chunk:
                 if tile.row != current_row[0]:
-                    self.dataset.FlushCache()
+                    self.reader.drop_cache()
                     current_row[0] = tile.row
-                image, fraction = self.model_input(tile)
-                keep = fraction >= self.options.min_valid_fraction and fraction > 0
-                batch.append((tile, image if keep else None, fraction))
+                batch.append((tile, *self.reader.read(tile.window)))
             return batch
 
         with ThreadPoolExecutor(max_workers=1) as reader:
@@ -107,7 +137,7 @@ class TileSource:
             "AIDXAI_TILE_SIZE_PX": f"{grid.tile_w}x{grid.tile_h}",
             "AIDXAI_STRIDE_PX": f"{grid.stride_x}x{grid.stride_y}",
             "AIDXAI_BANDS": ",".join(map(str, self.bands)),
-            "AIDXAI_SCALING": self.scaling.description,
+            "AIDXAI_SCALING": self.inputs.scaling.description,
             "AIDXAI_MIN_VALID_FRACTION": self.options.min_valid_fraction,
         }
 
@@ -121,9 +151,3 @@ def _chunks(items, size):
             chunk = []
     if chunk:
         yield chunk
-
-
-def top_k(probabilities, k):
-    """Indices of the k largest probabilities per row, most probable first."""
-    k = min(k, probabilities.shape[1])
-    return np.argsort(-probabilities, axis=1, kind="stable")[:, :k]

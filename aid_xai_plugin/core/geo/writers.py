@@ -1,0 +1,72 @@
+"""GeoTIFF outputs that receive windows and appear at their path only when complete.
+
+`GeoTiffSink` is a context manager: on entry it creates a tiled, compressed GeoTIFF under a
+temporary name; on a clean exit it closes the file and moves it (and any GDAL sidecar) into place;
+on an error or cancel it closes and removes it. Pipelines hold their sinks in one ExitStack, so
+every output of a run is committed or removed together.
+"""
+
+import sys
+
+from ..common.atomic import atomic_output
+from ..common.errors import AidXaiError
+
+GEOTIFF_EXTENSIONS = (".tif", ".tiff")
+
+
+def check_geotiff_path(path):
+    if not path.lower().endswith(GEOTIFF_EXTENSIONS):
+        raise AidXaiError(f"Cannot write the raster output '{path}': AID-XAI writes GeoTIFF; give a .tif file name.")
+
+
+def create_geotiff(path, width, height, band_count, data_type, geotransform, projection, nodata=None, band_names=None, tags=None):
+    """A tiled, compressed GeoTIFF, ready to receive windows."""
+    from osgeo import gdal
+
+    check_geotiff_path(path)
+    options = ["COMPRESS=DEFLATE", "TILED=YES", "BIGTIFF=IF_SAFER"]
+    if data_type == gdal.GDT_Float32:
+        options.append("PREDICTOR=3")
+    dataset = gdal.GetDriverByName("GTiff").Create(path, width, height, band_count, data_type, options)
+    dataset.SetGeoTransform(geotransform)
+    dataset.SetProjection(projection)
+    for index in range(band_count):
+        band = dataset.GetRasterBand(index + 1)
+        if nodata is not None:
+            band.SetNoDataValue(nodata)
+            band.Fill(nodata)
+        if band_names:
+            band.SetDescription(band_names[index])
+    if tags:
+        dataset.SetMetadata({key: str(value) for key, value in tags.items()})
+    return dataset
+
+
+class GeoTiffSink:
+    """A GeoTIFF output (see the module docstring); `write(bands_hw…, x, y)` puts a window in place."""
+
+    def __init__(self, path, width, height, band_count, data_type, geotransform, projection, nodata=None, band_names=None, tags=None):
+        check_geotiff_path(path)
+        self.path = path
+        self._create = (width, height, band_count, data_type, geotransform, projection, nodata, band_names, tags)
+        self._atomic = atomic_output(path)
+        self.dataset = None
+
+    def __enter__(self):
+        temporary = self._atomic.__enter__()
+        try:
+            self.dataset = create_geotiff(temporary, *self._create)
+        except BaseException:
+            self._atomic.__exit__(*sys.exc_info())
+            raise
+        return self
+
+    def write(self, bands, x, y):
+        """`bands`: band_count × h × w values for the window whose top-left pixel is (x, y)."""
+        for index, values in enumerate(bands):
+            self.dataset.GetRasterBand(index + 1).WriteArray(values, x, y)
+
+    def __exit__(self, exc_type, exc, traceback):
+        self.dataset = None  # closes the file before it moves into place (or is removed): no stray sidecar
+        return self._atomic.__exit__(exc_type, exc, traceback)
+

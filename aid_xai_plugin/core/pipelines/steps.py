@@ -1,0 +1,90 @@
+"""The per-tile work of the pipelines, as steps from arrays (or a tile window) to arrays.
+
+Nothing here writes an output: a step's result goes back to the pipeline, whose sinks write it in
+the process that owns the outputs. `TileExplainer` is built from an `ExplainJob` of plain values
+(paths, bands, scaling, settings), so the same step can run in another process or on another
+machine that opens the raster and the model itself.
+"""
+
+import dataclasses
+
+import numpy as np
+
+from ..explain.engine import ExplainSettings
+from ..explain.registry import engine_by_name
+from ..ml.classifier import Classifier, top_k
+from ..ml.model_file import load_model
+from .tiles import TileInputs, TileReader
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassifiedImages:
+    probabilities: np.ndarray  # N × classes
+    ranks: np.ndarray  # N × k class indices, most probable first
+    margins: np.ndarray  # N: p1 − p2 (low = unsure)
+    entropies: np.ndarray  # N: normalised to [0, 1] (high = unsure)
+
+
+def confidence(probabilities):
+    """Margin (p1 − p2) and entropy normalised to [0, 1] per row: low margin / high entropy = unsure."""
+    ordered = -np.sort(-probabilities, axis=1)
+    margin = ordered[:, 0] - (ordered[:, 1] if probabilities.shape[1] > 1 else 0.0)
+    p = np.clip(probabilities, 1e-12, 1.0)
+    entropy = -(p * np.log(p)).sum(axis=1) / np.log(max(probabilities.shape[1], 2))
+    return margin, entropy
+
+
+def classify_images(classifier, images, k, batch_size):
+    """The classify step: N model-input images → probabilities, top-k ranks and confidence."""
+    probabilities = classifier.predict_probabilities(images, batch_size)
+    margins, entropies = confidence(probabilities)
+    return ClassifiedImages(probabilities, top_k(probabilities, k), margins, entropies)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExplainJob:
+    """Everything the explain step needs, as plain values."""
+
+    inputs: TileInputs
+    model_path: str
+    device: str
+    engine: str
+    settings: ExplainSettings
+    class_indices: tuple = None  # explain these model outputs …
+    top_k: int = 4  # … or the k most probable classes of each tile
+
+
+@dataclasses.dataclass(frozen=True)
+class ExplainedTile:
+    image: np.ndarray  # the tile as the model saw it (S×S×C)
+    values: np.ndarray  # S×S×K SHAP values, channels summed (as shap.image_plot shows them)
+    class_indices: np.ndarray  # K
+    output_values: np.ndarray  # K: f(tile)
+    base_values: np.ndarray  # K: f(fully masked tile)
+    fallback_reason: str = None
+
+
+class TileExplainer:
+    """The explain step: a tile window → its partition-SHAP values, or None when the tile has too
+    few valid pixels. Opens the raster, model and engine named by the job unless this process
+    already holds them (pass them in to share)."""
+
+    def __init__(self, job, classifier=None, reader=None):
+        self.job = job
+        self.engine = engine_by_name(job.engine)
+        self.classifier = classifier or Classifier(load_model(job.model_path), job.device)
+        self.reader = reader or TileReader(job.inputs)
+
+    def __call__(self, window, progress=None):
+        """(ExplainedTile or None, fraction of valid source pixels)."""
+        image, fraction = self.reader.read(window)
+        if image is None:
+            return None, fraction
+        job = self.job
+        if job.class_indices is not None:
+            indices = np.asarray(job.class_indices)
+        else:
+            indices = top_k(self.classifier.predict_probabilities(image[None]), job.top_k)[0]
+        result = self.engine.explain(image, self.classifier, indices, job.settings, progress)
+        values = result.values.sum(axis=2)
+        return ExplainedTile(image, values, indices, result.output_values, result.base_values, result.fallback_reason), fraction
