@@ -19,24 +19,21 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "tests"))
 
+from helpers import create_georeferenced_tiff, last_line_json, random_net_model_file  # noqa: E402
 from peak_memory import peak_rss_mb  # noqa: E402 - the benchmarks folder is on sys.path when run as a script
 
 
 def make_raster(path, side, scene_px=256):
     """A side×side RGB GeoTIFF tiled with one pre-rendered block of synthetic scenes."""
     import numpy as np
-    from osgeo import gdal, osr
 
     from aid_xai_plugin.core.data.synthetic import SYNTHETIC_CLASSES, render_scene
 
     rng = np.random.default_rng(0)
     block = np.concatenate([render_scene(SYNTHETIC_CLASSES[i % 6], scene_px, rng) for i in range(4)], axis=1)  # 256×1024×3
-    dataset = gdal.GetDriverByName("GTiff").Create(path, side, side, 3, gdal.GDT_Byte, ["TILED=YES", "COMPRESS=DEFLATE"])
-    dataset.SetGeoTransform((500000.0, 1.0, 0.0, 5600000.0, 0.0, -1.0))
-    srs = osr.SpatialReference()
-    srs.ImportFromEPSG(32633)
-    dataset.SetProjection(srs.ExportToWkt())
+    dataset = create_georeferenced_tiff(path, side, side, 3, (500000.0, 1.0, 0.0, 5600000.0, 0.0, -1.0), 32633, options=["TILED=YES", "COMPRESS=DEFLATE"])
     for y in range(0, side, block.shape[0]):
         for x in range(0, side, block.shape[1]):
             part = block[: min(block.shape[0], side - y), : min(block.shape[1], side - x)]
@@ -62,7 +59,7 @@ def measure(raster, model, tile, batch):
     peak_mb = peak_rss_mb()
     source = TileSource(raster, model, options, "cpu")
     tiles = list(source.grid.tiles())[: min(len(source.grid), 8 * batch)]
-    images = np.stack([source.model_input(t)[0] for t in tiles])
+    images = np.stack([source.reader.model_input(t.window)[0] for t in tiles])
     source.classifier.predict_probabilities(images[:batch], batch)  # warm-up
     start = time.perf_counter()
     source.classifier.predict_probabilities(images, batch)
@@ -82,17 +79,11 @@ def main():
     if args.measure:
         measure(*args.measure, args.tile, args.batch)
         return
-    import torch
-
     from aid_xai_plugin.core.data.synthetic import SYNTHETIC_CLASSES
-    from aid_xai_plugin.core.ml.model_file import ModelInfo, save_model
-    from aid_xai_plugin.core.ml.net import Net
 
     work = tempfile.mkdtemp(prefix="aidxai_bench_")
     model = os.path.join(work, "net.aidx.pt")
-    torch.manual_seed(0)
-    arguments = {"num_classes": 6, "input_size": args.input_size, "in_bands": 3}
-    save_model(model, Net(**arguments), ModelInfo("Net", arguments, list(SYNTHETIC_CLASSES), args.input_size, [1, 2, 3], [0.5] * 3, [0.25] * 3))
+    random_net_model_file(model, args.input_size, list(SYNTHETIC_CLASSES), mean=0.5, std=0.25)
     print(f"Net (random weights) at {args.input_size}×{args.input_size}, tiles of {args.tile} px, batch {args.batch}, CPU, 2 threads, GDAL_CACHEMAX={args.gdal_cache_mb} MB")
     print(f"{'raster':>14} {'tiles':>7} {'algorithm t/s':>14} {'forward t/s':>12} {'ratio':>6} {'peak RSS MB':>12}")
     for side in args.sides:
@@ -100,7 +91,7 @@ def main():
         make_raster(raster, side)
         environment = dict(os.environ, GDAL_CACHEMAX=str(args.gdal_cache_mb))
         completed = subprocess.run([sys.executable, __file__, "--tile", str(args.tile), "--batch", str(args.batch), "--measure", raster, model], capture_output=True, text=True, check=True, env=environment)
-        row = json.loads(completed.stdout.strip().splitlines()[-1])
+        row = last_line_json(completed.stdout)
         ratio = row["algorithm_tiles_per_s"] / row["forward_tiles_per_s"]
         print(f"{side:>6}×{side:<7} {row['tiles']:>7} {row['algorithm_tiles_per_s']:>14.1f} {row['forward_tiles_per_s']:>12.1f} {ratio:>6.2f} {row['peak_rss_mb']:>12.0f}", flush=True)
         os.remove(raster)

@@ -28,7 +28,9 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "tests"))
 
+from helpers import last_line_json, random_net_classifier  # noqa: E402
 from peak_memory import peak_rss_mb  # noqa: E402 - the benchmarks folder is on sys.path when run as a script
 
 NUM_CLASSES = 30
@@ -40,27 +42,11 @@ TOP_CLASSES = 4
 
 
 def source_classifier(device, seed=0, size=256):
-    import torch
-
-    from aid_xai_plugin.core.ml.classifier import Classifier
-    from aid_xai_plugin.core.ml.model_file import LoadedModel, ModelInfo
-    from aid_xai_plugin.core.ml.net import Net
-
-    torch.manual_seed(seed)
-    info = ModelInfo(
-        architecture="Net",
-        arguments={"num_classes": NUM_CLASSES, "input_size": size},
-        class_names=[f"class{i}" for i in range(NUM_CLASSES)],
-        input_size=size,
-        bands=[1, 2, 3],
-        mean=[0.485, 0.456, 0.406],
-        std=[0.229, 0.224, 0.225],
+    """The source's Net (size×size×3, NUM_CLASSES classes, ImageNet normalisation), seeded random
+    weights, last layer scaled by LOGIT_SCALE."""
+    return random_net_classifier(
+        size, NUM_CLASSES, seed=seed, mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225], logit_scale=LOGIT_SCALE, device=device
     )
-    net = Net(NUM_CLASSES, size)
-    with torch.no_grad():
-        net.fc3.weight.mul_(LOGIT_SCALE)
-        net.fc3.bias.mul_(LOGIT_SCALE)
-    return Classifier(LoadedModel(net, info, path="", sha256=""), device=device)
 
 
 def bench_tile(size=256, seed=1):
@@ -103,7 +89,7 @@ def measure(engine, max_evals, arguments, values_file):
         "--threads", str(arguments.threads), "--device", arguments.device, "--size", str(arguments.size),
     ] + (["--image", arguments.image] if arguments.image else [])  # fmt: skip
     completed = subprocess.run(command, capture_output=True, text=True, check=True)
-    return json.loads(completed.stdout.strip().splitlines()[-1])
+    return last_line_json(completed.stdout)
 
 
 def main():

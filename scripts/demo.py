@@ -5,25 +5,24 @@ fresh machine: a few minutes on 2 CPU cores. Re-running reuses the trained model
 """
 
 import argparse
-import json
 import os
-import subprocess
 import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-QGIS_PROCESS = os.path.join(ROOT, "bin", "qgis_process")
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+
+from helpers import qgis_process_json, run_algorithm  # noqa: E402
 
 
 def run(algorithm, **parameters):
     """One `bin/qgis_process --json run` call; returns its results and echoes its log on failure."""
-    arguments = [QGIS_PROCESS, "--json", "run", algorithm, "--"] + [f"{key}={value}" for key, value in parameters.items()]
     print(f"$ bin/qgis_process run {algorithm} -- " + " ".join(f"{k}={v}" for k, v in parameters.items()), flush=True)
     start = time.time()
-    completed = subprocess.run(arguments, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    completed = run_algorithm(algorithm, parameters, timeout=None)
     if completed.returncode != 0:
         sys.exit(f"{algorithm} failed:\n{completed.stdout[-3000:]}\n{completed.stderr[-3000:]}")
-    results = json.loads(completed.stdout[completed.stdout.index("{") :])["results"]
+    results = qgis_process_json(completed.stdout)["results"]
     print(f"  done in {time.time() - start:.0f} s", flush=True)
     return results
 

@@ -1,20 +1,20 @@
-"""Shared fixtures: the real QGIS Processing framework with the AID-XAI provider, qgis_process runs,
-and a small model trained once per session on synthetic scenes."""
+"""Shared fixtures: the real QGIS Processing framework with the AID-XAI provider, and a small model
+trained once per session on synthetic scenes. The qgis_process runners live in helpers.py (shared with
+the benchmarks and the demo) and are re-exported here."""
 
-import json
 import os
-import subprocess
 
 import pytest
 from osgeo import gdal
+
+pytest.register_assert_rewrite("helpers")
+from helpers import QGIS_PROCESS, ROOT, run_algorithm_json, run_qgis_process  # noqa: E402,F401 - re-exported: tests import them from conftest
 
 # The tests' own GDAL calls raise, as GDAL 4 will by default. The plugin sets its mode around its
 # own calls and leaves this one alone (test_algorithms_leave_gdal_exception_mode_as_found); the
 # qgis_process runs below check that it never relies on the process-wide mode.
 gdal.UseExceptions()
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-QGIS_PROCESS = os.path.join(ROOT, "bin", "qgis_process")
 AID150 = os.path.abspath(os.path.join(ROOT, "..", "shared", "aid150"))
 
 requires_aid150 = pytest.mark.skipif(
@@ -35,22 +35,6 @@ def aid_xai_provider(qgis_app, qgis_processing):
         provider = AidXaiProvider()
         registry.addProvider(provider)
     return provider
-
-
-def run_qgis_process(*args, env=None, timeout=600):
-    """Run bin/qgis_process with `args`; returns the CompletedProcess (text)."""
-    return subprocess.run(
-        [QGIS_PROCESS, *args], capture_output=True, text=True, env=env or os.environ.copy(), timeout=timeout, stdin=subprocess.DEVNULL
-    )
-
-
-def run_algorithm_json(algorithm, parameters):
-    """`bin/qgis_process --json run algorithm -- K=V ...`; returns the parsed JSON, fails with stderr."""
-    args = ["--json", "run", algorithm, "--"] + [f"{key}={value}" for key, value in parameters.items()]
-    completed = run_qgis_process(*args)
-    assert completed.returncode == 0, f"qgis_process failed ({completed.returncode}):\n{completed.stdout[-3000:]}\n{completed.stderr[-3000:]}"
-    assert "gdal.UseExceptions()" not in completed.stderr, f"the plugin made GDAL calls outside gdal_exceptions():\n{completed.stderr[-3000:]}"
-    return json.loads(completed.stdout[completed.stdout.index("{") :])
 
 
 @pytest.fixture(scope="session")

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import rasterio
 from conftest import AID150, requires_aid150, run_algorithm_json
+from helpers import create_georeferenced_tiff, random_net_model_file
 
 from aid_xai_plugin.core.pipelines.classify import ClassifyOutputs, classify_raster
 from aid_xai_plugin.core.data.synthetic import make_scene_mosaic
@@ -116,9 +117,7 @@ def test_sixteen_bit_and_rgba_inputs(mosaic, synthetic_model, tmp_path):
     path, truth = mosaic
     source = gdal.Open(path)
     data = source.ReadAsArray().astype(np.uint16) * 257
-    sixteen = gdal.GetDriverByName("GTiff").Create(str(tmp_path / "u16.tif"), source.RasterXSize, source.RasterYSize, 4, gdal.GDT_UInt16)
-    sixteen.SetGeoTransform(source.GetGeoTransform())
-    sixteen.SetProjection(source.GetProjection())
+    sixteen = create_georeferenced_tiff(tmp_path / "u16.tif", source.RasterXSize, source.RasterYSize, 4, source.GetGeoTransform(), source.GetProjection(), gdal.GDT_UInt16)
     alpha = np.full(data.shape[1:], 65535, np.uint16)
     alpha[:64, :64] = 0  # the first scene is masked out entirely
     for band in range(3):
@@ -187,27 +186,19 @@ def test_invalid_model_file_is_refused(aid_xai_provider, mosaic, tmp_path):
 def test_aid_mosaic_predictions_equal_direct_predictions(tmp_path):
     """Real AID scenes placed in a GeoTIFF: the raster path gives the same probabilities as loading
     the images directly (same resize, same scaling), so it adds no error."""
-    import torch
-    from osgeo import gdal, osr
     from PIL import Image
 
     from aid_xai_plugin.core.ml.classifier import Classifier
-    from aid_xai_plugin.core.ml.net import Net
-    from aid_xai_plugin.core.ml.model_file import ModelInfo, load_model, save_model
+    from aid_xai_plugin.core.ml.model_file import load_model
     from aid_xai_plugin.core.ml.preprocess import load_image_file
 
     classes = sorted(os.listdir(AID150))
     classes = [c for c in classes if os.path.isdir(os.path.join(AID150, c))]
-    torch.manual_seed(0)
     model_path = str(tmp_path / "aid.aidx.pt")
-    save_model(model_path, Net(len(classes), 128, 3), ModelInfo("Net", {"num_classes": len(classes), "input_size": 128, "in_bands": 3}, classes, 128, [1, 2, 3], [0.4, 0.4, 0.4], [0.2, 0.2, 0.2]))
+    random_net_model_file(model_path, 128, classes, mean=0.4, std=0.2)
     files = [os.path.join(AID150, c, sorted(os.listdir(os.path.join(AID150, c)))[0]) for c in classes[:12]]
     rows, cols, side = 3, 4, 150
-    mosaic = gdal.GetDriverByName("GTiff").Create(str(tmp_path / "aid.tif"), cols * side, rows * side, 3, gdal.GDT_Byte)
-    mosaic.SetGeoTransform((300000.0, 0.5, 0.0, 5500000.0, 0.0, -0.5))
-    srs = osr.SpatialReference()
-    srs.ImportFromEPSG(32632)
-    mosaic.SetProjection(srs.ExportToWkt())
+    mosaic = create_georeferenced_tiff(tmp_path / "aid.tif", cols * side, rows * side, 3, (300000.0, 0.5, 0.0, 5500000.0, 0.0, -0.5), 32632)
     for index, file in enumerate(files):
         row, col = divmod(index, cols)
         pixels = np.asarray(Image.open(file).convert("RGB"))

@@ -6,6 +6,7 @@ exact engine for models it can't analyse."""
 import numpy as np
 import pytest
 import torch
+from helpers import in_memory_classifier, random_net_classifier, random_tile
 from torch import nn
 
 from aid_xai_plugin.core.common.errors import AidXaiError
@@ -14,9 +15,6 @@ from aid_xai_plugin.core.explain.exact_engine import ExactPartitionEngine
 from aid_xai_plugin.core.explain.fast_engine import FastPartitionEngine
 from aid_xai_plugin.core.explain.registry import engine_by_name
 from aid_xai_plugin.core.explain.shap_engine import ShapPartitionEngine
-from aid_xai_plugin.core.ml.classifier import Classifier
-from aid_xai_plugin.core.ml.net import Net
-from aid_xai_plugin.core.ml.model_file import LoadedModel, ModelInfo
 
 NUM_CLASSES = 6
 # the fast engine's bound, relative to the largest value: shap's own float32 values are ~1e-5 from
@@ -56,16 +54,8 @@ def valid_conv_net(bands, num_classes, height, width):
 
 
 def make_classifier(module, bands, input_size):
-    info = ModelInfo(
-        architecture=type(module).__name__,
-        arguments={},
-        class_names=[f"class{i}" for i in range(NUM_CLASSES)],
-        input_size=input_size,
-        bands=list(range(1, bands + 1)),
-        mean=[0.45] * bands,
-        std=[0.25] * bands,
-    )
-    return Classifier(LoadedModel(module=module.eval(), info=info, path="", sha256=""), device="cpu")
+    """This file's classifiers: NUM_CLASSES classes, mean 0.45 and std 0.25 on every band."""
+    return in_memory_classifier(module, input_size, NUM_CLASSES, bands, mean=0.45, std=0.25)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -86,17 +76,7 @@ def tiny_classifier(bands, seed=0):
 
 
 def net_classifier(input_size, seed=0):
-    torch.manual_seed(seed)
-    return make_classifier(Net(num_classes=NUM_CLASSES, input_size=input_size), 3, input_size)
-
-
-def random_tile(shape, seed=1):
-    rng = np.random.default_rng(seed)
-    # smooth structure plus noise, so blur and constant backgrounds differ from the tile
-    height, width, bands = shape
-    rows = np.linspace(0, 1, height, dtype=np.float32)[:, None, None]
-    cols = np.linspace(0, 1, width, dtype=np.float32)[None, :, None]
-    return np.clip(0.5 * rows + 0.3 * cols + 0.4 * rng.random(shape, dtype=np.float32), 0, 1).astype(np.float32)
+    return random_net_classifier(input_size, NUM_CLASSES, seed=seed, mean=0.45, std=0.25)
 
 
 def top_classes(classifier, tile, count):

@@ -7,10 +7,11 @@ import pickle
 
 import pytest
 import torch
+from helpers import random_net_model_file
 
 from aid_xai_plugin.core.common.errors import AidXaiError
 from aid_xai_plugin.core.ml.net import Net, feature_side
-from aid_xai_plugin.core.ml.model_file import FORMAT, FORMAT_VERSION, ModelInfo, load_model, save_model
+from aid_xai_plugin.core.ml.model_file import FORMAT, FORMAT_VERSION, ModelInfo, load_model
 
 SOURCE_LAYER_SHAPES = {
     "conv1": [32, 32, 252, 252],
@@ -80,10 +81,8 @@ def _info(num_classes=6, input_size=64):
 
 @pytest.fixture
 def small_model_file(tmp_path):
-    torch.manual_seed(0)
-    model = Net(num_classes=6, input_size=64)
     path = str(tmp_path / "small.aidx.pt")
-    save_model(path, model, _info())
+    model = random_net_model_file(path, 64, 6, mean=[0.4, 0.5, 0.6], std=0.2, provenance={"seed": 0})  # saved with _info()
     return path, model
 
 

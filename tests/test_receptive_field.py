@@ -4,13 +4,13 @@ incremental updates equal to full evaluations, and clear reasons for models it c
 import numpy as np
 import pytest
 import torch
+from helpers import random_net_classifier, random_tile
 from torch import nn
 
 from aid_xai_plugin.core.explain.incremental import IncrementalEvaluator, WindowedLinear
 from aid_xai_plugin.core.explain.partition import masked_background
 from aid_xai_plugin.core.explain.receptive_field import CannotSplit, split_model
 from aid_xai_plugin.core.ml.net import Net
-from test_fast_engine import make_classifier, random_tile
 
 
 @pytest.fixture(scope="module")
@@ -50,9 +50,8 @@ def test_affected_cells_are_exactly_those_whose_field_meets_the_box(net256):
 
 
 def test_incremental_updates_match_full_evaluations():
-    torch.manual_seed(1)
-    module = Net(num_classes=6, input_size=96).eval()
-    classifier = make_classifier(module, 3, 96)
+    classifier = random_net_classifier(96, 6, seed=1, mean=0.45, std=0.25)
+    module = classifier.module
     tile = random_tile((96, 96, 3))
     background = masked_background(tile, "blur(9,9)")
     split = split_model(module, 96, 96, 3)

@@ -3,7 +3,6 @@ committed atomically, and drawn without touching the matplotlib state of a runni
 
 import base64
 import gc
-import json
 import os
 import re
 import subprocess
@@ -12,6 +11,7 @@ import sys
 import numpy as np
 import pytest
 from conftest import ROOT
+from helpers import last_line_json
 
 from aid_xai_plugin.core.explain.engine import ExplainSettings
 from aid_xai_plugin.core.reports.explanation_report import ExplanationReport
@@ -70,7 +70,7 @@ def _run_python(script):
     env = dict(os.environ, PYTHONPATH=ROOT, MPLBACKEND="svg")  # a backend that Agg is not, so a switch would show
     completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
     assert completed.returncode == 0, completed.stderr[-3000:]
-    return json.loads(completed.stdout.strip().splitlines()[-1])
+    return last_line_json(completed.stdout)
 
 
 def _writing_a_report(path):
@@ -120,7 +120,7 @@ def test_memory_stays_flat_over_many_tiles(tmp_path):
 
     def figures_alive():
         gc.collect()
-        return sum(isinstance(thing, Figure) for thing in gc.get_objects())
+        return sum(type(thing) is Figure for thing in gc.get_objects())  # type(), not isinstance(): no lazy attribute lookups
 
     def sizes(report):
         return {name: len(value) for name, value in vars(report).items() if hasattr(value, "__len__")}

@@ -1,0 +1,152 @@
+"""Helpers shared by the tests, the benchmarks and the demo: models with seeded random weights,
+georeferenced GeoTIFFs, synthetic tiles, and runs of bin/qgis_process and of JSON-printing scripts.
+
+QGIS-free: only the standard library at import time; numpy, torch, GDAL and the plugin's core are
+imported inside the functions that need them. Tests import it by name (`from helpers import …`);
+scripts run from the repository root put this folder on sys.path first:
+
+    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    from helpers import random_net_model_file  # noqa: E402
+"""
+
+import json
+import os
+import subprocess
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+QGIS_PROCESS = os.path.join(ROOT, "bin", "qgis_process")
+
+
+# --- models with seeded random weights ---------------------------------------------------------
+
+
+def _model_info(architecture, arguments, classes, input_size, bands, mean, std, provenance=None):
+    """ModelInfo reading source bands 1…`bands`; `classes` is a list of names or a count (class0, class1, …);
+    `mean`/`std` a list per band or one number for every band."""
+    from aid_xai_plugin.core.ml.model_file import ModelInfo
+
+    per_band = lambda value: list(value) if isinstance(value, (list, tuple)) else [value] * bands  # noqa: E731
+    class_names = list(classes) if not isinstance(classes, int) else [f"class{i}" for i in range(classes)]
+    return ModelInfo(
+        architecture=architecture,
+        arguments=arguments,
+        class_names=class_names,
+        input_size=input_size,
+        bands=list(range(1, bands + 1)),
+        mean=per_band(mean),
+        std=per_band(std),
+        provenance=dict(provenance or {}),
+    )
+
+
+def random_net(input_size, num_classes, bands=3, seed=0, logit_scale=None):
+    """Net with random weights: torch.manual_seed(seed), then Net(num_classes, input_size, bands).
+    `logit_scale` multiplies the last layer (weights and bias): the default initialisation keeps
+    every logit within ±0.1, so probabilities stay ≈ uniform; a scale spreads them like a trained model's."""
+    import torch
+
+    from aid_xai_plugin.core.ml.net import Net
+
+    torch.manual_seed(seed)
+    net = Net(num_classes, input_size, bands)
+    if logit_scale is not None:
+        with torch.no_grad():
+            net.fc3.weight.mul_(logit_scale)
+            net.fc3.bias.mul_(logit_scale)
+    return net
+
+
+def random_net_model_file(path, input_size, classes, bands=3, seed=0, mean=0.5, std=0.25, logit_scale=None, provenance=None):
+    """Save a random_net() as an AID-XAI model file at `path`; returns the Net (in training mode, as built).
+    `classes`: list of class names or a count (class0, class1, …); `mean`/`std`: per band or one number."""
+    from aid_xai_plugin.core.ml.model_file import save_model
+
+    class_count = classes if isinstance(classes, int) else len(classes)
+    net = random_net(input_size, class_count, bands, seed, logit_scale)
+    arguments = {"num_classes": class_count, "input_size": input_size, "in_bands": bands}
+    save_model(path, net, _model_info("Net", arguments, classes, input_size, bands, mean, std, provenance))
+    return net
+
+
+def in_memory_classifier(module, input_size, classes, bands=3, mean=0.5, std=0.25, device="cpu", arguments=None):
+    """A Classifier around any torch `module` (put in eval mode), as if loaded from a model file with no
+    path and no checksum. `classes`: names or a count; `mean`/`std`: per band or one number."""
+    from aid_xai_plugin.core.ml.classifier import Classifier
+    from aid_xai_plugin.core.ml.model_file import LoadedModel
+
+    info = _model_info(type(module).__name__, {} if arguments is None else arguments, classes, input_size, bands, mean, std)
+    return Classifier(LoadedModel(module=module.eval(), info=info, path="", sha256=""), device=device)
+
+
+def random_net_classifier(input_size, classes, bands=3, seed=0, mean=0.5, std=0.25, logit_scale=None, device="cpu"):
+    """in_memory_classifier() around a random_net(); its module is `.module`."""
+    class_count = classes if isinstance(classes, int) else len(classes)
+    net = random_net(input_size, class_count, bands, seed, logit_scale)
+    arguments = {"num_classes": class_count, "input_size": input_size, "in_bands": bands}
+    return in_memory_classifier(net, input_size, classes, bands, mean, std, device, arguments)
+
+
+def random_tile(shape, seed=1):
+    """A seeded float32 tile (height, width, bands) in [0, 1]: smooth gradients plus noise, so blur and
+    constant backgrounds differ from the tile."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    height, width, bands = shape
+    rows = np.linspace(0, 1, height, dtype=np.float32)[:, None, None]
+    cols = np.linspace(0, 1, width, dtype=np.float32)[None, :, None]
+    return np.clip(0.5 * rows + 0.3 * cols + 0.4 * rng.random(shape, dtype=np.float32), 0, 1).astype(np.float32)
+
+
+# --- georeferenced rasters ---------------------------------------------------------------------
+
+
+def create_georeferenced_tiff(path, width, height, bands, geotransform, crs, data_type=None, options=()):
+    """A new GeoTIFF with `geotransform` and `crs` (an EPSG code, or a WKT string such as another
+    dataset's GetProjection()); `data_type` is a gdal.GDT_* (default Byte), `options` GTiff creation
+    options. Returns the open dataset: write with GetRasterBand(b).WriteArray(...), then drop the
+    reference (`dataset = None`) to close it."""
+    from osgeo import gdal, osr
+
+    data_type = gdal.GDT_Byte if data_type is None else data_type
+    dataset = gdal.GetDriverByName("GTiff").Create(str(path), width, height, bands, data_type, list(options))
+    dataset.SetGeoTransform(tuple(geotransform))
+    if isinstance(crs, int):
+        srs = osr.SpatialReference()
+        srs.ImportFromEPSG(crs)
+        crs = srs.ExportToWkt()
+    dataset.SetProjection(crs)
+    return dataset
+
+
+# --- subprocesses that answer in JSON ----------------------------------------------------------
+
+
+def run_qgis_process(*args, env=None, timeout=600):
+    """Run bin/qgis_process with `args`; returns the CompletedProcess (text)."""
+    return subprocess.run(
+        [QGIS_PROCESS, *args], capture_output=True, text=True, env=env or os.environ.copy(), timeout=timeout, stdin=subprocess.DEVNULL
+    )
+
+
+def run_algorithm(algorithm, parameters, timeout=600):
+    """`bin/qgis_process --json run algorithm -- K=V ...`; returns the CompletedProcess, whatever its exit status."""
+    return run_qgis_process("--json", "run", algorithm, "--", *[f"{key}={value}" for key, value in parameters.items()], timeout=timeout)
+
+
+def qgis_process_json(stdout):
+    """The JSON document of a `qgis_process --json` run, skipping anything printed before it."""
+    return json.loads(stdout[stdout.index("{") :])
+
+
+def run_algorithm_json(algorithm, parameters):
+    """run_algorithm(); returns the parsed JSON, fails with stderr (also if GDAL warned about its exception mode)."""
+    completed = run_algorithm(algorithm, parameters)
+    assert completed.returncode == 0, f"qgis_process failed ({completed.returncode}):\n{completed.stdout[-3000:]}\n{completed.stderr[-3000:]}"
+    assert "gdal.UseExceptions()" not in completed.stderr, f"the plugin made GDAL calls outside gdal_exceptions():\n{completed.stderr[-3000:]}"
+    return qgis_process_json(completed.stdout)
+
+
+def last_line_json(stdout):
+    """The JSON object a worker script printed as its last line of output."""
+    return json.loads(stdout.strip().splitlines()[-1])
