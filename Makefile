@@ -7,7 +7,7 @@ PLUGIN_NAME := aid_xai
 SYSTEM_PACKAGES := qgis python3-qgis qgis-providers python3-gdal gdal-bin python3-rasterio python3-venv python3-pip zip unzip
 export QT_QPA_PLATFORM := offscreen
 
-.PHONY: setup system venv plugin demo test test-debian zip install-user clean
+.PHONY: setup system venv plugin demo test test-debian screenshots zip install-user clean
 
 setup: system venv plugin
 
@@ -55,3 +55,9 @@ RELEASE ?= trixie
 GOAL ?= test
 test-debian:
 	scripts/test_other_debian.sh $(RELEASE) $(GOAL)
+
+# Screenshots of the classify/explain dialogs on a virtual screen (build/screenshots; fails if a choice
+# is not a drop-down).
+screenshots: setup
+	@command -v xvfb-run >/dev/null || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y xvfb xauth; }
+	env -u QT_QPA_PLATFORM xvfb-run -a -s "-screen 0 1280x1024x24" $(VENV)/bin/python scripts/screenshot_dialogs.py build/screenshots
