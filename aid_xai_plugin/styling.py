@@ -23,7 +23,7 @@ from qgis.PyQt.QtGui import QColor
 from .core.common.palette import class_colors
 from .qgis_compat import RAMP_INTERPOLATED
 
-_POST_PROCESSORS = []  # QGIS holds post-processors weakly: keep them alive here
+PENDING_POST_PROCESSORS = set()  # QGIS holds post-processors weakly: alive here until each has run
 
 
 def sidecar_path(path):
@@ -93,11 +93,12 @@ class _ApplyQml(QgsProcessingLayerPostProcessorInterface):
         if layer is not None and os.path.exists(self.qml):
             layer.loadNamedStyle(self.qml)
             layer.triggerRepaint()
+        PENDING_POST_PROCESSORS.discard(self)  # done: nothing accumulates across runs
 
 
 def apply_on_load(context, output_path, qml):
     """When QGIS will load `output_path` after the run, style it with `qml`."""
     if context.willLoadLayerOnCompletion(output_path):
         post_processor = _ApplyQml(qml)
-        _POST_PROCESSORS.append(post_processor)
+        PENDING_POST_PROCESSORS.add(post_processor)
         context.layerToLoadOnCompletionDetails(output_path).setPostProcessor(post_processor)

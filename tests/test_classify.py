@@ -107,6 +107,9 @@ def test_processing_run_loads_layers_with_styles(aid_xai_provider, mosaic, synth
     layers = {layer.source().split("|")[0]: layer for layer in QgsProject.instance().mapLayers().values()}
     assert layers[str(tmp_path / "c.tif")].renderer().type() == "paletted"
     assert layers[str(tmp_path / "t.gpkg")].renderer().type() == "categorizedSymbol"
+    from aid_xai_plugin.styling import PENDING_POST_PROCESSORS
+
+    assert not PENDING_POST_PROCESSORS  # each post-processor let go once it styled its layer
     QgsProject.instance().removeAllMapLayers()
 
 
