@@ -55,7 +55,7 @@ def test_incremental_updates_match_full_evaluations():
     tile = random_tile((96, 96, 3))
     background = masked_background(tile, "blur(9,9)")
     split = split_model(module, 96, 96, 3)
-    evaluator = IncrementalEvaluator(WindowedLinear(split), tile, background, classifier, np.arange(6))
+    evaluator = IncrementalEvaluator(WindowedLinear(split), tile, background, classifier, np.arange(6), "probability")
     root = (0, 96, 0, 96, 0, 3)
     (_, state), _ = evaluator.start(root)
     context = ((0, 48, 0, 96, 0, 3), None)  # the top half revealed

@@ -6,6 +6,7 @@ context), together with the tile/background set-up and the final credit step bot
 
 import numpy as np
 
+from ..ml.classifier import outputs_from_logits
 from .engine import TileExplanation, masker_value
 from .partition import box_tensor, lower_credit, masked_background
 
@@ -17,10 +18,11 @@ class BoxPainter:
     product of row and column·channel indicators; the boxes of one list are disjoint, so it is 0/1),
     so painting costs a few kernel launches per chunk rather than one per box."""
 
-    def __init__(self, image_hwc, background_hwc, classifier, batch_size):
+    def __init__(self, image_hwc, background_hwc, classifier, batch_size, output_space):
         import torch
 
         self.classifier = classifier
+        self.output_space = output_space
         self.batch_size = batch_size
         self.device = classifier.device
         self.image = torch.from_numpy(np.ascontiguousarray(image_hwc)).to(self.device)
@@ -33,7 +35,7 @@ class BoxPainter:
     def masked_tiles(self, box_lists):
         """N×C×H×W float32 tiles: the image inside each list's boxes, the background elsewhere.
 
-        Built channels-last and then made contiguous like `predict_probabilities` does with numpy:
+        Built channels-last and then made contiguous like `predict_outputs` does with numpy:
         with one band the permuted strides are kept, and torch's convolution rounds differently
         for other strides of the same values."""
         import torch
@@ -48,16 +50,16 @@ class BoxPainter:
         visible = torch.bmm(rows.transpose(1, 2), cols_bands).view(len(box_lists), *self.image.shape)
         return torch.where(visible > 0.5, self.image, self.background).permute(0, 3, 1, 2).contiguous()
 
-    def probabilities(self, box_lists):
-        """Float64 probabilities (N×classes) of the masked tiles, computed in `batch_size` chunks
-        exactly like `Classifier.predict_probabilities` chunks one shap model call."""
+    def scores(self, box_lists):
+        """Float64 scores (N×classes, in the output space) of the masked tiles, computed in
+        `batch_size` chunks exactly like `Classifier.predict_outputs` chunks one shap model call."""
         import torch
 
         outputs = []
         with torch.inference_mode():
             for start in range(0, len(box_lists), self.batch_size):
                 logits = self.classifier.logits_nchw(self.masked_tiles(box_lists[start : start + self.batch_size]))
-                outputs.append(torch.softmax(logits, dim=1).float().cpu().numpy())
+                outputs.append(outputs_from_logits(logits, self.output_space))
         return np.concatenate(outputs).astype(np.float64)
 
 

@@ -2,7 +2,8 @@
 
 An engine receives the tile exactly as the model sees it (H×W×C float32 in [0, 1], channels last),
 the `Classifier`, the class indices to explain, a masker spec and shap's settings, and returns
-SHAP values per model-input pixel and channel. The explain algorithm depends only on this, so a
+SHAP values per model-input pixel and channel, in the settings' output space (logit, probability or
+log-probability): per class they sum to f(tile) − f(fully masked tile) in that space. The explain algorithm depends only on this, so a
 faster engine can replace shap without touching it.
 """
 
@@ -16,7 +17,7 @@ from ..common.errors import AidXaiError
 
 @dataclasses.dataclass
 class TileExplanation:
-    values: np.ndarray  # H×W×C×K SHAP values on model-input pixels (probability units)
+    values: np.ndarray  # H×W×C×K SHAP values on model-input pixels (units of the output space)
     base_values: np.ndarray  # K: f(fully masked tile)
     output_values: np.ndarray  # K: f(tile)
     class_indices: np.ndarray  # K: which model outputs were explained
@@ -29,6 +30,7 @@ class ExplainSettings:
     max_evals: int = 500
     batch_size: int = 128
     seed: int = 0
+    output_space: str = "logit"  # what is explained: the model's logits, probabilities or log-probabilities
 
 
 _BLUR = re.compile(r"^blur\(\s*(\d+)\s*,\s*(\d+)\s*\)$")

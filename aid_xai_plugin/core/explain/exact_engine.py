@@ -5,7 +5,7 @@ in the same calls and chunks as shap. The model must see bit-identical float32 i
 chunks as under shap: measured on CPU with Net, the same image's probabilities change in the last
 bits with the chunk size (chunks of 1, 7 or 127 differ from 128; 32 and 64 agree) and, with one
 band, with the tensor strides. One shap model call is split into `batch_size` chunks by
-`Classifier.predict_probabilities`, so this engine makes the same calls and chunks and lays tiles
+`Classifier.predict_outputs`, so this engine makes the same calls and chunks and lays tiles
 out as that method does; then the outputs, the queue order and the values match shap's (measured
 max |Δ| 0 to 1e-20 with the cv2 blur, on CPU). Inpainting maskers go to shap itself.
 """
@@ -29,13 +29,13 @@ class ExactPartitionEngine(ExplanationEngine):
             return explained_by_shap(image_hwc, classifier, class_indices, settings, progress)
         image_hwc, background_hwc = tile
         indices = np.asarray(class_indices, dtype=int)
-        painter = BoxPainter(image_hwc, background_hwc, classifier, settings.batch_size)
-        base_all = painter.probabilities([None])[0]
+        painter = BoxPainter(image_hwc, background_hwc, classifier, settings.batch_size, settings.output_space)
+        base_all = painter.scores([None])[0]
         root = (0, image_hwc.shape[0], 0, image_hwc.shape[1], 0, image_hwc.shape[2])
-        full_all = painter.probabilities([(root, None)])[0]
+        full_all = painter.scores([(root, None)])[0]
 
         def evaluate(requests):
-            return painter.probabilities([(box, visible) for visible, _, box in requests])[:, indices], [None] * len(requests)
+            return painter.scores([(box, visible) for visible, _, box in requests])[:, indices], [None] * len(requests)
 
         node_values = owen_node_values(evaluate, root, (base_all[indices], None), full_all[indices], settings.max_evals - 2, settings.batch_size, np.random.RandomState(settings.seed), progress)
         return explanation_from_nodes(node_values, root, image_hwc, base_all, full_all, indices)

@@ -58,7 +58,7 @@ class FastPartitionEngine(ExplanationEngine):
             result = ExactPartitionEngine().explain(image_hwc, classifier, class_indices, settings, progress)
             return dataclasses.replace(result, fallback_reason=prepared.cannot_split)
         indices = np.asarray(class_indices, dtype=int)
-        evaluator = IncrementalEvaluator(prepared.windowed, image_hwc, background_hwc, classifier, indices)
+        evaluator = IncrementalEvaluator(prepared.windowed, image_hwc, background_hwc, classifier, indices, settings.output_space)
         root = (0, image_hwc.shape[0], 0, image_hwc.shape[1], 0, image_hwc.shape[2])
         (base_all, base_state), full_all = evaluator.start(root)
         random_state = np.random.RandomState(settings.seed)  # the tie-break draws of shap's seeded global RNG

@@ -17,6 +17,7 @@ the update is exactly zero and shap's exact priority ties survive.
 
 import numpy as np
 
+from ..ml.classifier import outputs_from_logits
 from .partition import box_tensor
 
 PIXELS_PER_FRONT_CALL = 1 << 15  # bounds the front's activations (Net: ~35 MB at conv1)
@@ -43,9 +44,10 @@ class WindowedLinear:
 
 
 class IncrementalEvaluator:
-    def __init__(self, linear, image_hwc, background_hwc, classifier, class_indices):
+    def __init__(self, linear, image_hwc, background_hwc, classifier, class_indices, output_space):
         import torch
 
+        self.output_space = output_space
         self.torch = torch
         self.linear = linear
         self.split = linear.split
@@ -97,18 +99,17 @@ class IncrementalEvaluator:
             states.append(self.split.first_linear(torch.flatten(self.split.front(tiles), 1)))
         return torch.cat(states)
 
-    def probabilities(self, states):
-        """All class probabilities (N×classes float64) from first-Linear outputs."""
-        torch = self.torch
+    def scores(self, states):
+        """All class scores in the output space (N×classes float64) from first-Linear outputs."""
         logits = self.split.rest(states.to(self.split.first_linear.weight.dtype))
-        return torch.softmax(logits, dim=1).float().cpu().numpy().astype(np.float64)
+        return outputs_from_logits(logits, self.output_space).astype(np.float64)
 
     def start(self, root):
         """((f(nothing visible), its state), f(everything visible)), all classes, evaluated in full."""
         with self.torch.inference_mode():
             states = self.full_states([None, (root, None)])
-            probabilities = self.probabilities(states)
-        return (probabilities[0], states[0]), probabilities[1]
+            outputs = self.scores(states)
+        return (outputs[0], states[0]), outputs[1]
 
     def __call__(self, requests):
         """Outputs (N×K) and states of the contexts `visible + box` for (visible, state, box) requests."""
@@ -144,5 +145,5 @@ class IncrementalEvaluator:
                 for slot, position in enumerate(positions):
                     weight = self.linear.window(first_rows[slot], first_cols[slot], row_count, col_count)
                     states[position] = requests[position][1] + torch.bmm(changes[slot], weight).sum(0)[0]
-            probabilities = self.probabilities(states)
-        return probabilities[:, self.indices], list(states)
+            outputs = self.scores(states)
+        return outputs[:, self.indices], list(states)

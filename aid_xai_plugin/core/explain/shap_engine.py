@@ -23,7 +23,7 @@ class ShapPartitionEngine(ExplanationEngine):
                 progress.check_cancel()
                 progress.fraction(evaluated[0] / settings.max_evals)
             evaluated[0] += len(batch_nhwc)
-            return classifier.predict_probabilities(batch_nhwc, batch_size=settings.batch_size)
+            return classifier.predict_outputs(batch_nhwc, settings.output_space, batch_size=settings.batch_size)
 
         explainer = shap.PartitionExplainer(predict, masker)
         indices = np.asarray(class_indices, dtype=int)
@@ -35,7 +35,7 @@ class ShapPartitionEngine(ExplanationEngine):
             np.random.set_state(global_state)
         values = np.asarray(result.values[0], dtype=np.float64).reshape(image_hwc.shape + (len(indices),))
         base_values = np.asarray(result.base_values[0], dtype=np.float64).reshape(len(indices))
-        output_values = classifier.predict_probabilities(image_hwc[None])[0][indices].astype(np.float64)
+        output_values = classifier.predict_outputs(image_hwc[None], settings.output_space)[0][indices].astype(np.float64)
         return TileExplanation(values=values, base_values=base_values, output_values=output_values, class_indices=indices)
 
 

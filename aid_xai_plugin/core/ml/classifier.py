@@ -1,8 +1,31 @@
-"""Batched, device-aware prediction: model-input arrays (N×H×W×C in [0, 1]) → class probabilities."""
+"""Batched, device-aware prediction: model-input arrays (N×H×W×C in [0, 1]) → class scores in one
+of three output spaces: the model's raw logits, softmax probabilities, or log-probabilities."""
 
 import numpy as np
 
 from ..common.errors import AidXaiError
+
+OUTPUT_SPACES = ("logit", "probability", "log_probability")
+
+
+def check_output_space(space):
+    if space not in OUTPUT_SPACES:
+        raise AidXaiError(f"Unknown output space '{space}'; use one of: {', '.join(OUTPUT_SPACES)}.")
+    return space
+
+
+def outputs_from_logits(logits, space):
+    """N×classes float32 numpy scores in `space` from a logit tensor; every engine goes through this
+    one function, so they all explain bit-identical model outputs."""
+    import torch
+
+    if space == "probability":
+        logits = torch.softmax(logits, dim=1)
+    elif space == "log_probability":
+        logits = torch.log_softmax(logits, dim=1)
+    else:
+        check_output_space(space)
+    return logits.float().cpu().numpy()
 
 
 def resolve_device(name="auto"):
@@ -43,15 +66,20 @@ class Classifier:
 
     def predict_probabilities(self, images_nhwc, batch_size=64):
         """Softmax probabilities (N×classes, float32) for N×H×W×C arrays in [0, 1]."""
+        return self.predict_outputs(images_nhwc, "probability", batch_size)
+
+    def predict_outputs(self, images_nhwc, space, batch_size=64):
+        """Scores in `space` (N×classes, float32) for N×H×W×C arrays in [0, 1], in `batch_size` chunks."""
         import torch
 
+        check_output_space(space)
         images_nhwc = np.asarray(images_nhwc, dtype=np.float32)
         outputs = []
         with torch.inference_mode():
             for start in range(0, len(images_nhwc), batch_size):
                 chunk = torch.from_numpy(np.ascontiguousarray(images_nhwc[start : start + batch_size].transpose(0, 3, 1, 2)))
                 logits = self.logits_nchw(chunk.to(self.device))
-                outputs.append(torch.softmax(logits, dim=1).float().cpu().numpy())
+                outputs.append(outputs_from_logits(logits, space))
         if not outputs:
             return np.zeros((0, len(self.class_names)), dtype=np.float32)
         return np.concatenate(outputs)
