@@ -58,21 +58,23 @@ def style_tile_layer(path, class_names, field="class_name"):
     return _save(layer, path)
 
 
-def style_shap_raster(path, max_abs, band=1):
-    """Diverging blue (pushes the class down) – transparent near 0 – red (pushes it up), symmetric."""
+def style_shap_raster(path, max_abs, output_space, band=1):
+    """Diverging blue (pushes the class down) – transparent near 0 – red (pushes it up), symmetric;
+    the legend names the output space the values are in."""
     layer = QgsRasterLayer(path, "shap", "gdal")
+    unit = output_space.replace("_", "-")
     m = max(float(max_abs), 1e-12)
     ramp = QgsColorRampShader(-m, m)
     ramp.setColorRampType(RAMP_INTERPOLATED)
     ramp.setColorRampItemList(
         [
-            QgsColorRampShader.ColorRampItem(-m, QColor(5, 48, 97, 255), f"{-m:.3g} (pushes down)"),
+            QgsColorRampShader.ColorRampItem(-m, QColor(5, 48, 97, 255), f"{-m:.3g} {unit} (pushes the class down)"),
             QgsColorRampShader.ColorRampItem(-0.5 * m, QColor(67, 147, 195, 200), ""),
             QgsColorRampShader.ColorRampItem(-0.08 * m, QColor(209, 229, 240, 0), ""),
             QgsColorRampShader.ColorRampItem(0.0, QColor(255, 255, 255, 0), "0"),
             QgsColorRampShader.ColorRampItem(0.08 * m, QColor(253, 219, 199, 0), ""),
             QgsColorRampShader.ColorRampItem(0.5 * m, QColor(214, 96, 77, 200), ""),
-            QgsColorRampShader.ColorRampItem(m, QColor(103, 0, 31, 255), f"{m:.3g} (pushes up)"),
+            QgsColorRampShader.ColorRampItem(m, QColor(103, 0, 31, 255), f"+{m:.3g} {unit} (pushes the class up)"),
         ]
     )
     shader = QgsRasterShader()

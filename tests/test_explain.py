@@ -1,5 +1,6 @@
 """aid_xai:explain: values equal shap's own, land on the right pixels, add up, and point at objects."""
 
+import dataclasses
 import os
 
 import numpy as np
@@ -44,8 +45,11 @@ def _read_window(path, window):
         return raster.read(window=rasterio.windows.Window(x, y, w, h)), raster.transform
 
 
-def test_written_values_equal_shap_run_directly_at_the_right_pixels(mosaic, synthetic_model, tmp_path):
+@pytest.mark.parametrize("space", ["logit", "probability", "log_probability"])
+def test_written_values_equal_shap_run_directly_at_the_right_pixels(mosaic, synthetic_model, tmp_path, space):
+    """shap run by hand on the tile, with the model's outputs in each space as its predict function."""
     import shap
+    from scipy.special import log_softmax, softmax
 
     from aid_xai_plugin.core.ml.classifier import Classifier
     from aid_xai_plugin.core.ml.model_file import load_model
@@ -53,14 +57,18 @@ def test_written_values_equal_shap_run_directly_at_the_right_pixels(mosaic, synt
     path, truth = mosaic
     scene = _scene(truth, "Residential")
     outputs = ExplainOutputs(shap_raster=str(tmp_path / "shap.tif"))
-    explain_raster(path, synthetic_model, TilingOptions(), ExplainRequest(tile_selector=_select(scene["row"], scene["col"], truth), top_k=2), SETTINGS, outputs, engine="shap")
+    settings = dataclasses.replace(SETTINGS, output_space=space)
+    explain_raster(path, synthetic_model, TilingOptions(), ExplainRequest(tile_selector=_select(scene["row"], scene["col"], truth), top_k=2), settings, outputs, engine="shap")
 
     pixels, _ = _read_window(path, scene["window"])
     image = pixels.transpose(1, 2, 0).astype(np.float32) / np.float32(255.0)
     classifier = Classifier(load_model(synthetic_model), "cpu")
     top2 = np.argsort(-classifier.predict_probabilities(image[None])[0])[:2]
+    logits = classifier.predict_outputs(image[None], "logit")
+    np.testing.assert_allclose(classifier.predict_outputs(image[None], "probability"), softmax(logits, axis=1), rtol=1e-5)
+    np.testing.assert_allclose(classifier.predict_outputs(image[None], "log_probability"), log_softmax(logits, axis=1), rtol=1e-5, atol=1e-6)
     masker = shap.maskers.Image("blur(64,64)", image.shape)
-    explainer = shap.PartitionExplainer(lambda x: classifier.predict_probabilities(x), masker)
+    explainer = shap.PartitionExplainer(lambda x: classifier.predict_outputs(x, space), masker)
     np.random.seed(SETTINGS.seed)
     direct = explainer(image[None], max_evals=SETTINGS.max_evals, batch_size=SETTINGS.batch_size, outputs=top2, silent=True).values[0].sum(axis=2)
 
@@ -70,7 +78,10 @@ def test_written_values_equal_shap_run_directly_at_the_right_pixels(mosaic, synt
         assert raster.transform.a == 2.0 and raster.transform.e == -2.0
         written = raster.read().transpose(1, 2, 0)
         assert raster.descriptions == ("rank 1", "rank 2")
+        assert raster.tags()["AIDXAI_OUTPUT_SPACE"] == space
     scale = np.abs(direct).max()
+    if space != "probability":  # the model is sure of this tile: p ≈ 1 with and without the masking
+        assert scale > 1e-4
     assert np.abs(written - direct).max() <= 1e-6 * scale
 
 
@@ -123,13 +134,15 @@ def test_cancel_inside_a_tile_stops_and_leaves_no_output(mosaic, synthetic_model
     assert os.listdir(tmp_path / "out") == []
 
 
-def test_efficiency_sum_equals_probability_minus_base(mosaic, synthetic_model, tmp_path):
+@pytest.mark.parametrize("space", ["logit", "probability", "log_probability"])
+def test_efficiency_sum_equals_output_minus_base_in_each_space(mosaic, synthetic_model, tmp_path, space):
     from osgeo import ogr
 
     path, truth = mosaic
     outputs = ExplainOutputs(shap_raster=str(tmp_path / "shap.tif"), tile_table=str(tmp_path / "table.gpkg"))
-    summary = explain_raster(path, synthetic_model, TilingOptions(), ExplainRequest(top_k=3), ExplainSettings(masker="blur(16,16)", max_evals=100, batch_size=64), outputs, engine="shap")
-    assert summary.explained == 12
+    settings = ExplainSettings(masker="blur(16,16)", max_evals=100, batch_size=64, output_space=space)
+    summary = explain_raster(path, synthetic_model, TilingOptions(), ExplainRequest(top_k=3), settings, outputs, engine="fast")
+    assert summary.explained == 12 and summary.output_space == space
     table_dataset = ogr.Open(outputs.tile_table)
     table = table_dataset.GetLayer(0)
     assert table.GetFeatureCount() == 36
@@ -137,9 +150,15 @@ def test_efficiency_sum_equals_probability_minus_base(mosaic, synthetic_model, t
         values = raster.read()
     for feature in table:
         row, col, rank = feature["row"], feature["col"], feature["rank"]
+        assert feature["output_space"] == space and 0.0 <= feature["probability"] <= 1.0
+        if space == "probability":
+            assert feature["output_value"] == pytest.approx(feature["probability"], abs=1e-6)
+        elif space == "log_probability":
+            assert feature["output_value"] == pytest.approx(np.log(feature["probability"]), abs=1e-4)
         tile_sum = values[rank - 1, row * 64 : (row + 1) * 64, col * 64 : (col + 1) * 64].astype(np.float64).sum()
-        assert abs(feature["shap_sum"] - (feature["probability"] - feature["base_value"])) <= 1e-4
-        assert abs(tile_sum - feature["shap_sum"]) <= 1e-4
+        scale = max(1.0, abs(feature["output_value"]))
+        assert abs(feature["shap_sum"] - (feature["output_value"] - feature["base_value"])) <= 1e-5 * scale
+        assert abs(tile_sum - feature["shap_sum"]) <= 1e-4 * scale
 
 
 def test_resampled_tiles_keep_sums():
@@ -236,3 +255,37 @@ def test_shipped_model3_classifies_and_explains_least_confident_tiles(mosaic, sy
 
     least = ogr.Open(str(tmp_path / "least.gpkg"))
     assert least.GetLayer(0).GetFeatureCount() == 2
+
+
+def test_overlapping_tiles_blend_or_overwrite_and_the_report_keeps_the_least_confident(mosaic, synthetic_model, tmp_path):
+    """Stride of half a tile over 2×3 scenes: 3×5 tiles. `last` keeps the last tile's exact sum in its
+    window; the blend covers every pixel, equals `last` where one tile covers a pixel, and differs
+    where tiles overlap; the report shows the REPORT_TILES tiles with the smallest margins."""
+    from osgeo import ogr
+
+    path, _ = mosaic
+    with rasterio.open(path) as raster:
+        left, top = raster.bounds.left, raster.bounds.top
+    options = TilingOptions(stride=32, extent=(left, top - 128 * 2.0, left + 192 * 2.0, top))
+    settings = ExplainSettings(masker="blur(16,16)", max_evals=120, batch_size=64)
+    written = {}
+    for mode in ("last", "blend"):
+        outputs = ExplainOutputs(shap_raster=str(tmp_path / f"{mode}.tif"), tile_table=str(tmp_path / f"{mode}.gpkg"), report=str(tmp_path / f"{mode}.html"), overlap=mode, report_tiles=4)
+        summary = explain_raster(path, synthetic_model, options, ExplainRequest(top_k=1), settings, outputs, engine="fast")
+        assert summary.explained == 15
+        with rasterio.open(outputs.shap_raster) as raster:
+            assert (raster.width, raster.height) == (192, 128) and raster.tags()["AIDXAI_OVERLAP"] == mode
+            written[mode] = raster.read(1).astype(np.float64)
+        table_dataset = ogr.Open(outputs.tile_table)
+        rows = [(f["tile_id"], f["row"], f["col"], f["shap_sum"], f["margin"]) for f in table_dataset.GetLayer(0)]
+        report = (tmp_path / f"{mode}.html").read_text()
+        assert report.count("data:image/png;base64") == 4 and "4 least confident of 15" in report
+        least_confident = sorted(rows, key=lambda r: (r[4], r[0]))[:4]
+        assert all(f"Tile {tile_id} (row" in report for tile_id, *_ in least_confident)
+    last_tile = max(rows, key=lambda r: r[0])
+    _, row, col, shap_sum, _ = last_tile
+    assert written["last"][row * 32 : row * 32 + 64, col * 32 : col * 32 + 64].sum() == pytest.approx(shap_sum, abs=1e-4)
+    assert (written["blend"] != -9999.0).all()
+    np.testing.assert_array_equal(written["blend"][:32, :32], written["last"][:32, :32])  # one tile only
+    assert np.abs(written["blend"][32:96, 32:160] - written["last"][32:96, 32:160]).max() > 0
+    assert not any(name.startswith(".") for name in os.listdir(tmp_path))  # no spool or partial file left

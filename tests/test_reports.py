@@ -14,6 +14,7 @@ from conftest import ROOT
 from helpers import last_line_json
 
 from aid_xai_plugin.core.explain.engine import ExplainSettings
+from aid_xai_plugin.core.pipelines.steps import ExplainedTile
 from aid_xai_plugin.core.reports.explanation_report import ExplanationReport
 
 SETTINGS = ExplainSettings(masker="blur(16,16)", max_evals=100, batch_size=32, seed=3)
@@ -21,10 +22,20 @@ NAMES = ["forest", "river", "farmland", "port"]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def _tile(seed, size=32, bands=3, classes=2):
-    """A model-input tile in [0, 1] and its H×W×K SHAP values."""
+def _tile(seed, size=32, bands=3, indices=(0, 1), probabilities=None, outputs=None, bases=None, margin=0.5, values=None):
+    """An explained tile as the explain step returns it: a model-input tile in [0, 1], its H×W×K
+    SHAP values, and the facts per explained class."""
     rng = np.random.default_rng(seed)
-    return rng.random((size, size, bands), dtype=np.float32), rng.normal(0.0, 0.01, (size, size, classes))
+    count = len(indices)
+    return ExplainedTile(
+        image=rng.random((size, size, bands), dtype=np.float32),
+        values=rng.normal(0.0, 0.01, (size, size, count)) if values is None else values,
+        class_indices=np.asarray(indices),
+        output_values=np.asarray(outputs if outputs is not None else [1.5] * count),
+        base_values=np.asarray(bases if bases is not None else [0.5] * count),
+        probabilities=np.asarray(probabilities if probabilities is not None else [0.5] * count),
+        margin=margin,
+    )
 
 
 def _images(document):
@@ -33,34 +44,50 @@ def _images(document):
 
 def test_report_has_one_figure_and_the_facts_per_tile(tmp_path):
     path = tmp_path / "report.html"
-    rgb, rgb_values = _tile(0)
-    single_band, single_values = _tile(1, bands=1, classes=1)
-    multispectral, _ = _tile(2, bands=4, classes=3)
+    rgb = _tile(0, indices=[0, 3], probabilities=[0.8, 0.05], outputs=[2.5, -1.0], bases=[0.3, 0.2], margin=0.75)
+    single_band = _tile(1, bands=1, indices=[1], probabilities=[0.6], outputs=[1.25], bases=[0.25], margin=0.3)
+    multispectral = _tile(2, bands=4, indices=[2, 0, 1], probabilities=[0.4, 0.3, 0.2], outputs=[0.4, 0.3, 0.2], bases=[0.25] * 3, values=np.zeros((32, 32, 3)))
     with ExplanationReport(str(path), NAMES, SETTINGS, "fast") as report:
-        report.add(0, 0, 0, rgb, rgb_values, [0, 3], [0.8, 0.05], [0.3, 0.2], label="forest")
-        report.add(1, 0, 1, single_band, single_values, [1], np.array([0.6]), np.array([0.25]))
-        report.add(2, 1, 0, multispectral, np.zeros((32, 32, 3)), [2, 0, 1], [0.4, 0.3, 0.2], [0.25, 0.25, 0.25])
+        report.add(0, 0, 0, rgb, label="forest")
+        report.add(1, 0, 1, single_band)
+        report.add(2, 1, 0, multispectral)
     document = path.read_text(encoding="utf-8")
     images = _images(document)
     assert len(images) == document.count("<img") == 3
     assert all(image.startswith(PNG_SIGNATURE) for image in images)
-    assert "Engine fast, masker blur(16,16), max_evals 100, batch size 32, seed 3." in document
-    assert "<h3>Tile 0 (row 0, col 0) — true label: <b>forest</b></h3>" in document
-    assert "<h3>Tile 1 (row 0, col 1)</h3>" in document
-    assert f"forest: p=0.800, base=0.300, ΣSHAP={rgb_values[..., 0].sum():+.3f}, port: p=0.050, base=0.200, ΣSHAP={rgb_values[..., 1].sum():+.3f}" in document
-    assert f"<p>river: p=0.600, base=0.250, ΣSHAP={single_values.sum():+.3f}</p>" in document
-    assert "farmland: p=0.400, base=0.250, ΣSHAP=+0.000" in document
+    assert "Engine fast, masker blur(16,16), max_evals 100, batch size 32, seed 3, output space <b>logit</b>." in document
+    assert "All 3 explained tiles, in tile order." in document
+    assert "<h3>Tile 0 (row 0, col 0), margin 0.750 — true label: <b>forest</b></h3>" in document
+    assert "<h3>Tile 1 (row 0, col 1), margin 0.300</h3>" in document
+    rgb_sums = rgb.values.sum(axis=(0, 1))
+    assert f"forest: p=0.800, f=2.500, base=0.300, ΣSHAP={rgb_sums[0]:+.3f}, port: p=0.050, f=-1.000, base=0.200, ΣSHAP={rgb_sums[1]:+.3f}" in document
+    assert f"<p>river: p=0.600, f=1.250, base=0.250, ΣSHAP={single_band.values.sum():+.3f}</p>" in document
+    assert "farmland: p=0.400, f=0.400, base=0.250, ΣSHAP=+0.000" in document
     assert document.rstrip().endswith("</body></html>")
+    assert os.listdir(tmp_path) == ["report.html"]
+
+
+def test_the_report_keeps_the_least_confident_tiles_in_tile_order(tmp_path):
+    path = tmp_path / "report.html"
+    margins = np.random.default_rng(4).permutation(np.linspace(0.0, 1.0, 40))
+    with ExplanationReport(str(path), NAMES, SETTINGS, "fast", max_tiles=5) as report:
+        for index, margin in enumerate(margins):
+            report.add(index, 0, index, _tile(index, size=8, margin=float(margin)))
+            spooled = [name for name in os.listdir(tmp_path) if name != "report.html"]
+            assert len(spooled) == 1 and len(os.listdir(tmp_path / spooled[0])) <= 5  # at most the cap, on disk
+    document = path.read_text(encoding="utf-8")
+    expected = sorted(np.argsort(margins, kind="stable")[:5])
+    assert [int(found) for found in re.findall(r"<h3>Tile (\d+) ", document)] == expected
+    assert "The 5 least confident of 40 explained tiles" in document
     assert os.listdir(tmp_path) == ["report.html"]
 
 
 def test_a_cancelled_report_leaves_nothing(tmp_path):
     path = tmp_path / "report.html"
-    image, values = _tile(0)
     with pytest.raises(KeyboardInterrupt):
         with ExplanationReport(str(path), NAMES, SETTINGS, "fast") as report:
-            report.add(0, 0, 0, image, values, [0, 1], [0.5, 0.5], [0.5, 0.5])
-            assert not path.exists() and len(os.listdir(tmp_path)) == 1  # only the temporary file, beside it
+            report.add(0, 0, 0, _tile(0))
+            assert not path.exists() and len(os.listdir(tmp_path)) == 1  # only the spool folder, beside it
             raise KeyboardInterrupt
     assert os.listdir(tmp_path) == []
 
@@ -78,9 +105,11 @@ def _writing_a_report(path):
     return f"""
 import numpy as np
 from aid_xai_plugin.core.explain.engine import ExplainSettings
+from aid_xai_plugin.core.pipelines.steps import ExplainedTile
 from aid_xai_plugin.core.reports.explanation_report import ExplanationReport
+tile = ExplainedTile(np.full((16, 16, 3), 0.5, np.float32), np.ones((16, 16, 2)), np.array([0, 1]), np.array([1.0, 0.5]), np.array([0.5, 0.5]), np.array([0.6, 0.4]), 0.2)
 with ExplanationReport({str(path)!r}, ["a", "b"], ExplainSettings(), "fast") as report:
-    report.add(0, 0, 0, np.full((16, 16, 3), 0.5, np.float32), np.ones((16, 16, 2)), [0, 1], [0.6, 0.4], [0.5, 0.5])
+    report.add(0, 0, 0, tile)
 """
 
 
@@ -115,27 +144,25 @@ print(json.dumps([before, after, pyplot.gcf() is user_figure]))
 
 
 def test_memory_stays_flat_over_many_tiles(tmp_path):
-    """Each tile goes to disk when added: the report keeps no per-tile data and no figures."""
+    """Each row goes to disk when added: the report keeps no per-tile data and no figures, with or
+    without a cap."""
     from matplotlib.figure import Figure
 
     def figures_alive():
         gc.collect()
         return sum(type(thing) is Figure for thing in gc.get_objects())  # type(), not isinstance(): no lazy attribute lookups
 
-    def sizes(report):
-        return {name: len(value) for name, value in vars(report).items() if hasattr(value, "__len__")}
-
     path = tmp_path / "report.html"
-    image, values = _tile(0)
+    tile = _tile(0, size=16)
     figures_before = figures_alive()
-    with ExplanationReport(str(path), NAMES, SETTINGS, "fast") as report:
-        (temporary,) = tmp_path.iterdir()
-        report.add(0, 0, 0, image, values, [0, 1], [0.6, 0.3], [0.4, 0.4])
-        sizes_after_one, bytes_after_one = sizes(report), temporary.stat().st_size
-        for number in range(1, 200):
-            report.add(number, number // 20, number % 20, image, values, [0, 1], [0.6, 0.3], [0.4, 0.4])
-        assert sizes(report) == sizes_after_one
-        assert temporary.stat().st_size > 100 * bytes_after_one  # the tiles are on disk already
+    with ExplanationReport(str(path), NAMES, SETTINGS, "fast", max_tiles=0) as report:
+        report.add(0, 0, 0, tile)
+        (spool,) = tmp_path.iterdir()
+        bytes_after_one = sum(entry.stat().st_size for entry in spool.iterdir())
+        for number in range(1, 60):
+            report.add(number, number // 20, number % 20, tile)
+        assert sum(entry.stat().st_size for entry in spool.iterdir()) > 50 * bytes_after_one  # the rows are on disk already
         assert not any(isinstance(value, (np.ndarray, bytes)) for value in vars(report).values())
+        assert all(len(row) == 3 and isinstance(row[2], str) for row in report._kept)  # (margin, index, file name) per row
         assert figures_alive() <= figures_before
-    assert path.read_text(encoding="utf-8").count("<img") == 200
+    assert path.read_text(encoding="utf-8").count("<img") == 60

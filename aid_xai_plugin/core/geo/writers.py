@@ -11,6 +11,7 @@ import sys
 from ..common.atomic import atomic_output
 from ..common.errors import AidXaiError
 
+BLOCK_SIZE = 256
 GEOTIFF_EXTENSIONS = (".tif", ".tiff")
 
 
@@ -20,11 +21,12 @@ def check_geotiff_path(path):
 
 
 def create_geotiff(path, width, height, band_count, data_type, geotransform, projection, nodata=None, band_names=None, tags=None):
-    """A tiled, compressed GeoTIFF, ready to receive windows."""
+    """A tiled, compressed, sparse GeoTIFF, ready to receive windows: blocks never written take no
+    space and read back as nodata, so a few tiles far apart make a small file."""
     from osgeo import gdal
 
     check_geotiff_path(path)
-    options = ["COMPRESS=DEFLATE", "TILED=YES", "BIGTIFF=IF_SAFER"]
+    options = ["COMPRESS=DEFLATE", "TILED=YES", f"BLOCKXSIZE={BLOCK_SIZE}", f"BLOCKYSIZE={BLOCK_SIZE}", "SPARSE_OK=TRUE", "BIGTIFF=IF_SAFER"]
     if data_type == gdal.GDT_Float32:
         options.append("PREDICTOR=3")
     dataset = gdal.GetDriverByName("GTiff").Create(path, width, height, band_count, data_type, options)
@@ -34,7 +36,6 @@ def create_geotiff(path, width, height, band_count, data_type, geotransform, pro
         band = dataset.GetRasterBand(index + 1)
         if nodata is not None:
             band.SetNoDataValue(nodata)
-            band.Fill(nodata)
         if band_names:
             band.SetDescription(band_names[index])
     if tags:
@@ -65,6 +66,10 @@ class GeoTiffSink:
         """`bands`: band_count × h × w values for the window whose top-left pixel is (x, y)."""
         for index, values in enumerate(bands):
             self.dataset.GetRasterBand(index + 1).WriteArray(values, x, y)
+
+    def flush(self):
+        """Write finished blocks out of GDAL's cache, so the cache doesn't grow with the output."""
+        self.dataset.FlushCache()
 
     def __exit__(self, exc_type, exc, traceback):
         self.dataset = None  # closes the file before it moves into place (or is removed): no stray sidecar

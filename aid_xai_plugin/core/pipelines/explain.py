@@ -1,12 +1,15 @@
 """Explain chosen tiles of a raster with partition SHAP and write the maps where the tiles lie.
 
-Value placement: an engine explains the tile as the model sees it (input_size² pixels). The SHAP
-raster is on the source's own pixel grid: each tile's channel-summed map is spread over the tile's
-source pixels by area overlap (each model-input pixel's value is divided among the source pixels it
-covers in proportion to the shared area). That mapping is exact when tile size = model input size,
-and it always preserves sums, so per tile and class Σ(SHAP raster over the tile) = f(x) − f(masked
-base) (SHAP's efficiency property) stays checkable from the written file. With overlapping tiles
-(stride < tile size), later tiles overwrite earlier ones where they overlap.
+Value placement: an engine explains the tile as the model sees it (input_size² pixels), in the
+chosen output space (logit, probability or log-probability). The SHAP raster is on the source's own
+pixel grid: each tile's channel-summed map is spread over the tile's source pixels by area overlap
+(each model-input pixel's value is divided among the source pixels it covers in proportion to the
+shared area). That mapping is exact when tile size = model input size, and it preserves sums.
+
+Without overlap, per tile and class Σ(SHAP raster over the tile) = f(x) − f(masked base) (SHAP's
+efficiency) is checkable from the written file; the tile table always holds each tile's exact sum.
+With overlapping tiles (stride < tile size) the tiles' maps are combined per source pixel by the
+mosaic (`geo/mosaic.py`): `blend` (a weighted mean, seamless) or `last` (the later tile overwrites).
 """
 
 import contextlib
@@ -17,7 +20,9 @@ import numpy as np
 
 from ..common.errors import AidXaiError
 from ..explain.engine import masker_value
+from ..ml.classifier import check_output_space
 from ..geo.gdal_context import raising_gdal_errors
+from ..geo.mosaic import OVERLAP_MODES, TileMosaic
 from ..geo.vector import PolygonWriter
 from ..geo.writers import GeoTiffSink
 from ..reports.explanation_report import ExplanationReport
@@ -26,7 +31,20 @@ from .steps import ExplainJob, TileExplainer
 from .tiles import TileSource
 
 SHAP_NODATA = -9999.0
-TILE_TABLE_FIELDS = [("tile_id", int), ("row", int), ("col", int), ("rank", int), ("class_name", str), ("probability", float), ("base_value", float), ("shap_sum", float), ("label", str)]
+TILE_TABLE_FIELDS = [
+    ("tile_id", int),
+    ("row", int),
+    ("col", int),
+    ("rank", int),
+    ("class_name", str),
+    ("probability", float),
+    ("output_space", str),
+    ("output_value", float),  # f(tile) in the output space
+    ("base_value", float),  # f(fully masked tile) in the output space
+    ("shap_sum", float),  # Σ SHAP over the tile = output_value − base_value
+    ("margin", float),
+    ("label", str),
+]
 
 
 @dataclasses.dataclass
@@ -42,6 +60,8 @@ class ExplainOutputs:
     shap_raster: str = None
     tile_table: str = None
     report: str = None
+    overlap: str = "blend"  # how overlapping tiles combine in the SHAP raster: blend | last
+    report_tiles: int = 50  # the report shows this many least confident tiles (0 = all)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +71,7 @@ class ExplainResult:
     style_scale: float  # robust |value| limit for the colour ramp
     band_names: list
     class_names: list
+    output_space: str
     fallback_reason: str = None  # why the engine evaluated tiles another way, if it did
 
 
@@ -93,6 +114,11 @@ def explain_raster(raster_path, model_path, options, request, settings, outputs,
     classifier, grid = source.classifier, source.grid
     names = classifier.class_names
     masker_value(settings.masker)
+    check_output_space(settings.output_space)
+    if outputs.overlap not in OVERLAP_MODES:
+        raise AidXaiError(f"Unknown OVERLAP '{outputs.overlap}'; use one of: {', '.join(OVERLAP_MODES)}.")
+    if outputs.report_tiles < 0:
+        raise AidXaiError("REPORT_TILES must be 0 (every tile) or a positive number of tiles.")
     if settings.max_evals < 3:
         raise AidXaiError("MAX_EVALS must be at least 3 (the masked and unmasked image take two).")
     check_outputs(outputs.shap_raster, outputs.tile_table, outputs.report)
@@ -110,24 +136,40 @@ def explain_raster(raster_path, model_path, options, request, settings, outputs,
     explain_tile = TileExplainer(job, classifier, source.reader)
     _log_estimate(classifier, len(tiles_and_labels), settings, engine, progress)
 
+    windows = [tile.window for tile, _ in tiles_and_labels]
     window = grid.covering_window([tile for tile, _ in tiles_and_labels])
-    tags = dict(source.provenance(), AIDXAI_ENGINE=engine, AIDXAI_MASKER=settings.masker, AIDXAI_MAX_EVALS=settings.max_evals, AIDXAI_BATCH_SIZE=settings.batch_size, AIDXAI_SEED=settings.seed, AIDXAI_MODE="classes" if fixed_indices is not None else f"top-{len(band_names)}")
+    tags = dict(
+        source.provenance(),
+        AIDXAI_ENGINE=engine,
+        AIDXAI_MASKER=settings.masker,
+        AIDXAI_MAX_EVALS=settings.max_evals,
+        AIDXAI_BATCH_SIZE=settings.batch_size,
+        AIDXAI_SEED=settings.seed,
+        AIDXAI_OUTPUT_SPACE=settings.output_space,
+        AIDXAI_OVERLAP=outputs.overlap,
+        AIDXAI_MODE="classes" if fixed_indices is not None else f"top-{len(band_names)}",
+    )
     explained = 0
     fallback_reason = None
     style_scale = 0.0  # colour-ramp limit: robust to a few extreme pixels, so every tile shows
     with contextlib.ExitStack() as sinks:
-        shap_raster = table = report = None
+        mosaic = table = report = None
         if outputs.shap_raster:
             shap_raster = sinks.enter_context(GeoTiffSink(outputs.shap_raster, window[2], window[3], len(band_names), gdal.GDT_Float32, grid.window_geotransform(window), source.projection, SHAP_NODATA, band_names, tags))
+            in_window = [(x - window[0], y - window[1], w, h) for x, y, w, h in windows]
+            mosaic = TileMosaic(shap_raster, window[2:], in_window, len(band_names), SHAP_NODATA, outputs.overlap, flush=shap_raster.flush)
         if outputs.tile_table:
             table = sinks.enter_context(PolygonWriter(outputs.tile_table, source.projection, TILE_TABLE_FIELDS))
         if outputs.report:
-            report = sinks.enter_context(ExplanationReport(outputs.report, names, settings, engine))
+            report = sinks.enter_context(ExplanationReport(outputs.report, names, settings, engine, outputs.report_tiles))
         count = len(tiles_and_labels)
         for number, (tile, label) in with_progress(enumerate(tiles_and_labels), count, progress):
             tile_progress = progress.part(number / count, (number + 1) / count) if progress else None
+            x, y, w, h = tile.window
             result, fraction = explain_tile(tile.window, tile_progress)
             if result is None:
+                if mosaic is not None:
+                    mosaic.add((x - window[0], y - window[1], w, h), None)
                 if progress:
                     progress.log(f"Tile row {tile.row}, col {tile.col} skipped: only {fraction:.0%} valid pixels.")
                 continue
@@ -135,22 +177,23 @@ def explain_raster(raster_path, model_path, options, request, settings, outputs,
                 fallback_reason = result.fallback_reason
                 if progress:
                     progress.log(f"The {engine} engine evaluates this model another way because {fallback_reason}.")
-            on_source = to_source_pixels(result.values, tile.window[3], tile.window[2]).astype(np.float32)
+            on_source = to_source_pixels(result.values, h, w).astype(np.float32)
             style_scale = max(style_scale, float(np.percentile(np.abs(on_source), 99)))
-            if shap_raster is not None:
-                shap_raster.write(on_source.transpose(2, 0, 1), tile.window[0] - window[0], tile.window[1] - window[1])
+            if mosaic is not None:
+                mosaic.add((x - window[0], y - window[1], w, h), on_source)
             if table is not None:
                 for rank, class_index in enumerate(result.class_indices):
-                    table.add(
-                        [tile.index, tile.row, tile.col, rank + 1, names[class_index], float(result.output_values[rank]), float(result.base_values[rank]), float(result.values[..., rank].sum()), label],
-                        grid.footprint(tile),
-                    )
+                    output, base = float(result.output_values[rank]), float(result.base_values[rank])
+                    shap_sum = float(result.values[..., rank].sum())
+                    table.add([tile.index, tile.row, tile.col, rank + 1, names[class_index], float(result.probabilities[rank]), settings.output_space, output, base, shap_sum, result.margin, label], grid.footprint(tile))
             if report is not None:
-                report.add(tile.index, tile.row, tile.col, result.image, result.values, result.class_indices, result.output_values, result.base_values, label)
+                report.add(tile.index, tile.row, tile.col, result, label)
             explained += 1
         if not explained:
             raise AidXaiError("No selected tile had enough valid pixels to explain; lower the minimum valid fraction or choose other tiles.")
-    return ExplainResult(explained, len(tiles_and_labels), style_scale, band_names, names, fallback_reason)
+        if mosaic is not None:
+            mosaic.close()
+    return ExplainResult(explained, len(tiles_and_labels), style_scale, band_names, names, settings.output_space, fallback_reason)
 
 
 def _log_estimate(classifier, tile_count, settings, engine, progress):

@@ -59,8 +59,10 @@ class ExplainedTile:
     image: np.ndarray  # the tile as the model saw it (S×S×C)
     values: np.ndarray  # S×S×K SHAP values, channels summed (as shap.image_plot shows them)
     class_indices: np.ndarray  # K
-    output_values: np.ndarray  # K: f(tile)
-    base_values: np.ndarray  # K: f(fully masked tile)
+    output_values: np.ndarray  # K: f(tile) in the output space
+    base_values: np.ndarray  # K: f(fully masked tile) in the output space
+    probabilities: np.ndarray  # K: the explained classes' probabilities
+    margin: float  # p1 − p2 of the tile (low = the model is unsure)
     fallback_reason: str = None
 
 
@@ -81,10 +83,12 @@ class TileExplainer:
         if image is None:
             return None, fraction
         job = self.job
+        probabilities = self.classifier.predict_probabilities(image[None])
         if job.class_indices is not None:
             indices = np.asarray(job.class_indices)
         else:
-            indices = top_k(self.classifier.predict_probabilities(image[None]), job.top_k)[0]
+            indices = top_k(probabilities, job.top_k)[0]
         result = self.engine.explain(image, self.classifier, indices, job.settings, progress)
         values = result.values.sum(axis=2)
-        return ExplainedTile(image, values, indices, result.output_values, result.base_values, result.fallback_reason), fraction
+        margin = float(confidence(probabilities)[0][0])
+        return ExplainedTile(image, values, indices, result.output_values, result.base_values, probabilities[0][indices], margin, result.fallback_reason), fraction

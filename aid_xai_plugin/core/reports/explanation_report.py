@@ -1,15 +1,21 @@
 """HTML report of explained tiles in shap.image_plot's layout: the tile, then one map per class.
 
-The report is a sink: each tile's row is drawn and written as soon as it is explained, so memory
-stays flat however many tiles a run explains. Drawing uses matplotlib's object API with the Agg
-canvas, never pyplot or matplotlib.use, so a running QGIS keeps its backend and its open figures.
+The report is a sink with a cap: it shows the `max_tiles` least confident tiles (smallest margin
+p1 − p2, where an explanation helps most), or every tile when the cap is 0. Each row is drawn only if
+the tile can still be among those, written to a spool folder on disk at once, and dropped when a
+less confident tile displaces it; the report is assembled in tile order at the end. So memory stays
+flat however many tiles a run explains, and the report's size is bounded by the cap. Drawing uses
+matplotlib's object API with the Agg canvas, never pyplot or matplotlib.use, so a running QGIS keeps
+its backend and its open figures.
 """
 
 import base64
-import contextlib
+import heapq
 import html
 import io
 import os
+import shutil
+import tempfile
 
 import numpy as np
 
@@ -24,64 +30,87 @@ _SMALLEST_LIMIT = 1e-12  # colour limit of an all-zero row: everything maps to t
 _MAX_FIGURE_WIDTH = 20.0  # inches, as shap.image_plot's default width
 
 _FOOTER = "</body></html>\n"
+SPACE_WORDS = {"logit": "logit", "probability": "probability", "log_probability": "log-probability"}
 
 
 class ExplanationReport:
-    """Context manager: HTML written tile by tile to a temporary file beside `path`, moved into
-    place on success, removed on error or cancel (so no half report looks finished)."""
+    """Context manager: rows spooled to a hidden folder beside `path`, the report written under a
+    temporary name and moved into place on success; on error or cancel nothing is left."""
 
-    def __init__(self, path, class_names, settings, engine):
+    def __init__(self, path, class_names, settings, engine, max_tiles=50):
         self.path = os.path.abspath(path)
         self._class_names = list(class_names)
-        self._header = _header(settings, engine)
-        self._stream = None
-        self._cleanup = None
+        self._settings = settings
+        self._engine = engine
+        self._max_tiles = max_tiles
+        self._kept = []  # heap of (-margin, -tile_index, row file): the least confident tiles so far
+        self._seen = 0
+        self._spool = None
 
     def __enter__(self):
-        with contextlib.ExitStack() as stack:  # a failing header write still removes the temporary file
-            temporary = stack.enter_context(atomic_output(self.path))
-            self._stream = stack.enter_context(open(temporary, "w", encoding="utf-8"))
-            self._stream.write(self._header)
-            self._cleanup = stack.pop_all()
+        folder, name = os.path.split(self.path)
+        os.makedirs(folder, exist_ok=True)
+        self._spool = tempfile.mkdtemp(prefix=f".{name}.", suffix=".rows", dir=folder)
         return self
 
-    def add(self, tile_index, row, col, image_hwc, values_hwk, class_indices, probabilities, base_values, label=""):
-        """Write one tile: its heading, a facts line per explained class and its figure; keeps nothing.
+    def add(self, tile_index, row, col, tile, label=""):
+        """Offer one explained tile (a steps.ExplainedTile); it is drawn only if it makes the cut."""
+        self._seen += 1
+        key = (-tile.margin, -tile_index)
+        if self._max_tiles and len(self._kept) >= self._max_tiles and key <= self._kept[0][:2]:
+            return
+        row_file = os.path.join(self._spool, f"{tile_index:012d}.html")
+        with open(row_file, "w", encoding="utf-8") as stream:
+            stream.write(self._row_html(tile_index, row, col, tile, label))
+        heapq.heappush(self._kept, (*key, row_file))
+        if self._max_tiles and len(self._kept) > self._max_tiles:
+            os.remove(heapq.heappop(self._kept)[2])
 
-        image_hwc: model-input tile in [0, 1] with 1..N bands; values_hwk: H×W×K SHAP values summed
-        over channels for the K classes `class_indices`; probabilities, base_values: length K."""
-        values = np.asarray(values_hwk)
-        names = [self._class_names[c] for c in class_indices]
+    def _row_html(self, tile_index, row, col, tile, label):
+        values = np.asarray(tile.values)
+        names = [self._class_names[c] for c in tile.class_indices]
+        space = SPACE_WORDS[self._settings.output_space]
         facts = ", ".join(
-            f"{html.escape(name)}: p={float(p):.3f}, base={float(b):.3f}, ΣSHAP={values[..., k].sum():+.3f}"
-            for k, (name, p, b) in enumerate(zip(names, probabilities, base_values))
+            f"{html.escape(name)}: p={float(p):.3f}, f={float(f):.3f}, base={float(b):.3f}, ΣSHAP={values[..., k].sum():+.3f}"
+            for k, (name, p, f, b) in enumerate(zip(names, tile.probabilities, tile.output_values, tile.base_values))
         )
         true_label = f" — true label: <b>{html.escape(label)}</b>" if label else ""
-        png = base64.b64encode(_row_png(image_hwc, values, names, probabilities, label)).decode("ascii")
-        self._stream.write(f"<h3>Tile {tile_index} (row {row}, col {col}){true_label}</h3><p>{facts}</p><img src='data:image/png;base64,{png}'/>\n")
-        self._stream.flush()  # the report grows on disk as the run goes, not in memory
+        png = base64.b64encode(_row_png(tile.image, values, names, tile.probabilities, label, f"SHAP value ({space})")).decode("ascii")
+        return f"<h3>Tile {tile_index} (row {row}, col {col}), margin {tile.margin:.3f}{true_label}</h3><p>{facts}</p><img src='data:image/png;base64,{png}'/>\n"
 
     def __exit__(self, exc_type, exc, tb):
-        if exc_type is None:
-            with self._cleanup:  # closes the file, then moves it into place (or removes it if the footer fails)
-                self._stream.write(_FOOTER)
-            return False
-        return self._cleanup.__exit__(exc_type, exc, tb)
+        try:
+            if exc_type is None:
+                with atomic_output(self.path) as temporary, open(temporary, "w", encoding="utf-8") as stream:
+                    stream.write(_header(self._settings, self._engine, len(self._kept), self._seen, self._max_tiles))
+                    for _, _, row_file in sorted(self._kept, key=lambda kept: kept[2]):
+                        with open(row_file, encoding="utf-8") as rows:
+                            shutil.copyfileobj(rows, stream)
+                    stream.write(_FOOTER)
+        finally:
+            shutil.rmtree(self._spool, ignore_errors=True)
+        return False
 
 
-def _header(settings, engine):
-    """Title, run settings and how to read the colours, written before the first tile."""
+def _header(settings, engine, shown, explained, max_tiles):
+    """Title, run settings and how to read the colours and numbers."""
+    space = SPACE_WORDS[settings.output_space]
+    if max_tiles and explained > shown:
+        selection = f"The {shown} least confident of {explained} explained tiles (smallest margin p1 − p2), in tile order; the SHAP raster and the tile table hold every tile."
+    else:
+        selection = f"All {explained} explained tiles, in tile order."
     return f"""<!DOCTYPE html><html><head><meta charset="utf-8"><title>AID-XAI explanation report</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:80em}} img{{max-width:100%}}</style></head><body>
 <h1>Partition-SHAP explanations</h1>
-<p>Engine {html.escape(engine)}, masker {html.escape(settings.masker)}, max_evals {settings.max_evals}, batch size {settings.batch_size}, seed {settings.seed}.
-Red pixels raise the class probability, blue pixels lower it, pixels near 0 stay transparent over the grey tile;
+<p>Engine {html.escape(engine)}, masker {html.escape(settings.masker)}, max_evals {settings.max_evals}, batch size {settings.batch_size}, seed {settings.seed}, output space <b>{space}</b>.
+Red pixels raise the model's {space} of the class, blue pixels lower it, pixels near 0 stay transparent over the grey tile;
 the colour scale is symmetric around 0 and shared by the maps of a tile. Per tile and class the values sum to
-p − base (base = the probability for the fully masked tile).</p>
+f − base, where f is the model's {space} for the tile and base the same for the fully masked tile; p is the probability.</p>
+<p>{selection}</p>
 """
 
 
-def _row_png(image_hwc, values, names, probabilities, label):
+def _row_png(image_hwc, values, names, probabilities, label, value_label="SHAP value"):
     """One row as shap.image_plot draws it: the tile (titled with its true label), then per class the
     tile in light grey under the SHAP map, and one colorbar under the maps."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -116,7 +145,7 @@ def _row_png(image_hwc, values, names, probabilities, label):
         axes.imshow(grey, cmap="gray", vmin=0.0, vmax=1.0, alpha=0.15, extent=(-0.5, columns - 0.5, rows - 0.5, -0.5))
         shap_map = axes.imshow(values[..., k], cmap=colours, vmin=-limit, vmax=limit)
         axes.set_title(f"{name} ({float(probability):.2f})")
-    colorbar = figure.colorbar(shap_map, cax=panel(2 * gap + side, below_bar, width - 3 * gap - side, bar), orientation="horizontal", label="SHAP value")
+    colorbar = figure.colorbar(shap_map, cax=panel(2 * gap + side, below_bar, width - 3 * gap - side, bar), orientation="horizontal", label=value_label)
     colorbar.outline.set_visible(False)
     colorbar.ax.xaxis.set_major_locator(MaxNLocator(5, symmetric=True))
     colorbar.ax.tick_params(labelsize=8)

@@ -1,0 +1,99 @@
+"""Parameters shared by explain and explanation quality: which tiles, and how SHAP is computed."""
+
+from qgis.core import (
+    QgsFeatureRequest,
+    QgsGeometry,
+    QgsPointXY,
+    QgsProcessingParameterFeatureSource,
+    QgsProcessingParameterField,
+    QgsProcessingParameterNumber,
+    QgsSpatialIndex,
+)
+
+from ..core.common.errors import AidXaiError
+from ..core.explain.engine import ExplainSettings
+from ..core.ml.classifier import OUTPUT_SPACES
+from ..qgis_compat import NUMBER_DOUBLE, NUMBER_INTEGER, POINT_GEOMETRY, SOURCE_VECTOR_POINT, SOURCE_VECTOR_POLYGON
+from .base import choice_parameter
+
+ENGINES = ("fast", "exact", "shap")
+MASKERS = ("blur", "inpaint_telea", "inpaint_ns", "constant")
+
+
+def add_tile_choice_parameters(algorithm):
+    algorithm.addParameter(
+        QgsProcessingParameterFeatureSource(
+            "FEATURES", "Explain tiles under these features (empty = all tiles in the extent)", [SOURCE_VECTOR_POINT, SOURCE_VECTOR_POLYGON], optional=True
+        )
+    )
+    algorithm.addParameter(QgsProcessingParameterField("LABEL_FIELD", "Field with the true label (shown in the report)", parentLayerParameterName="FEATURES", optional=True))
+
+
+def add_shap_parameters(algorithm, default_max_evals=500):
+    algorithm.addParameter(QgsProcessingParameterNumber("MAX_EVALS", "Model evaluations per tile (max_evals)", NUMBER_INTEGER, default_max_evals, minValue=3))
+    algorithm.addParameter(choice_parameter("OUTPUT_SPACE", "Explain the model's", OUTPUT_SPACES, "logit"))
+    algorithm.addParameter(choice_parameter("MASKER", "Masker (what hidden pixels become)", MASKERS, "blur"))
+    algorithm.addParameter(QgsProcessingParameterNumber("MASKER_KERNEL", "Blur kernel size (model-input pixels)", NUMBER_INTEGER, 256, minValue=1))
+    algorithm.addParameter(QgsProcessingParameterNumber("MASKER_VALUE", "Constant for hidden pixels (model-input scale 0..1)", NUMBER_DOUBLE, 0.5, minValue=0.0, maxValue=1.0))
+    algorithm.addParameter(choice_parameter("ENGINE", "Engine", ENGINES, "fast"))
+    algorithm.addParameter(QgsProcessingParameterNumber("SEED", "Random seed", NUMBER_INTEGER, 0))
+
+
+def read_shap_settings(algorithm, parameters, context):
+    """ExplainSettings from the parameters `add_shap_parameters` and `add_tiling_parameters` add."""
+    return ExplainSettings(
+        masker=masker_spec(algorithm, parameters, context),
+        max_evals=algorithm.parameterAsInt(parameters, "MAX_EVALS", context),
+        batch_size=algorithm.parameterAsInt(parameters, "BATCH_SIZE", context),
+        seed=algorithm.parameterAsInt(parameters, "SEED", context),
+        output_space=algorithm.choice(parameters, "OUTPUT_SPACE", context),
+    )
+
+
+def masker_spec(algorithm, parameters, context):
+    """shap's Image-masker spec from the drop-down and its number: 'blur(k,k)', 'inpaint_ns', '0.5'."""
+    kind = algorithm.choice(parameters, "MASKER", context)
+    if kind == "blur":
+        kernel = algorithm.parameterAsInt(parameters, "MASKER_KERNEL", context)
+        return f"blur({kernel},{kernel})"
+    if kind == "constant":
+        return repr(algorithm.parameterAsDouble(parameters, "MASKER_VALUE", context))
+    return kind
+
+
+def tile_selector(algorithm, parameters, context, layer):
+    """A function footprint → (selected, label) over FEATURES, in the raster's CRS, or None: points
+    pick the tile under them, polygons the tiles whose centre they contain."""
+    if not parameters.get("FEATURES"):
+        return None
+    source = algorithm.parameterAsSource(parameters, "FEATURES", context)
+    if source is None:
+        raise AidXaiError("FEATURES could not be opened as a vector layer.")
+    label_field = algorithm.parameterAsString(parameters, "LABEL_FIELD", context)
+    request = QgsFeatureRequest().setDestinationCrs(layer.crs(), context.transformContext())
+    geometries, labels = {}, {}
+    index = QgsSpatialIndex()
+    for feature in source.getFeatures(request):
+        geometry = feature.geometry()
+        if geometry is None or geometry.isEmpty():
+            continue
+        geometries[feature.id()] = geometry
+        labels[feature.id()] = str(feature[label_field]) if label_field and feature[label_field] is not None else ""
+        index.addFeature(feature)
+    if not geometries:
+        raise AidXaiError("FEATURES has no features with geometry (is a filter or selection empty?).")
+
+    def select(corners):
+        footprint = QgsGeometry.fromPolygonXY([[QgsPointXY(x, y) for x, y in corners]])
+        centre = footprint.centroid()
+        for fid in index.intersects(footprint.boundingBox()):
+            geometry = geometries[fid]
+            if geometry.type() == POINT_GEOMETRY:
+                hit = footprint.intersects(geometry)
+            else:
+                hit = geometry.contains(centre)
+            if hit:
+                return True, labels[fid]
+        return False, ""
+
+    return select
