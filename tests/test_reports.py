@@ -144,8 +144,7 @@ print(json.dumps([before, after, pyplot.gcf() is user_figure]))
 
 
 def test_memory_stays_flat_over_many_tiles(tmp_path):
-    """Each row goes to disk when added: the report keeps no per-tile data and no figures, with or
-    without a cap."""
+    """Each tile goes to disk when added: the report keeps no per-tile arrays and no figures."""
     from matplotlib.figure import Figure
 
     def figures_alive():
@@ -161,8 +160,8 @@ def test_memory_stays_flat_over_many_tiles(tmp_path):
         bytes_after_one = sum(entry.stat().st_size for entry in spool.iterdir())
         for number in range(1, 60):
             report.add(number, number // 20, number % 20, tile)
-        assert sum(entry.stat().st_size for entry in spool.iterdir()) > 50 * bytes_after_one  # the rows are on disk already
+        assert sum(entry.stat().st_size for entry in spool.iterdir()) > 50 * bytes_after_one  # the tiles are on disk already
         assert not any(isinstance(value, (np.ndarray, bytes)) for value in vars(report).values())
-        assert all(len(row) == 3 and isinstance(row[2], str) for row in report._kept)  # (margin, index, file name) per row
+        assert all(str(row[2]).endswith(".npz") for row in report._kept)  # per tile: its facts and the name of its spooled arrays
         assert figures_alive() <= figures_before
     assert path.read_text(encoding="utf-8").count("<img") == 60

@@ -85,9 +85,12 @@ def area_weights(source_pixels, model_pixels):
 
 def to_source_pixels(map_model, tile_h, tile_w):
     """Spread a model-input-pixel map (S×S×K) over tile_h×tile_w source pixels, preserving sums."""
+    if map_model.shape[:2] == (tile_h, tile_w):
+        return np.array(map_model)  # same grid: the area weights are the identity
     rows = area_weights(tile_h, map_model.shape[0])
     cols = area_weights(tile_w, map_model.shape[1])
-    return np.einsum("is,stk,jt->ijk", rows, map_model, cols)
+    spread_rows = np.tensordot(rows, map_model, axes=(1, 0))  # tile_h × S × K
+    return np.tensordot(spread_rows, cols, axes=(1, 1)).transpose(0, 2, 1)  # two products, not one S⁴ einsum
 
 
 def tiles_to_explain(source, request):

@@ -1,10 +1,11 @@
 """HTML report of explained tiles in shap.image_plot's layout: the tile, then one map per class.
 
 The report is a sink with a cap: it shows the `max_tiles` least confident tiles (smallest margin
-p1 − p2, where an explanation helps most), or every tile when the cap is 0. Each row is drawn only if
-the tile can still be among those, written to a spool folder on disk at once, and dropped when a
-less confident tile displaces it; the report is assembled in tile order at the end. So memory stays
-flat however many tiles a run explains, and the report's size is bounded by the cap. Drawing uses
+p1 − p2, where an explanation helps most), or every tile when the cap is 0. A tile that can still be
+among those is written to a spool folder on disk at once (its arrays, not kept in memory) and
+deleted when a less confident tile displaces it; at the end the kept tiles are drawn, in tile order.
+So memory stays flat however many tiles a run explains, the report's size is bounded by the cap,
+and no time goes into drawing rows that won't be shown. Drawing uses
 matplotlib's object API with the Agg canvas, never pyplot or matplotlib.use, so a running QGIS keeps
 its backend and its open figures.
 """
@@ -30,6 +31,7 @@ _SMALLEST_LIMIT = 1e-12  # colour limit of an all-zero row: everything maps to t
 _MAX_FIGURE_WIDTH = 20.0  # inches, as shap.image_plot's default width
 
 _FOOTER = "</body></html>\n"
+_SPOOLED = ("image", "values", "class_indices", "output_values", "base_values", "probabilities")
 SPACE_WORDS = {"logit": "logit", "probability": "probability", "log_probability": "log-probability"}
 
 
@@ -54,38 +56,38 @@ class ExplanationReport:
         return self
 
     def add(self, tile_index, row, col, tile, label=""):
-        """Offer one explained tile (a steps.ExplainedTile); it is drawn only if it makes the cut."""
+        """Offer one explained tile (a steps.ExplainedTile); it is spooled only if it makes the cut."""
         self._seen += 1
         key = (-tile.margin, -tile_index)
         if self._max_tiles and len(self._kept) >= self._max_tiles and key <= self._kept[0][:2]:
             return
-        row_file = os.path.join(self._spool, f"{tile_index:012d}.html")
-        with open(row_file, "w", encoding="utf-8") as stream:
-            stream.write(self._row_html(tile_index, row, col, tile, label))
-        heapq.heappush(self._kept, (*key, row_file))
+        spooled = os.path.join(self._spool, f"{tile_index:012d}.npz")
+        arrays = {name: np.asarray(getattr(tile, name)) for name in _SPOOLED}
+        np.savez(spooled, values=arrays.pop("values").astype(np.float32), **arrays)  # float32 is plenty to draw
+        heapq.heappush(self._kept, (*key, spooled, tile_index, row, col, tile.margin, label))
         if self._max_tiles and len(self._kept) > self._max_tiles:
             os.remove(heapq.heappop(self._kept)[2])
 
-    def _row_html(self, tile_index, row, col, tile, label):
-        values = np.asarray(tile.values)
-        names = [self._class_names[c] for c in tile.class_indices]
+    def _row_html(self, tile_index, row, col, margin, label, tile):
+        values = tile["values"]
+        names = [self._class_names[c] for c in tile["class_indices"]]
         space = SPACE_WORDS[self._settings.output_space]
         facts = ", ".join(
             f"{html.escape(name)}: p={float(p):.3f}, f={float(f):.3f}, base={float(b):.3f}, ΣSHAP={values[..., k].sum():+.3f}"
-            for k, (name, p, f, b) in enumerate(zip(names, tile.probabilities, tile.output_values, tile.base_values))
+            for k, (name, p, f, b) in enumerate(zip(names, tile["probabilities"], tile["output_values"], tile["base_values"]))
         )
         true_label = f" — true label: <b>{html.escape(label)}</b>" if label else ""
-        png = base64.b64encode(_row_png(tile.image, values, names, tile.probabilities, label, f"SHAP value ({space})")).decode("ascii")
-        return f"<h3>Tile {tile_index} (row {row}, col {col}), margin {tile.margin:.3f}{true_label}</h3><p>{facts}</p><img src='data:image/png;base64,{png}'/>\n"
+        png = base64.b64encode(_row_png(tile["image"], values, names, tile["probabilities"], label, f"SHAP value ({space})")).decode("ascii")
+        return f"<h3>Tile {tile_index} (row {row}, col {col}), margin {margin:.3f}{true_label}</h3><p>{facts}</p><img src='data:image/png;base64,{png}'/>\n"
 
     def __exit__(self, exc_type, exc, tb):
         try:
             if exc_type is None:
                 with atomic_output(self.path) as temporary, open(temporary, "w", encoding="utf-8") as stream:
                     stream.write(_header(self._settings, self._engine, len(self._kept), self._seen, self._max_tiles))
-                    for _, _, row_file in sorted(self._kept, key=lambda kept: kept[2]):
-                        with open(row_file, encoding="utf-8") as rows:
-                            shutil.copyfileobj(rows, stream)
+                    for _, _, spooled, *facts in sorted(self._kept, key=lambda kept: kept[3]):
+                        with np.load(spooled) as tile:
+                            stream.write(self._row_html(*facts, tile))
                     stream.write(_FOOTER)
         finally:
             shutil.rmtree(self._spool, ignore_errors=True)
@@ -150,5 +152,5 @@ def _row_png(image_hwc, values, names, probabilities, label, value_label="SHAP v
     colorbar.ax.xaxis.set_major_locator(MaxNLocator(5, symmetric=True))
     colorbar.ax.tick_params(labelsize=8)
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", bbox_inches="tight")
+    figure.savefig(buffer, format="png")
     return buffer.getvalue()
