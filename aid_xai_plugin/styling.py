@@ -59,24 +59,22 @@ def style_tile_layer(path, class_names, field="class_name"):
 
 
 def style_shap_raster(path, max_abs, output_space, band=1):
-    """Diverging blue (pushes the class down) – transparent near 0 – red (pushes it up), symmetric;
-    the legend names the output space the values are in."""
+    """Diverging blue (pushes the class down) – transparent at 0 – red (pushes it up), symmetric, with
+    stops about a decade apart (transparent up to ±m/300, then ±m/100, ±m/10, ±m): SHAP maps of one layer span orders of
+    magnitude between tiles, and a linear ramp hides the weaker tiles under the strongest one. The
+    legend names the output space the values are in."""
     layer = QgsRasterLayer(path, "shap", "gdal")
     unit = output_space.replace("_", "-")
     m = max(float(max_abs), 1e-12)
+    blues = [(5, 48, 97, 255), (33, 102, 172, 210), (146, 197, 222, 120), (209, 229, 240, 0)]
+    reds = [(103, 0, 31, 255), (178, 24, 43, 210), (244, 165, 130, 120), (253, 219, 199, 0)]
+    decades = [1.0, 0.1, 0.01, 0.003]
+    items = [QgsColorRampShader.ColorRampItem(-m * d, QColor(*colour), f"{-m * d:.2g} {unit}" + (" (pushes the class down)" if d == 1.0 else "")) for d, colour in zip(decades, blues)]
+    items.append(QgsColorRampShader.ColorRampItem(0.0, QColor(255, 255, 255, 0), "0"))
+    items += [QgsColorRampShader.ColorRampItem(m * d, QColor(*colour), f"+{m * d:.2g} {unit}" + (" (pushes the class up)" if d == 1.0 else "")) for d, colour in reversed(list(zip(decades, reds)))]
     ramp = QgsColorRampShader(-m, m)
     ramp.setColorRampType(RAMP_INTERPOLATED)
-    ramp.setColorRampItemList(
-        [
-            QgsColorRampShader.ColorRampItem(-m, QColor(5, 48, 97, 255), f"{-m:.3g} {unit} (pushes the class down)"),
-            QgsColorRampShader.ColorRampItem(-0.5 * m, QColor(67, 147, 195, 200), ""),
-            QgsColorRampShader.ColorRampItem(-0.08 * m, QColor(209, 229, 240, 0), ""),
-            QgsColorRampShader.ColorRampItem(0.0, QColor(255, 255, 255, 0), "0"),
-            QgsColorRampShader.ColorRampItem(0.08 * m, QColor(253, 219, 199, 0), ""),
-            QgsColorRampShader.ColorRampItem(0.5 * m, QColor(214, 96, 77, 200), ""),
-            QgsColorRampShader.ColorRampItem(m, QColor(103, 0, 31, 255), f"+{m:.3g} {unit} (pushes the class up)"),
-        ]
-    )
+    ramp.setColorRampItemList(items)
     shader = QgsRasterShader()
     shader.setRasterShaderFunction(ramp)
     renderer = QgsSingleBandPseudoColorRenderer(layer.dataProvider(), band, shader)

@@ -49,7 +49,6 @@ def make_raster(path, columns, rows, scene_px):
 
 def measure(raster, model, max_evals, masker):
     """In a subprocess: explain every tile with all outputs, then the engine alone on the same tiles."""
-    import numpy as np
     import torch
 
     from aid_xai_plugin.core.explain.engine import ExplainSettings

@@ -12,7 +12,7 @@ import pytest
 from conftest import ROOT
 
 PACKAGE = "aid_xai_plugin"
-CORE_LAYERS = {"common": 0, "geo": 1, "ml": 1, "explain": 1, "reports": 1, "data": 2, "pipelines": 3}
+CORE_LAYERS = {"common": 0, "geo": 1, "ml": 1, "reports": 1, "explain": 2, "data": 2, "pipelines": 3}
 PROCESSING_LAYER = 10
 
 

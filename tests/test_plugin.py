@@ -7,7 +7,7 @@ import zipfile
 
 from conftest import QGIS_PROCESS, ROOT, run_qgis_process
 
-ALGORITHMS = {"train", "evaluate", "classify", "explain", "synthetic_scenes", "synthetic_mosaic"}
+ALGORITHMS = {"train", "evaluate", "classify", "explain", "explanation_quality", "synthetic_scenes", "synthetic_mosaic"}
 
 
 def test_core_imports_without_qgis():
@@ -170,6 +170,7 @@ def test_algorithms_leave_global_random_state_and_pyplot_alone(aid_xai_provider,
         ("aid_xai:classify", {"INPUT": mosaic, "MODEL": synthetic_model, "OUTPUT_CLASSES": str(tmp_path / "c.tif")}),
         ("aid_xai:explain", {"INPUT": mosaic, "MODEL": synthetic_model, "ENGINE": "shap", "MAX_EVALS": 40, "TOP_K": 1, "OUTPUT": str(tmp_path / "s.tif"), "OUTPUT_REPORT": str(tmp_path / "r.html")}),
         ("aid_xai:explain", {"INPUT": mosaic, "MODEL": synthetic_model, "ENGINE": "fast", "MAX_EVALS": 40, "TOP_K": 1, "OUTPUT": str(tmp_path / "f.tif")}),
+        ("aid_xai:explanation_quality", {"INPUT": mosaic, "MODEL": synthetic_model, "MAX_EVALS": 40, "STEPS": 4, "RANDOM_ORDERS": 1, "OUTPUT_TABLE": str(tmp_path / "q.gpkg"), "OUTPUT_REPORT": str(tmp_path / "q.html")}),
     ]
     assert {name for name, _ in runs} == {f"aid_xai:{name}" for name in ALGORITHMS}
     for name, parameters in runs:

@@ -5,6 +5,7 @@ def all_algorithms():
     from .classify import ClassifyAlgorithm
     from .evaluate import EvaluateAlgorithm
     from .explain import ExplainAlgorithm
+    from .explanation_quality import ExplanationQualityAlgorithm
     from .synthetic_mosaic import SyntheticMosaicAlgorithm
     from .synthetic_scenes import SyntheticScenesAlgorithm
     from .train import TrainAlgorithm
@@ -14,6 +15,7 @@ def all_algorithms():
         EvaluateAlgorithm(),
         ClassifyAlgorithm(),
         ExplainAlgorithm(),
+        ExplanationQualityAlgorithm(),
         SyntheticScenesAlgorithm(),
         SyntheticMosaicAlgorithm(),
     ]

@@ -108,6 +108,24 @@ def tiles_to_explain(source, request):
     return chosen
 
 
+def check_settings(settings):
+    """Clear errors for SHAP settings no engine can use."""
+    masker_value(settings.masker)
+    check_output_space(settings.output_space)
+    if settings.max_evals < 3:
+        raise AidXaiError("MAX_EVALS must be at least 3 (the masked and unmasked image take two).")
+
+
+def requested_class_indices(request, names):
+    """The model outputs CLASSES names (checked), or None for the top-k of each tile."""
+    if not request.class_names:
+        return None
+    unknown = [name for name in request.class_names if name not in names]
+    if unknown:
+        raise AidXaiError(f"CLASSES {unknown} are not classes of this model; it knows: {', '.join(names)}.")
+    return tuple(names.index(name) for name in request.class_names)
+
+
 @raising_gdal_errors
 def explain_raster(raster_path, model_path, options, request, settings, outputs, engine="fast", device="auto", progress=None):
     """Explain the tiles the request selects; returns an ExplainResult."""
@@ -116,23 +134,16 @@ def explain_raster(raster_path, model_path, options, request, settings, outputs,
     source = TileSource(raster_path, model_path, options, device)
     classifier, grid = source.classifier, source.grid
     names = classifier.class_names
-    masker_value(settings.masker)
-    check_output_space(settings.output_space)
+    check_settings(settings)
     if outputs.overlap not in OVERLAP_MODES:
         raise AidXaiError(f"Unknown OVERLAP '{outputs.overlap}'; use one of: {', '.join(OVERLAP_MODES)}.")
     if outputs.report_tiles < 0:
         raise AidXaiError("REPORT_TILES must be 0 (every tile) or a positive number of tiles.")
-    if settings.max_evals < 3:
-        raise AidXaiError("MAX_EVALS must be at least 3 (the masked and unmasked image take two).")
     check_outputs(outputs.shap_raster, outputs.tile_table, outputs.report)
-    if request.class_names:
-        unknown = [name for name in request.class_names if name not in names]
-        if unknown:
-            raise AidXaiError(f"CLASSES {unknown} are not classes of this model; it knows: {', '.join(names)}.")
-        fixed_indices = tuple(names.index(name) for name in request.class_names)
+    fixed_indices = requested_class_indices(request, names)
+    if fixed_indices is not None:
         band_names = list(request.class_names)
     else:
-        fixed_indices = None
         band_names = [f"rank {rank}" for rank in range(1, min(request.top_k, len(names)) + 1)]
     tiles_and_labels = tiles_to_explain(source, request)
     job = ExplainJob(source.inputs, model_path, classifier.device, engine, settings, fixed_indices, len(band_names))
