@@ -68,7 +68,7 @@ class ExplanationReport:
         if self._max_tiles and len(self._kept) > self._max_tiles:
             os.remove(heapq.heappop(self._kept)[2])
 
-    def _row_html(self, tile_index, row, col, margin, label, tile):
+    def _row_html(self, painter, tile_index, row, col, margin, label, tile):
         values = tile["values"]
         names = [self._class_names[c] for c in tile["class_indices"]]
         space = SPACE_WORDS[self._settings.output_space]
@@ -77,7 +77,7 @@ class ExplanationReport:
             for k, (name, p, f, b) in enumerate(zip(names, tile["probabilities"], tile["output_values"], tile["base_values"]))
         )
         true_label = f" — true label: <b>{html.escape(label)}</b>" if label else ""
-        png = base64.b64encode(_row_png(tile["image"], values, names, tile["probabilities"], label, f"SHAP value ({space})")).decode("ascii")
+        png = base64.b64encode(painter.png(tile["image"], values, names, tile["probabilities"], label, f"SHAP value ({space})")).decode("ascii")
         return f"<h3>Tile {tile_index} (row {row}, col {col}), margin {margin:.3f}{true_label}</h3><p>{facts}</p><img src='data:image/png;base64,{png}'/>\n"
 
     def __exit__(self, exc_type, exc, tb):
@@ -85,9 +85,10 @@ class ExplanationReport:
             if exc_type is None:
                 with atomic_output(self.path) as temporary, open(temporary, "w", encoding="utf-8") as stream:
                     stream.write(_header(self._settings, self._engine, len(self._kept), self._seen, self._max_tiles))
+                    painter = RowPainter()
                     for _, _, spooled, *facts in sorted(self._kept, key=lambda kept: kept[3]):
                         with np.load(spooled) as tile:
-                            stream.write(self._row_html(*facts, tile))
+                            stream.write(self._row_html(painter, *facts, tile))
                     stream.write(_FOOTER)
         finally:
             shutil.rmtree(self._spool, ignore_errors=True)
@@ -112,45 +113,65 @@ f − base, where f is the model's {space} for the tile and base the same for th
 """
 
 
-def _row_png(image_hwc, values, names, probabilities, label, value_label="SHAP value"):
-    """One row as shap.image_plot draws it: the tile (titled with its true label), then per class the
-    tile in light grey under the SHAP map, and one colorbar under the maps."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.colors import LinearSegmentedColormap
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
+class RowPainter:
+    """Draws rows as shap.image_plot does: the tile (titled with its true label), then per class the
+    tile in light grey under the SHAP map, and one colorbar under the maps.
 
-    image = np.clip(np.asarray(image_hwc, dtype=np.float32), 0.0, 1.0)
-    rgb = image[..., :3] if image.shape[2] >= 3 else np.repeat(image[..., :1], 3, axis=2)
-    grey = 0.2989 * rgb[..., 0] + 0.5870 * rgb[..., 1] + 0.1140 * rgb[..., 2]
-    limit = float(np.max(np.abs(values), initial=0.0, where=np.isfinite(values))) or _SMALLEST_LIMIT
-    colours = LinearSegmentedColormap.from_list("red_transparent_blue", _COLOUR_STOPS)
+    The figure is built once for a row shape (tile size, number of classes) and redrawn with each
+    row's data: building matplotlib's axes costs about as much as drawing them."""
 
-    # laid out in inches, so the colorbar sits right under the maps whatever the number of classes
-    panels = len(names) + 1
-    gap, title, bar, below_bar = 0.25, 0.4, 0.15, 0.55
-    side = min(2.5, (_MAX_FIGURE_WIDTH - (panels + 1) * gap) / panels)
-    width, height = panels * side + (panels + 1) * gap, below_bar + bar + gap + side + title
-    figure = Figure(figsize=(width, height), dpi=90)
-    FigureCanvasAgg(figure)
+    def __init__(self):
+        self._shape = None
 
-    def panel(left, bottom, panel_width, panel_height):
-        return figure.add_axes([left / width, bottom / height, panel_width / width, panel_height / height], frameon=False, xticks=[], yticks=[])
+    def png(self, image_hwc, values, names, probabilities, label, value_label="SHAP value"):
+        image = np.clip(np.asarray(image_hwc, dtype=np.float32), 0.0, 1.0)
+        rgb = image[..., :3] if image.shape[2] >= 3 else np.repeat(image[..., :1], 3, axis=2)
+        grey = 0.2989 * rgb[..., 0] + 0.5870 * rgb[..., 1] + 0.1140 * rgb[..., 2]
+        limit = float(np.max(np.abs(values), initial=0.0, where=np.isfinite(values))) or _SMALLEST_LIMIT
+        if self._shape != values.shape:
+            self._build(values.shape)
+        self._tile.set_data(rgb)
+        self._tile.axes.set_title(label or " ")
+        for k, (name, probability) in enumerate(zip(names, probabilities)):
+            self._greys[k].set_data(grey)
+            self._maps[k].set_data(values[..., k])
+            self._maps[k].set_clim(-limit, limit)
+            self._maps[k].axes.set_title(f"{name} ({float(probability):.2f})")
+        self._colorbar.set_label(value_label)
+        buffer = io.BytesIO()
+        self._figure.savefig(buffer, format="png", pil_kwargs={"compress_level": 1})  # fast; rows are small
+        return buffer.getvalue()
 
-    image_bottom = below_bar + bar + gap
-    tile_axes = panel(gap, image_bottom, side, side)
-    tile_axes.imshow(rgb)
-    tile_axes.set_title(label or " ")
-    rows, columns = values.shape[:2]
-    for k, (name, probability) in enumerate(zip(names, probabilities)):
-        axes = panel(gap + (k + 1) * (side + gap), image_bottom, side, side)
-        axes.imshow(grey, cmap="gray", vmin=0.0, vmax=1.0, alpha=0.15, extent=(-0.5, columns - 0.5, rows - 0.5, -0.5))
-        shap_map = axes.imshow(values[..., k], cmap=colours, vmin=-limit, vmax=limit)
-        axes.set_title(f"{name} ({float(probability):.2f})")
-    colorbar = figure.colorbar(shap_map, cax=panel(2 * gap + side, below_bar, width - 3 * gap - side, bar), orientation="horizontal", label=value_label)
-    colorbar.outline.set_visible(False)
-    colorbar.ax.xaxis.set_major_locator(MaxNLocator(5, symmetric=True))
-    colorbar.ax.tick_params(labelsize=8)
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    return buffer.getvalue()
+    def _build(self, shape):
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.colors import LinearSegmentedColormap
+        from matplotlib.figure import Figure
+        from matplotlib.ticker import MaxNLocator
+
+        rows, columns, count = shape
+        colours = LinearSegmentedColormap.from_list("red_transparent_blue", _COLOUR_STOPS)
+        # laid out in inches, so the colorbar sits right under the maps whatever the number of classes
+        panels = count + 1
+        gap, title, bar, below_bar = 0.25, 0.4, 0.15, 0.55
+        side = min(2.5, (_MAX_FIGURE_WIDTH - (panels + 1) * gap) / panels)
+        width, height = panels * side + (panels + 1) * gap, below_bar + bar + gap + side + title
+        figure = Figure(figsize=(width, height), dpi=90)
+        FigureCanvasAgg(figure)
+
+        def panel(left, bottom, panel_width, panel_height):
+            return figure.add_axes([left / width, bottom / height, panel_width / width, panel_height / height], frameon=False, xticks=[], yticks=[])
+
+        image_bottom = below_bar + bar + gap
+        blank = np.zeros((rows, columns))
+        self._tile = panel(gap, image_bottom, side, side).imshow(np.zeros((rows, columns, 3)))
+        self._greys, self._maps = [], []
+        for k in range(count):
+            axes = panel(gap + (k + 1) * (side + gap), image_bottom, side, side)
+            self._greys.append(axes.imshow(blank, cmap="gray", vmin=0.0, vmax=1.0, alpha=0.15, extent=(-0.5, columns - 0.5, rows - 0.5, -0.5)))
+            self._maps.append(axes.imshow(blank, cmap=colours, vmin=-1.0, vmax=1.0))
+        # every map of a row shares one limit, so the colorbar follows the last one
+        self._colorbar = figure.colorbar(self._maps[-1], cax=panel(2 * gap + side, below_bar, width - 3 * gap - side, bar), orientation="horizontal")
+        self._colorbar.outline.set_visible(False)
+        self._colorbar.ax.xaxis.set_major_locator(MaxNLocator(5, symmetric=True))
+        self._colorbar.ax.tick_params(labelsize=8)
+        self._figure, self._shape = figure, shape
