@@ -22,9 +22,10 @@ requires_aid150 = pytest.mark.skipif(
 )
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def aid_xai_provider(qgis_app, qgis_processing):
-    """The provider registered in the real processing registry, as initProcessing() does."""
+    """The provider registered in the real processing registry, as initProcessing() does (again if a
+    test unloaded the plugin)."""
     from qgis.core import QgsApplication
 
     from aid_xai_plugin.provider import AidXaiProvider

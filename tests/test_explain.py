@@ -131,7 +131,8 @@ def test_cancel_inside_a_tile_stops_and_leaves_no_output(mosaic, synthetic_model
         explain_raster(path, synthetic_model, TilingOptions(), ExplainRequest(tile_selector=_select(scene["row"], scene["col"], truth)), settings, outputs, engine=engine, progress=progress)
     assert len(checks) == 4  # one check per tile, then one per model call inside the engine
     assert 0 < max(percents) < 5  # progress moved within the tile before the cancel
-    assert os.listdir(tmp_path / "out") == []
+    assert os.listdir(tmp_path / "out") == [".shap.tif.resume"]  # no output; the (empty) checkpoint waits for a re-run
+    assert os.listdir(tmp_path / "out" / ".shap.tif.resume") == ["KEY"]
 
 
 @pytest.mark.parametrize("space", ["logit", "probability", "log_probability"])

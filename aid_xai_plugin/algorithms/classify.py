@@ -12,6 +12,7 @@ from ..core.pipelines.classify import ClassifyOutputs, classify_raster
 from ..qgis_compat import NUMBER_INTEGER
 from ..styling import apply_on_load, style_class_raster, style_tile_layer
 from .base import AidXaiAlgorithm
+from .execution_parameters import add_execution_parameters, read_execution
 from .tiling_parameters import add_raster_and_model_parameters, add_tiling_parameters, read_tiling_options
 
 
@@ -38,6 +39,7 @@ class ClassifyAlgorithm(AidXaiAlgorithm):
         add_tiling_parameters(self)
         self.addParameter(QgsProcessingParameterNumber("TOP_K", "Classes listed per tile (top-k)", NUMBER_INTEGER, 4, minValue=1))
         self.add_device_parameter()
+        add_execution_parameters(self)
         self.addParameter(QgsProcessingParameterRasterDestination("OUTPUT_CLASSES", "Class raster", optional=True, createByDefault=True))
         self.addParameter(QgsProcessingParameterRasterDestination("OUTPUT_PROBABILITIES", "Probability raster", optional=True, createByDefault=True))
         self.addParameter(QgsProcessingParameterVectorDestination("OUTPUT_TILES", "Tile layer", optional=True, createByDefault=True))
@@ -55,6 +57,7 @@ class ClassifyAlgorithm(AidXaiAlgorithm):
         if not any((outputs.class_raster, outputs.probability_raster, outputs.tile_layer)):
             raise AidXaiError("All outputs are skipped; choose at least one of OUTPUT_CLASSES, OUTPUT_PROBABILITIES, OUTPUT_TILES.")
         options = read_tiling_options(self, parameters, context, layer)
+        execution, dask = read_execution(self, parameters, context)
         summary = classify_raster(
             layer.source(),
             model,
@@ -64,6 +67,8 @@ class ClassifyAlgorithm(AidXaiAlgorithm):
             batch_size=self.parameterAsInt(parameters, "BATCH_SIZE", context),
             device=self.device(parameters, context),
             progress=progress,
+            execution=execution,
+            dask=dask,
         )
         feedback.pushInfo(f"Grid: {summary.rows} × {summary.cols} tiles of {summary.tile_px[0]}×{summary.tile_px[1]} px, stride {summary.stride_px[0]}×{summary.stride_px[1]} px")
         feedback.pushInfo(f"Classes: {summary.class_counts}")

@@ -14,6 +14,7 @@ from ..core.pipelines.explain import ExplainOutputs, ExplainRequest, explain_ras
 from ..qgis_compat import NUMBER_INTEGER
 from ..styling import apply_on_load, style_shap_raster
 from .base import AidXaiAlgorithm, choice_parameter
+from .execution_parameters import add_execution_parameters, read_execution
 from .explain_parameters import add_shap_parameters, add_tile_choice_parameters, read_shap_settings, tile_selector
 from .tiling_parameters import add_raster_and_model_parameters, add_tiling_parameters, read_tiling_options
 
@@ -48,7 +49,12 @@ class ExplainAlgorithm(AidXaiAlgorithm):
         "(the value in model-input scale 0..1). Engine: fast (default: shap's values to float32 rounding, "
         "recomputing only the CNN features near each masked box; 17-41× faster than shap on 2 CPU cores), "
         "exact (shap's values bit for bit, full model evaluations) or shap (the reference itself). The "
-        "random seed makes shap's tie-breaks reproducible."
+        "random seed makes shap's tie-breaks reproducible.\n\n"
+        "Long runs: finished tiles are kept in a hidden .resume folder beside the output until the run "
+        "completes; running the same command again after a cancel or crash explains only the missing "
+        "tiles. EXECUTION = dask spreads tiles over a Dask cluster: a local one started for the run "
+        "(DASK_WORKERS processes × DASK_THREADS threads) or a running scheduler (DASK_SCHEDULER, e.g. "
+        "tcp://host:8786) whose workers can read the raster and the model at the same paths."
     )
 
     def initAlgorithm(self, config=None):  # noqa: N802
@@ -59,6 +65,7 @@ class ExplainAlgorithm(AidXaiAlgorithm):
         self.addParameter(QgsProcessingParameterNumber("TOP_K", "Explain the k most probable classes", NUMBER_INTEGER, 4, minValue=1))
         self.addParameter(QgsProcessingParameterString("CLASSES", "…or these classes (comma-separated names; overrides TOP_K)", optional=True))
         self.add_device_parameter()
+        add_execution_parameters(self)
         self.addParameter(choice_parameter("OVERLAP", "Overlapping tiles (STRIDE < tile size) combine by", OVERLAP_MODES, "blend"))
         self.addParameter(QgsProcessingParameterNumber("REPORT_TILES", "Report shows the N least confident tiles (0 = all)", NUMBER_INTEGER, 50, minValue=0))
         self.addParameter(QgsProcessingParameterRasterDestination("OUTPUT", "SHAP raster"))
@@ -84,8 +91,9 @@ class ExplainAlgorithm(AidXaiAlgorithm):
             overlap=self.choice(parameters, "OVERLAP", context),
             report_tiles=self.parameterAsInt(parameters, "REPORT_TILES", context),
         )
+        execution, dask = read_execution(self, parameters, context)
         summary = explain_raster(
-            layer.source(), model, read_tiling_options(self, parameters, context, layer), request, settings, outputs, engine, self.device(parameters, context), progress
+            layer.source(), model, read_tiling_options(self, parameters, context, layer), request, settings, outputs, engine, self.device(parameters, context), progress, execution, dask
         )
         feedback.pushInfo(f"Explained {summary.explained} of {summary.requested} selected tile(s); bands: {', '.join(summary.band_names)}")
         results = {"OUTPUT": outputs.shap_raster, "TILES_EXPLAINED": summary.explained}

@@ -7,16 +7,20 @@ one ExitStack: all appear at their paths when the run completes, none when it fa
 
 import contextlib
 import dataclasses
+import hashlib
+import pickle
 
 import numpy as np
 
+from ..common.errors import AidXaiError
 from ..common.palette import class_colors
 from ..geo.gdal_context import raising_gdal_errors
 from ..geo.vector import PolygonWriter
 from ..geo.writers import GeoTiffSink
+from .execution import EXECUTION_MODES, DaskSettings, dask_client, run_ordered, step_for
 from .run import check_outputs, with_progress
-from .steps import classify_images
-from .tiles import TileSource
+from .steps import ClassifyJob, ClassifyStep, classify_images
+from .tiles import TileSource, chunks
 
 CLASS_NODATA = 255
 PROBABILITY_NODATA = -1.0
@@ -51,10 +55,13 @@ def tile_layer_fields(k):
 
 
 @raising_gdal_errors
-def classify_raster(raster_path, model_path, options, outputs, k=4, batch_size=32, device="auto", progress=None):
-    """Run the classifier over the raster; returns a ClassifyResult (tile counts, class histogram)."""
+def classify_raster(raster_path, model_path, options, outputs, k=4, batch_size=32, device="auto", progress=None, execution="local", dask=None):
+    """Run the classifier over the raster, here or on a Dask cluster (`execution`, `dask`: a
+    DaskSettings); returns a ClassifyResult (tile counts, class histogram)."""
     from osgeo import gdal
 
+    if execution not in EXECUTION_MODES:
+        raise AidXaiError(f"Unknown EXECUTION '{execution}'; use one of: {', '.join(EXECUTION_MODES)}.")
     source = TileSource(raster_path, model_path, options, device)
     check_outputs(outputs.class_raster, outputs.probability_raster, outputs.tile_layer)
     grid, classifier = source.grid, source.classifier
@@ -76,13 +83,12 @@ def classify_raster(raster_path, model_path, options, outputs, k=4, batch_size=3
         probability_row = np.full((len(names), 1, grid.cols), PROBABILITY_NODATA, np.float32)
         histogram = np.zeros(len(names), int)
         skipped = 0
-        for batch in with_progress(source.batches(grid.tiles(), batch_size), len(grid), progress, count=len):
-            kept = [item for item in batch if item[1] is not None]
-            if kept:
-                result = classify_images(classifier, np.stack([image for _, image, _ in kept]), k, batch_size)
-            results = iter(range(len(kept)))
-            for tile, image, fraction in batch:
-                if image is None:
+        job = ClassifyJob(source.inputs, model_path, classifier.device, k, batch_size)
+        batches = _classified_batches(source, job, execution, dask or DaskSettings(), progress)
+        for batch, result in with_progress(batches, len(grid), progress, count=lambda item: len(item[0])):
+            results = iter(range(len(result.probabilities) if result else 0))
+            for tile, fraction, usable in batch:
+                if not usable:
                     skipped += 1
                 else:
                     i = next(results)
@@ -116,6 +122,30 @@ def classify_raster(raster_path, model_path, options, outputs, k=4, batch_size=3
     if progress:
         progress.log(f"Classified {result.classified} of {result.tiles} tiles ({skipped} skipped: below the minimum valid fraction) on {classifier.device}.")
     return result
+
+
+def _classified_batches(source, job, execution, dask, progress):
+    """Yield ([(tile, valid fraction, usable)], ClassifiedImages of the usable tiles or None) per batch
+    of tiles in grid order: read ahead in a thread and classified here, or read and classified by
+    Dask workers (a batch per task) and handed back in order."""
+    if execution == "local":
+        for batch in source.batches(source.grid.tiles(), job.batch_size):
+            kept = [image for _, image, _ in batch if image is not None]
+            result = classify_images(source.classifier, np.stack(kept), job.k, job.batch_size) if kept else None
+            yield [(tile, fraction, image is not None) for tile, image, fraction in batch], result
+        return
+    batches = list(chunks(source.grid.tiles(), job.batch_size))
+    with dask_client(dask, progress) as client:
+        job_key = hashlib.sha256(pickle.dumps(job)).hexdigest()
+        tasks = [(job_key, job, dask.threads, [tile.window for tile in batch]) for batch in batches]
+        for batch, (fractions, usable, result) in zip(batches, run_ordered(client, classify_on_worker, tasks, progress)):
+            yield list(zip(batch, fractions, usable)), result
+
+
+def classify_on_worker(job_key, job, threads, windows):
+    """The classify step of one batch of tile windows, run by a Dask worker: (valid fractions, usable
+    flags, ClassifiedImages of the usable tiles or None)."""
+    return step_for(job_key, job, ClassifyStep, threads)(windows)
 
 
 def _describe_classes(band, names):

@@ -14,6 +14,8 @@ mosaic (`geo/mosaic.py`): `blend` (a weighted mean, seamless) or `last` (the lat
 
 import contextlib
 import dataclasses
+import hashlib
+import pickle
 import time
 
 import numpy as np
@@ -26,7 +28,9 @@ from ..geo.mosaic import OVERLAP_MODES, TileMosaic
 from ..geo.vector import PolygonWriter
 from ..geo.writers import GeoTiffSink
 from ..reports.explanation_report import ExplanationReport
-from .run import check_outputs, with_progress
+from .checkpoint import TileCheckpoint, run_key
+from .execution import EXECUTION_MODES, DaskSettings, dask_client, run_ordered, step_for
+from .run import check_outputs
 from .steps import ExplainJob, TileExplainer
 from .tiles import TileSource
 
@@ -127,8 +131,10 @@ def requested_class_indices(request, names):
 
 
 @raising_gdal_errors
-def explain_raster(raster_path, model_path, options, request, settings, outputs, engine="fast", device="auto", progress=None):
-    """Explain the tiles the request selects; returns an ExplainResult."""
+def explain_raster(raster_path, model_path, options, request, settings, outputs, engine="fast", device="auto", progress=None, execution="local", dask=None):
+    """Explain the tiles the request selects, here or on a Dask cluster (`execution`, `dask`: a
+    DaskSettings); returns an ExplainResult. Finished tiles are checkpointed beside the outputs, so
+    the same call after an interruption computes only the missing ones."""
     from osgeo import gdal
 
     source = TileSource(raster_path, model_path, options, device)
@@ -139,6 +145,8 @@ def explain_raster(raster_path, model_path, options, request, settings, outputs,
         raise AidXaiError(f"Unknown OVERLAP '{outputs.overlap}'; use one of: {', '.join(OVERLAP_MODES)}.")
     if outputs.report_tiles < 0:
         raise AidXaiError("REPORT_TILES must be 0 (every tile) or a positive number of tiles.")
+    if execution not in EXECUTION_MODES:
+        raise AidXaiError(f"Unknown EXECUTION '{execution}'; use one of: {', '.join(EXECUTION_MODES)}.")
     check_outputs(outputs.shap_raster, outputs.tile_table, outputs.report)
     fixed_indices = requested_class_indices(request, names)
     if fixed_indices is not None:
@@ -147,7 +155,6 @@ def explain_raster(raster_path, model_path, options, request, settings, outputs,
         band_names = [f"rank {rank}" for rank in range(1, min(request.top_k, len(names)) + 1)]
     tiles_and_labels = tiles_to_explain(source, request)
     job = ExplainJob(source.inputs, model_path, classifier.device, engine, settings, fixed_indices, len(band_names))
-    explain_tile = TileExplainer(job, classifier, source.reader)
     _log_estimate(classifier, len(tiles_and_labels), settings, engine, progress)
 
     windows = [tile.window for tile, _ in tiles_and_labels]
@@ -166,6 +173,8 @@ def explain_raster(raster_path, model_path, options, request, settings, outputs,
     explained = 0
     fallback_reason = None
     style_scale = 0.0  # colour-ramp limit: robust to a few extreme pixels, so every tile shows
+    key = run_key(raster_path, classifier.sha256, job.inputs.bands, job.inputs.scaling.offsets, job.inputs.scaling.spans, job.inputs.input_size, job.inputs.min_valid_fraction, engine, classifier.device, dataclasses.asdict(settings), fixed_indices, len(band_names), windows, outputs.overlap)
+    checkpoint = TileCheckpoint(next(path for path in (outputs.shap_raster, outputs.tile_table, outputs.report) if path), key, progress)
     with contextlib.ExitStack() as sinks:
         mosaic = table = report = None
         if outputs.shap_raster:
@@ -176,11 +185,8 @@ def explain_raster(raster_path, model_path, options, request, settings, outputs,
             table = sinks.enter_context(PolygonWriter(outputs.tile_table, source.projection, TILE_TABLE_FIELDS))
         if outputs.report:
             report = sinks.enter_context(ExplanationReport(outputs.report, names, settings, engine, outputs.report_tiles))
-        count = len(tiles_and_labels)
-        for number, (tile, label) in with_progress(enumerate(tiles_and_labels), count, progress):
-            tile_progress = progress.part(number / count, (number + 1) / count) if progress else None
+        for tile, label, result, fraction in _explained_tiles(source, job, tiles_and_labels, checkpoint, progress, execution, dask or DaskSettings()):
             x, y, w, h = tile.window
-            result, fraction = explain_tile(tile.window, tile_progress)
             if result is None:
                 if mosaic is not None:
                     mosaic.add((x - window[0], y - window[1], w, h), None)
@@ -207,7 +213,54 @@ def explain_raster(raster_path, model_path, options, request, settings, outputs,
             raise AidXaiError("No selected tile had enough valid pixels to explain; lower the minimum valid fraction or choose other tiles.")
         if mosaic is not None:
             mosaic.close()
+    checkpoint.remove()
     return ExplainResult(explained, len(tiles_and_labels), style_scale, band_names, names, settings.output_space, fallback_reason)
+
+
+def _explained_tiles(source, job, tiles_and_labels, checkpoint, progress, execution, dask):
+    """Yield (tile, label, ExplainedTile or None, valid fraction) in order: from the checkpoint when
+    an interrupted run finished the tile, else computed here or on the cluster (and checkpointed)."""
+    count = len(tiles_and_labels)
+    stored = {tile.index: checkpoint.load(tile.index) for tile, _ in tiles_and_labels}
+    missing = [(tile, label) for tile, label in tiles_and_labels if not stored[tile.index][0]]
+    if progress and checkpoint.reused:
+        progress.log(f"Resuming an interrupted run: {checkpoint.reused} of {count} tile(s) reused from its checkpoint, {len(missing)} to explain.")
+
+    def computed_locally():
+        explain_tile = TileExplainer(job, source.classifier, source.reader)
+        positions = {tile.index: number for number, (tile, _) in enumerate(tiles_and_labels)}
+        for tile, _ in missing:
+            number = positions[tile.index]
+            yield explain_tile(tile.window, progress.part(number / count, (number + 1) / count) if progress else None)
+
+    @contextlib.contextmanager
+    def computed():
+        if execution == "local" or not missing:
+            yield computed_locally()
+            return
+        with dask_client(dask, progress) as client:
+            job_key = hashlib.sha256(pickle.dumps(job)).hexdigest()
+            yield run_ordered(client, explain_on_worker, [(job_key, job, dask.threads, tile.window) for tile, _ in missing], progress)
+
+    with computed() as results:
+        results = iter(results)
+        done = 0
+        for tile, label in tiles_and_labels:
+            found, result, fraction = stored.pop(tile.index)
+            if not found:
+                if progress:
+                    progress.check_cancel()
+                result, fraction = next(results)
+                checkpoint.save(tile.index, result, fraction)
+            done += 1
+            if progress:
+                progress.fraction(done / count)
+            yield tile, label, result, fraction
+
+
+def explain_on_worker(job_key, job, threads, window):
+    """The explain step of one tile window, run by a Dask worker (opens the job's inputs once)."""
+    return step_for(job_key, job, TileExplainer, threads)(window)
 
 
 def _log_estimate(classifier, tile_count, settings, engine, progress):

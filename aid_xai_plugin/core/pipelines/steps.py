@@ -42,6 +42,34 @@ def classify_images(classifier, images, k, batch_size):
 
 
 @dataclasses.dataclass(frozen=True)
+class ClassifyJob:
+    """Everything the classify step needs, as plain values."""
+
+    inputs: TileInputs
+    model_path: str
+    device: str
+    k: int
+    batch_size: int
+
+
+class ClassifyStep:
+    """The classify step from tile windows: reads them and classifies the usable ones. Opens the
+    raster and the model named by the job (for a process that doesn't hold them, e.g. a Dask worker)."""
+
+    def __init__(self, job):
+        self.job = job
+        self.classifier = Classifier(load_model(job.model_path), job.device)
+        self.reader = TileReader(job.inputs)
+
+    def __call__(self, windows):
+        """(valid fraction per window, usable flag per window, ClassifiedImages of the usable tiles or None)."""
+        read = [self.reader.read(window) for window in windows]
+        images = [image for image, _ in read if image is not None]
+        result = classify_images(self.classifier, np.stack(images), self.job.k, self.job.batch_size) if images else None
+        return [fraction for _, fraction in read], [image is not None for image, _ in read], result
+
+
+@dataclasses.dataclass(frozen=True)
 class ExplainJob:
     """Everything the explain step needs, as plain values."""
 

@@ -118,7 +118,7 @@ class TileSource:
 
         with ThreadPoolExecutor(max_workers=1) as reader:
             pending = None
-            for chunk in _chunks(tiles, batch_size):
+            for chunk in chunks(tiles, batch_size):
                 upcoming = reader.submit(read, chunk)
                 if pending is not None:
                     yield pending.result()
@@ -142,7 +142,8 @@ class TileSource:
         }
 
 
-def _chunks(items, size):
+def chunks(items, size):
+    """Lists of `size` consecutive items (the last one shorter)."""
     chunk = []
     for item in items:
         chunk.append(item)

@@ -1,0 +1,166 @@
+"""Where the per-tile steps run: in this process (`local`) or on a Dask cluster (`dask`).
+
+Both hand results back in the order the work was given, so the pipelines' sinks write exactly what
+a local run writes. On Dask every task is a plain function of plain values (an `ExplainJob` or
+`ClassifyJob` and tile windows): each worker process opens the raster and loads the model itself,
+once per job (GDAL handles and torch models don't travel), and only arrays come back. At most a
+few tasks per worker thread are in flight, so memory stays flat however many tiles there are; a
+worker that dies has its tasks recomputed by another (Dask does that for pure tasks); Cancel
+cancels what is outstanding.
+
+Local workers are started only when a run asks for them, never at import time, and with this
+Python interpreter named explicitly: inside QGIS `sys.executable` can be the QGIS binary itself, and
+spawning it would open QGIS windows (QGIS issue #45646).
+"""
+
+import contextlib
+import dataclasses
+import os
+import sys
+import threading
+import time
+
+from ..common.errors import AidXaiError
+
+EXECUTION_MODES = ("local", "dask")
+TASKS_PER_WORKER_THREAD = 3  # queued on each worker thread: busy without a backlog of results
+
+
+@dataclasses.dataclass(frozen=True)
+class DaskSettings:
+    scheduler: str = ""  # empty: start a LocalCluster for this run; else e.g. tcp://host:8786
+    workers: int = 2  # LocalCluster worker processes
+    threads: int = 1  # threads per LocalCluster worker (and torch threads per task)
+    timeout: float = 30.0  # seconds to reach a scheduler or start the cluster
+
+
+def python_interpreter():
+    """This environment's Python interpreter (not the QGIS binary `sys.executable` may name)."""
+    folder = "" if os.name == "nt" else "bin"
+    for name in ("python.exe", "python3.exe") if os.name == "nt" else (f"python{sys.version_info[0]}.{sys.version_info[1]}", "python3", "python"):
+        candidate = os.path.join(sys.prefix, folder, name)
+        if os.path.isfile(candidate):
+            return candidate
+    if os.path.basename(sys.executable).lower().startswith("python"):
+        return sys.executable
+    raise AidXaiError(f"No Python interpreter found in {sys.prefix}; Dask workers need one to start. Give DASK_SCHEDULER of a running cluster instead.")
+
+
+def import_distributed():
+    try:
+        import distributed
+    except ImportError:
+        raise AidXaiError("EXECUTION=dask needs the 'dask' and 'distributed' packages: pip install dask distributed (in the Python that runs QGIS), or use EXECUTION=local.") from None
+    return distributed
+
+
+@contextlib.contextmanager
+def dask_client(settings, progress=None):
+    """A distributed.Client for the run: on a LocalCluster started (and shut down) here, or on the
+    running scheduler `settings.scheduler`."""
+    distributed = import_distributed()
+    if settings.scheduler:
+        try:
+            client = distributed.Client(settings.scheduler, timeout=settings.timeout, set_as_default=False)
+        except (OSError, TimeoutError) as error:
+            raise AidXaiError(
+                f"Could not reach the Dask scheduler at {settings.scheduler} within {settings.timeout:g} s ({error}). Start it with `dask scheduler` and workers with `dask worker {settings.scheduler}`, or leave DASK_SCHEDULER empty for a local cluster."
+            ) from None
+        with client:
+            try:
+                client.wait_for_workers(1, timeout=settings.timeout)
+            except TimeoutError:
+                raise AidXaiError(f"The Dask scheduler at {settings.scheduler} has no workers after {settings.timeout:g} s; start some with `dask worker {settings.scheduler}`.") from None
+            if progress:
+                progress.log(f"Dask: scheduler {settings.scheduler}, {len(client.scheduler_info().get('workers', {}))} worker(s).")
+            yield client
+        return
+    if settings.workers < 1 or settings.threads < 1:
+        raise AidXaiError("DASK_WORKERS and DASK_THREADS must be at least 1.")
+    import multiprocessing.spawn
+
+    previous = multiprocessing.spawn.get_executable()
+    multiprocessing.spawn.set_executable(python_interpreter())  # for the run only: also restarts of dead workers
+    try:
+        with _worker_environment(settings.threads):
+            cluster = distributed.LocalCluster(n_workers=settings.workers, threads_per_worker=settings.threads, processes=True, dashboard_address=None, host="127.0.0.1", timeout=settings.timeout)
+        with cluster, distributed.Client(cluster, set_as_default=False) as client:
+            if progress:
+                progress.log(f"Dask: local cluster of {settings.workers} worker process(es) × {settings.threads} thread(s).")
+            yield client
+    finally:
+        multiprocessing.spawn.set_executable(previous)
+
+
+def _worker_environment(threads):
+    """The environment the nanny gives local workers: its default MALLOC_TRIM_THRESHOLD_=65536 makes
+    glibc hand torch's buffers back to the system after every call (measured: each tile took twice
+    as long as in a worker without it); thread variables as the run asks."""
+    import dask
+
+    return dask.config.set({"distributed.nanny.pre-spawn-environ": {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads}})
+
+
+def run_ordered(client, function, argument_lists, progress=None, threads_per_worker=None):
+    """Yield function(*arguments) for each entry of `argument_lists`, computed on the cluster, in
+    order. Progress counts finished tasks; Cancel cancels the outstanding ones."""
+    workers = client.scheduler_info().get("workers", {})
+    slots = sum(worker.get("nthreads", 1) for worker in workers.values()) or 1
+    window = max(2, slots * TASKS_PER_WORKER_THREAD)
+    argument_lists = iter(argument_lists)
+    pending = []
+    try:
+        while True:
+            while len(pending) < window:
+                arguments = next(argument_lists, None)
+                if arguments is None:
+                    break
+                pending.append(client.submit(function, *arguments, pure=False))
+            if not pending:
+                return
+            head = pending.pop(0)
+            while not head.done():
+                if progress:
+                    progress.check_cancel()
+                time.sleep(0.05)
+            yield head.result()
+    finally:
+        if pending:
+            client.cancel(pending)
+
+
+_WORKER_LOCK = threading.Lock()
+_WORKER_STEPS = {}  # in a worker process: (job, thread) → the job's opened step
+_TORCH_THREADS = [None]
+
+
+def step_for(job_key, job, make_step, threads):
+    """The step for `job` (identified by `job_key`) in this worker thread, opened once: raster, model
+    and engine are reused by every task of the job; engines keep per-tile state, so each worker
+    thread has its own. Missing inputs name the worker and the path."""
+    key = (job_key, threading.get_ident())
+    with _WORKER_LOCK:
+        if _TORCH_THREADS[0] != threads:  # Dask's nanny sets OMP/MKL threads to 1: use the run's
+            import torch
+
+            torch.set_num_threads(threads)
+            _TORCH_THREADS[0] = threads
+        step = _WORKER_STEPS.get(key)
+        if step is None:
+            for path, what in ((job.model_path, "model"), (job.inputs.raster_path, "raster")):
+                if not path.startswith("/vsi") and not os.path.exists(path):
+                    raise AidXaiError(f"Dask worker {_worker_name()} cannot read the {what} '{path}': the raster and the model must be readable at the same path on every worker.")
+            try:
+                step = _WORKER_STEPS[key] = make_step(job)
+            except Exception as error:  # e.g. a /vsimem/ raster only the submitting process holds
+                raise AidXaiError(f"Dask worker {_worker_name()} cannot open the raster '{job.inputs.raster_path}' or the model '{job.model_path}' ({error}): both must be readable at the same path on every worker.") from None
+        return step
+
+
+def _worker_name():
+    try:
+        from distributed import get_worker
+
+        return get_worker().address
+    except (ImportError, ValueError):
+        return "(not a Dask worker)"

@@ -1,0 +1,205 @@
+"""Explain and classify on a real Dask cluster (a LocalCluster of processes, and a scheduler with
+workers started as separate processes on 127.0.0.1) give a local run's outputs, survive a killed
+worker, cancel cleanly, fail clearly; and an explain run killed midway resumes from its checkpoint."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import rasterio
+from conftest import ROOT
+from helpers import random_net_model_file
+
+from aid_xai_plugin.core.common.errors import AidXaiError, Cancelled
+from aid_xai_plugin.core.common.progress import Progress
+from aid_xai_plugin.core.data.synthetic import SYNTHETIC_CLASSES, make_scene_mosaic
+from aid_xai_plugin.core.explain.engine import ExplainSettings
+from aid_xai_plugin.core.pipelines.classify import ClassifyOutputs, classify_raster
+from aid_xai_plugin.core.pipelines.execution import DaskSettings
+from aid_xai_plugin.core.pipelines.explain import ExplainOutputs, ExplainRequest, explain_raster
+from aid_xai_plugin.core.pipelines.tiles import TilingOptions
+
+pytest.importorskip("distributed")
+
+SETTINGS = ExplainSettings(masker="blur(16,16)", max_evals=150, batch_size=64, seed=2)
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory):
+    """A 2×4-scene mosaic and a random-weight Net at 64 px (what the cluster explains)."""
+    folder = tmp_path_factory.mktemp("distributed")
+    raster, model = str(folder / "mosaic.tif"), str(folder / "net.aidx.pt")
+    make_scene_mosaic(raster, rows=2, cols=4, scene_px=64, seed=5)
+    random_net_model_file(model, 64, list(SYNTHETIC_CLASSES), logit_scale=60.0)
+    return raster, model
+
+
+def explain(scene, folder, name, progress=None, **execution):
+    raster, model = scene
+    outputs = ExplainOutputs(str(folder / f"{name}.tif"), str(folder / f"{name}.gpkg"))
+    explain_raster(raster, model, TilingOptions(), ExplainRequest(top_k=2), SETTINGS, outputs, engine="exact", device="cpu", progress=progress, **execution)
+    return read(outputs.shap_raster)
+
+
+def read(path):
+    with rasterio.open(path) as raster:
+        return raster.read()
+
+
+@pytest.fixture(scope="module")
+def local_run(scene, tmp_path_factory):
+    return explain(scene, tmp_path_factory.mktemp("local"), "local")
+
+
+def test_a_local_cluster_gives_the_local_outputs(scene, local_run, tmp_path):
+    """Exact engine: bit for bit. Classify: the same classes; probabilities to float32 rounding (the
+    workers' torch runs one thread, the local run two, which reorders sums)."""
+    logs = []
+    on_cluster = explain(scene, tmp_path, "dask", Progress(log=logs.append), execution="dask", dask=DaskSettings(workers=2, threads=1))
+    np.testing.assert_array_equal(on_cluster, local_run)
+    assert any("local cluster of 2 worker process(es)" in line for line in logs)
+    raster, model = scene
+    for mode in ("local", "dask"):
+        classify_raster(raster, model, TilingOptions(), ClassifyOutputs(str(tmp_path / f"c_{mode}.tif"), str(tmp_path / f"p_{mode}.tif")), device="cpu", execution=mode, dask=DaskSettings(workers=2))
+    np.testing.assert_array_equal(read(tmp_path / "c_dask.tif"), read(tmp_path / "c_local.tif"))
+    np.testing.assert_allclose(read(tmp_path / "p_dask.tif"), read(tmp_path / "p_local.tif"), rtol=0, atol=1e-6)
+
+
+def test_local_workers_start_with_this_python_not_the_host_binary(scene, local_run, tmp_path):
+    """Inside QGIS the interpreter multiprocessing would spawn can be the QGIS binary (QGIS issue
+    #45646): here it is a program that can't run Python, and the run must still work and leave it
+    as it was."""
+    import multiprocessing.spawn
+
+    previous = multiprocessing.spawn.get_executable()
+    multiprocessing.spawn.set_executable("/bin/false")
+    try:
+        on_cluster = explain(scene, tmp_path, "host_binary", execution="dask", dask=DaskSettings(workers=1))
+        assert os.fsdecode(multiprocessing.spawn.get_executable()) == "/bin/false"  # given back as found
+    finally:
+        multiprocessing.spawn.set_executable(previous)
+    np.testing.assert_array_equal(on_cluster, local_run)
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def cluster_processes(tmp_path):
+    """`dask scheduler` and two `dask worker`s as separate processes on 127.0.0.1 (the code path of
+    a cluster on other machines); yields (address, [worker processes])."""
+    address = f"tcp://127.0.0.1:{free_port()}"
+    environment = dict(os.environ, PYTHONPATH=ROOT)
+    scheduler = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", address.rsplit(":", 1)[1], "--no-dashboard"], env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    workers = [
+        subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", address, "--nthreads", "1", "--nworkers", "1", "--no-nanny", "--no-dashboard", "--local-directory", str(tmp_path / f"w{i}")], env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for i in range(2)
+    ]
+    from distributed import Client
+
+    with Client(address, timeout=60, set_as_default=False) as client:
+        client.wait_for_workers(2, timeout=120)
+    yield address, workers
+    for process in (*workers, scheduler):
+        process.kill()
+        process.wait()
+
+
+def test_scheduler_and_worker_processes_give_the_local_outputs_even_when_a_worker_dies(scene, local_run, tmp_path, cluster_processes):
+    address, workers = cluster_processes
+    assert np.array_equal(explain(scene, tmp_path, "remote", execution="dask", dask=DaskSettings(scheduler=address)), local_run)
+
+    def kill_a_worker_once(percent):  # after the first tile, one worker dies (SIGKILL)
+        if percent > 0 and workers[0].poll() is None:
+            workers[0].send_signal(signal.SIGKILL)
+
+    survived = explain(scene, tmp_path, "killed", Progress(set_progress=kill_a_worker_once), execution="dask", dask=DaskSettings(scheduler=address))
+    assert workers[0].poll() is not None  # it did die mid-run
+    np.testing.assert_array_equal(survived, local_run)
+
+
+def test_cancel_on_the_cluster_leaves_no_output(scene, tmp_path):
+    checks = []
+    progress = Progress(is_canceled=lambda: checks.append(1) or len(checks) > 3)
+    with pytest.raises(Cancelled):
+        explain(scene, tmp_path, "cancelled", progress, execution="dask", dask=DaskSettings(workers=1))
+    assert not any(name.startswith("cancelled") for name in os.listdir(tmp_path))  # only the hidden checkpoint
+
+
+def test_an_unreachable_scheduler_is_a_clear_error_in_bounded_time(scene, tmp_path):
+    start = time.monotonic()
+    with pytest.raises(AidXaiError, match=r"Could not reach the Dask scheduler at tcp://127.0.0.1:9 within 3 s"):
+        explain(scene, tmp_path, "unreachable", execution="dask", dask=DaskSettings(scheduler="tcp://127.0.0.1:9", timeout=3))
+    assert time.monotonic() - start < 30
+    assert not any(name.startswith("unreachable") for name in os.listdir(tmp_path))
+
+
+def test_a_raster_the_workers_cannot_read_is_named(scene, tmp_path):
+    """A /vsimem/ raster lives only in the submitting process: the workers must say so."""
+    from osgeo import gdal
+
+    raster, model = scene
+    in_memory = "/vsimem/only_here.tif"
+    gdal.Translate(in_memory, raster)
+    try:
+        with pytest.raises(AidXaiError, match=r"Dask worker tcp://127\.0\.0\.1:\d+ cannot open the raster '/vsimem/only_here.tif'"):
+            explain_raster(in_memory, model, TilingOptions(), ExplainRequest(top_k=1), SETTINGS, ExplainOutputs(str(tmp_path / "s.tif")), engine="exact", device="cpu", execution="dask", dask=DaskSettings(workers=1))
+    finally:
+        gdal.Unlink(in_memory)
+    assert not os.path.exists(tmp_path / "s.tif")
+
+
+KILLABLE_RUN = """
+import sys
+from aid_xai_plugin.core.explain.engine import ExplainSettings
+from aid_xai_plugin.core.pipelines.explain import ExplainOutputs, ExplainRequest, explain_raster
+from aid_xai_plugin.core.pipelines.tiles import TilingOptions
+raster, model, output = sys.argv[1:4]
+settings = ExplainSettings(masker="blur(16,16)", max_evals=int(sys.argv[4]), batch_size=64, seed=2)
+explain_raster(raster, model, TilingOptions(), ExplainRequest(top_k=2), settings, ExplainOutputs(output, output[:-4] + ".gpkg"), engine="exact", device="cpu")
+"""
+
+
+def test_a_killed_run_resumes_from_its_checkpoint_with_identical_outputs(scene, local_run, tmp_path):
+    raster, model = scene
+    output = str(tmp_path / "resumed.tif")
+    checkpoint = tmp_path / ".resumed.tif.resume"
+    run = subprocess.Popen([sys.executable, "-c", KILLABLE_RUN, raster, model, output, str(SETTINGS.max_evals)], cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT))
+    deadline = time.monotonic() + 300
+    while not (checkpoint.is_dir() and len([name for name in os.listdir(checkpoint) if name.endswith(".npz") and not name.startswith(".")]) >= 3):
+        assert run.poll() is None and time.monotonic() < deadline, "the run ended before three tiles were checkpointed"
+        time.sleep(0.05)
+    run.send_signal(signal.SIGKILL)
+    run.wait()
+    assert not os.path.exists(output)  # killed: nothing at the output path
+    finished_before = len([name for name in os.listdir(checkpoint) if name.endswith(".npz") and not name.startswith(".")])
+
+    logs = []
+    resumed = explain(scene, tmp_path, "resumed", Progress(log=logs.append))
+    np.testing.assert_array_equal(resumed, local_run)
+    assert any(f"{finished_before} of 8 tile(s) reused" in line for line in logs), logs
+    assert not checkpoint.exists()  # a completed run removes its checkpoint
+
+
+def test_other_settings_never_reuse_stale_tiles(scene, tmp_path):
+    raster, model = scene
+    output = str(tmp_path / "changed.tif")
+    run = subprocess.Popen([sys.executable, "-c", KILLABLE_RUN, raster, model, output, "40"], cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT))
+    checkpoint = tmp_path / ".changed.tif.resume"
+    deadline = time.monotonic() + 300
+    while not (checkpoint.is_dir() and any(name.endswith(".npz") and not name.startswith(".") for name in os.listdir(checkpoint))):
+        assert run.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    run.send_signal(signal.SIGKILL)
+    run.wait()
+    logs = []
+    explain(scene, tmp_path, "changed", Progress(log=logs.append))  # max_evals 150, not 40
+    assert any("are not reused" in line for line in logs) and not any("reused from its checkpoint" in line for line in logs)
