@@ -46,7 +46,6 @@ class TileCheckpoint:
         os.makedirs(self.folder, exist_ok=True)
         with open(key_file, "w", encoding="ascii") as stream:
             stream.write(key)
-        self.reused = 0
 
     def _tile_files(self):
         return [name for name in os.listdir(self.folder) if name.endswith(".npz")] if os.path.isdir(self.folder) else []
@@ -54,19 +53,18 @@ class TileCheckpoint:
     def _path(self, tile_index):
         return os.path.join(self.folder, f"{tile_index:012d}.npz")
 
+    def has(self, tile_index):
+        return os.path.exists(self._path(tile_index))
+
     def load(self, tile_index):
-        """(found, ExplainedTile or None, valid fraction) of a tile a previous run finished."""
-        path = self._path(tile_index)
-        if not os.path.exists(path):
-            return False, None, None
-        with np.load(path) as stored:
-            self.reused += 1
+        """(ExplainedTile or None, valid fraction) of a tile a run finished (None: too few valid pixels)."""
+        with np.load(self._path(tile_index)) as stored:
             fraction = float(stored["fraction"])
             if "values" not in stored:
-                return True, None, fraction  # skipped for too few valid pixels
+                return None, fraction
             arrays = {name: stored[name] for name in _ARRAYS}
             reason = str(stored["fallback_reason"]) or None
-            return True, ExplainedTile(**arrays, margin=float(stored["margin"]), fallback_reason=reason), fraction
+            return ExplainedTile(**arrays, margin=float(stored["margin"]), fallback_reason=reason), fraction
 
     def save(self, tile_index, explained, fraction):
         temporary = os.path.join(self.folder, f".{tile_index:012d}.partial.npz")

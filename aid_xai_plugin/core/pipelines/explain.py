@@ -221,10 +221,9 @@ def _explained_tiles(source, job, tiles_and_labels, checkpoint, progress, execut
     """Yield (tile, label, ExplainedTile or None, valid fraction) in order: from the checkpoint when
     an interrupted run finished the tile, else computed here or on the cluster (and checkpointed)."""
     count = len(tiles_and_labels)
-    stored = {tile.index: checkpoint.load(tile.index) for tile, _ in tiles_and_labels}
-    missing = [(tile, label) for tile, label in tiles_and_labels if not stored[tile.index][0]]
-    if progress and checkpoint.reused:
-        progress.log(f"Resuming an interrupted run: {checkpoint.reused} of {count} tile(s) reused from its checkpoint, {len(missing)} to explain.")
+    missing = [(tile, label) for tile, label in tiles_and_labels if not checkpoint.has(tile.index)]
+    if progress and len(missing) < count:
+        progress.log(f"Resuming an interrupted run: {count - len(missing)} of {count} tile(s) reused from its checkpoint, {len(missing)} to explain.")
 
     def computed_locally():
         explain_tile = TileExplainer(job, source.classifier, source.reader)
@@ -246,8 +245,9 @@ def _explained_tiles(source, job, tiles_and_labels, checkpoint, progress, execut
         results = iter(results)
         done = 0
         for tile, label in tiles_and_labels:
-            found, result, fraction = stored.pop(tile.index)
-            if not found:
+            if checkpoint.has(tile.index):  # read one at a time: memory stays flat however many there are
+                result, fraction = checkpoint.load(tile.index)
+            else:
                 if progress:
                     progress.check_cancel()
                 result, fraction = next(results)
