@@ -7,8 +7,6 @@ one ExitStack: all appear at their paths when the run completes, none when it fa
 
 import contextlib
 import dataclasses
-import hashlib
-import pickle
 
 import numpy as np
 
@@ -17,7 +15,7 @@ from ..common.palette import class_colors
 from ..geo.gdal_context import raising_gdal_errors
 from ..geo.vector import PolygonWriter
 from ..geo.writers import GeoTiffSink
-from .execution import EXECUTION_MODES, DaskSettings, dask_client, run_ordered, step_for
+from .execution import EXECUTION_MODES, DaskSettings, dask_client, job_key, run_ordered, step_for
 from .run import check_outputs, with_progress
 from .steps import ClassifyJob, ClassifyStep, classify_images
 from .tiles import TileSource, chunks
@@ -136,16 +134,16 @@ def _classified_batches(source, job, execution, dask, progress):
         return
     batches = list(chunks(source.grid.tiles(), job.batch_size))
     with dask_client(dask, progress) as client:
-        job_key = hashlib.sha256(pickle.dumps(job)).hexdigest()
-        tasks = [(job_key, job, dask.threads, [tile.window for tile in batch]) for batch in batches]
+        key = job_key(job, source.classifier.sha256)
+        tasks = [(key, job, dask.threads, [tile.window for tile in batch]) for batch in batches]
         for batch, (fractions, usable, result) in zip(batches, run_ordered(client, classify_on_worker, tasks, progress)):
             yield list(zip(batch, fractions, usable)), result
 
 
-def classify_on_worker(job_key, job, threads, windows):
+def classify_on_worker(key, job, threads, windows):
     """The classify step of one batch of tile windows, run by a Dask worker: (valid fractions, usable
     flags, ClassifiedImages of the usable tiles or None)."""
-    return step_for(job_key, job, ClassifyStep, threads)(windows)
+    return step_for(key, job, ClassifyStep, threads)(windows)
 
 
 def _describe_classes(band, names):

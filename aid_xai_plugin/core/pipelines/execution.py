@@ -15,7 +15,9 @@ spawning it would open QGIS windows (QGIS issue #45646).
 
 import contextlib
 import dataclasses
+import hashlib
 import os
+import pickle
 import sys
 import threading
 import time
@@ -130,30 +132,42 @@ def run_ordered(client, function, argument_lists, progress=None, threads_per_wor
 
 
 _WORKER_LOCK = threading.Lock()
-_WORKER_STEPS = {}  # in a worker process: (job, thread) → the job's opened step
+_WORKER_STEPS = {}  # in a worker process: thread → (job key, the job's opened step); one job at a time
 _TORCH_THREADS = [None]
 
 
-def step_for(job_key, job, make_step, threads):
-    """The step for `job` (identified by `job_key`) in this worker thread, opened once: raster, model
-    and engine are reused by every task of the job; engines keep per-tile state, so each worker
-    thread has its own. Missing inputs name the worker and the path."""
-    key = (job_key, threading.get_ident())
+def job_key(job, model_sha256):
+    """What identifies a job's step on the workers: its values, the model's content and the raster's
+    identity, so a retrained model or a rewritten raster at the same path is never served stale."""
+    raster = job.inputs.raster_path
+    identity = (os.path.getsize(raster), os.stat(raster).st_mtime_ns) if os.path.exists(raster) else ()
+    return hashlib.sha256(pickle.dumps((job, model_sha256, identity))).hexdigest()
+
+
+def step_for(key, job, make_step, threads):
+    """The step for `job` in this worker thread, opened once per job: raster, model and engine are
+    reused by every task of the job, and dropped when a thread moves on to another job (a long-lived
+    cluster serves many runs). Engines keep per-tile state, so each thread has its own. Missing
+    inputs name the worker and the path."""
+    thread = threading.get_ident()
     with _WORKER_LOCK:
         if _TORCH_THREADS[0] != threads:  # Dask's nanny sets OMP/MKL threads to 1: use the run's
             import torch
 
             torch.set_num_threads(threads)
             _TORCH_THREADS[0] = threads
-        step = _WORKER_STEPS.get(key)
-        if step is None:
-            for path, what in ((job.model_path, "model"), (job.inputs.raster_path, "raster")):
-                if not path.startswith("/vsi") and not os.path.exists(path):
-                    raise AidXaiError(f"Dask worker {_worker_name()} cannot read the {what} '{path}': the raster and the model must be readable at the same path on every worker.")
-            try:
-                step = _WORKER_STEPS[key] = make_step(job)
-            except Exception as error:  # e.g. a /vsimem/ raster only the submitting process holds
-                raise AidXaiError(f"Dask worker {_worker_name()} cannot open the raster '{job.inputs.raster_path}' or the model '{job.model_path}' ({error}): both must be readable at the same path on every worker.") from None
+        current = _WORKER_STEPS.get(thread)
+        if current is not None and current[0] == key:
+            return current[1]
+        _WORKER_STEPS.pop(thread, None)
+        for path, what in ((job.model_path, "model"), (job.inputs.raster_path, "raster")):
+            if not path.startswith("/vsi") and not os.path.exists(path):
+                raise AidXaiError(f"Dask worker {_worker_name()} cannot read the {what} '{path}': the raster and the model must be readable at the same path on every worker.")
+        try:
+            step = make_step(job)
+        except Exception as error:  # e.g. a /vsimem/ raster only the submitting process holds
+            raise AidXaiError(f"Dask worker {_worker_name()} cannot open the raster '{job.inputs.raster_path}' or the model '{job.model_path}' ({error}): both must be readable at the same path on every worker.") from None
+        _WORKER_STEPS[thread] = (key, step)
         return step
 
 

@@ -14,8 +14,6 @@ mosaic (`geo/mosaic.py`): `blend` (a weighted mean, seamless) or `last` (the lat
 
 import contextlib
 import dataclasses
-import hashlib
-import pickle
 import time
 
 import numpy as np
@@ -29,7 +27,7 @@ from ..geo.vector import PolygonWriter
 from ..geo.writers import GeoTiffSink
 from ..reports.explanation_report import ExplanationReport
 from .checkpoint import TileCheckpoint, run_key
-from .execution import EXECUTION_MODES, DaskSettings, dask_client, run_ordered, step_for
+from .execution import EXECUTION_MODES, DaskSettings, dask_client, job_key, run_ordered, step_for
 from .run import check_outputs
 from .steps import ExplainJob, TileExplainer
 from .tiles import TileSource
@@ -238,8 +236,8 @@ def _explained_tiles(source, job, tiles_and_labels, checkpoint, progress, execut
             yield computed_locally()
             return
         with dask_client(dask, progress) as client:
-            job_key = hashlib.sha256(pickle.dumps(job)).hexdigest()
-            yield run_ordered(client, explain_on_worker, [(job_key, job, dask.threads, tile.window) for tile, _ in missing], progress)
+            key = job_key(job, source.classifier.sha256)
+            yield run_ordered(client, explain_on_worker, [(key, job, dask.threads, tile.window) for tile, _ in missing], progress)
 
     with computed() as results:
         results = iter(results)
@@ -258,9 +256,9 @@ def _explained_tiles(source, job, tiles_and_labels, checkpoint, progress, execut
             yield tile, label, result, fraction
 
 
-def explain_on_worker(job_key, job, threads, window):
+def explain_on_worker(key, job, threads, window):
     """The explain step of one tile window, run by a Dask worker (opens the job's inputs once)."""
-    return step_for(job_key, job, TileExplainer, threads)(window)
+    return step_for(key, job, TileExplainer, threads)(window)
 
 
 def _log_estimate(classifier, tile_count, settings, engine, progress):
