@@ -22,6 +22,9 @@ requires_aid150 = pytest.mark.skipif(
 )
 
 
+_REGISTERED = []  # QGIS's registry keeps providers by pointer: hold each for the session, or it is deleted
+
+
 @pytest.fixture
 def aid_xai_provider(qgis_app, qgis_processing):
     """The provider registered in the real processing registry, as initProcessing() does (again if a
@@ -35,6 +38,7 @@ def aid_xai_provider(qgis_app, qgis_processing):
     if provider is None:
         provider = AidXaiProvider()
         registry.addProvider(provider)
+        _REGISTERED.append(provider)
     return provider
 
 
