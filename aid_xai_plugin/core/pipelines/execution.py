@@ -85,7 +85,7 @@ def dask_client(settings, progress=None):
     multiprocessing.spawn.set_executable(python_interpreter())  # for the run only: also restarts of dead workers
     try:
         with _worker_environment(settings.threads):
-            cluster = distributed.LocalCluster(n_workers=settings.workers, threads_per_worker=settings.threads, processes=True, dashboard_address=None, host="127.0.0.1", timeout=settings.timeout)
+            cluster = distributed.LocalCluster(n_workers=settings.workers, threads_per_worker=settings.threads, processes=True, dashboard_address=":0", host="127.0.0.1", timeout=settings.timeout)
         with cluster, distributed.Client(cluster, set_as_default=False) as client:
             if progress:
                 progress.log(f"Dask: local cluster of {settings.workers} worker process(es) × {settings.threads} thread(s).")
