@@ -41,7 +41,6 @@ test: setup
 
 zip: venv
 	rm -rf build/deploy aid_xai.zip && $(VENV)/bin/pb_tool zip -q -n -p build/deploy
-	zip -q -d aid_xai.zip "aid_xai/resources/demo/*"  # the README's demo pictures stay out of the plugin
 
 # Install into your own QGIS desktop profile (default profile unless QGIS_PROFILE_DIR is set).
 install-user: venv

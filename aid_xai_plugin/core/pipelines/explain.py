@@ -33,14 +33,8 @@ from .steps import ExplainJob, TileExplainer
 from .tiles import TileSource
 
 SHAP_NODATA = -9999.0
-TILE_TABLE_FIELDS = [
-    ("tile_id", int),
-    ("row", int),
-    ("col", int),
-    ("rank", int),
-    ("class_name", str),
-    ("probability", float),
-    ("output_space", str),
+TILE_CLASS_FIELDS = [("tile_id", int), ("row", int), ("col", int), ("rank", int), ("class_name", str), ("probability", float), ("output_space", str)]
+TILE_TABLE_FIELDS = TILE_CLASS_FIELDS + [
     ("output_value", float),  # f(tile) in the output space
     ("base_value", float),  # f(fully masked tile) in the output space
     ("shap_sum", float),  # Σ SHAP over the tile = output_value − base_value

@@ -18,19 +18,12 @@ from ..geo.gdal_context import raising_gdal_errors
 from ..geo.vector import PolygonWriter
 from ..ml.randomisation import RANDOMISE_SCOPES, randomised_classifier
 from ..reports.quality_report import QualityReport, correlation_text
-from .explain import check_settings, requested_class_indices, tiles_to_explain
+from .explain import TILE_CLASS_FIELDS, check_settings, requested_class_indices, tiles_to_explain
 from .run import check_outputs, with_progress
 from .steps import ExplainJob, TileExplainer
 from .tiles import TileSource
 
-QUALITY_TABLE_FIELDS = [
-    ("tile_id", int),
-    ("row", int),
-    ("col", int),
-    ("rank", int),
-    ("class_name", str),
-    ("probability", float),
-    ("output_space", str),
+QUALITY_TABLE_FIELDS = TILE_CLASS_FIELDS + [
     ("deletion_auc", float),
     ("insertion_auc", float),
     ("random_deletion_auc", float),
