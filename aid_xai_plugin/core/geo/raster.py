@@ -12,7 +12,7 @@ import re
 import numpy as np
 
 from ..common.errors import AidXaiError
-from .gdal_context import raising_gdal_errors
+from .gdal_context import gdal_error_details, gdal_exceptions, raising_gdal_errors
 
 SCALING_HELP = (
     "auto (8-bit: value/255; other types: per-band 2-98 % stretch), percentile(LOW,HIGH), "
@@ -42,8 +42,12 @@ class BandScaling:
     description: str
 
     def apply(self, values):
-        scaled = (values.astype(np.float32) - self.offsets) / self.spans
-        return np.clip(scaled, 0.0, 1.0, out=scaled)
+        """Finite values in [0, 1] for finite inputs, whatever their magnitude (float64 inside: a
+        float32 difference of two extreme values would overflow to ±inf and give NaN)."""
+        with np.errstate(over="ignore", invalid="ignore"):  # ±inf is clipped to 0/1 below
+            scaled = (values.astype(np.float64) - self.offsets.astype(np.float64)) / self.spans.astype(np.float64)
+        np.clip(scaled, 0.0, 1.0, out=scaled)
+        return np.nan_to_num(scaled, nan=0.0).astype(np.float32)
 
 
 def check_bands(dataset, bands, model_bands):
@@ -82,6 +86,8 @@ def band_scaling(dataset, bands, spec, window):
         low, high = float(match.group(1)), float(match.group(2))
         if high <= low:
             raise AidXaiError(f"SCALING '{spec}': the maximum (SCALING_HIGH) must be greater than the minimum (SCALING_LOW).")
+        if not (np.isfinite(low) and np.isfinite(high)) or max(abs(low), abs(high), high - low) > _FLOAT32_MAX:
+            raise AidXaiError(f"SCALING '{spec}': the minimum and maximum must be finite numbers within ±3.4e38.")
         return BandScaling(np.full(count, low, np.float32), np.full(count, high - low, np.float32), f"minmax({low:g},{high:g})")
     match = re.match(r"^percentile\(([0-9.]+),([0-9.]+)\)$", text)
     if text == "auto" or match:
@@ -92,6 +98,34 @@ def band_scaling(dataset, bands, spec, window):
     raise AidXaiError(f"SCALING '{spec}' is not understood; use {SCALING_HELP}.")
 
 
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def read_error(dataset, bands, window, error):
+    """The AidXaiError for a failed read: names the file, band(s), pixel window and the check to run."""
+    path = dataset.GetDescription()
+    x, y, width, height = window
+    detail = gdal_error_details(error) or "GDAL could not read the pixels"
+    return AidXaiError(
+        f"Cannot read raster '{path}', band(s) {','.join(map(str, bands))}, pixel window x={x}, y={y}, width={width}, height={height}: "
+        f"{detail}. The file is damaged or unreadable there; check it with `gdal_translate -of null '{path}' /dev/null` "
+        f"(or `gdalinfo -checksum '{path}'`) and re-create or re-download it."
+    )
+
+
+def _read(dataset, bands, window, read):
+    """`read()` inside the plugin's GDAL mode; any failure → read_error. A None result (a driver that
+    reports no error) is a failure too."""
+    with gdal_exceptions():  # the message is made inside the block, while its GDAL messages are at hand
+        try:
+            values = read()
+        except (RuntimeError, SystemError) as error:
+            raise read_error(dataset, bands, window, error) from error
+    if values is None:
+        raise read_error(dataset, bands, window, None)
+    return values
+
+
 def _percentile_scaling(dataset, bands, window, low_pct, high_pct, sample_side=1024):
     """Percentiles from one decimated read (at most sample_side² pixels), masked pixels ignored."""
     x, y, width, height = window
@@ -100,14 +134,14 @@ def _percentile_scaling(dataset, bands, window, low_pct, high_pct, sample_side=1
     offsets, spans = [], []
     for band_number in bands:
         band = dataset.GetRasterBand(band_number)
-        values = band.ReadAsArray(x, y, width, height, buf_xsize=buf_w, buf_ysize=buf_h).astype(np.float64)
-        valid = band.GetMaskBand().ReadAsArray(x, y, width, height, buf_xsize=buf_w, buf_ysize=buf_h) > 0
+        values = _read(dataset, [band_number], window, lambda: band.ReadAsArray(x, y, width, height, buf_xsize=buf_w, buf_ysize=buf_h)).astype(np.float64)
+        valid = _read(dataset, [band_number], window, lambda: band.GetMaskBand().ReadAsArray(x, y, width, height, buf_xsize=buf_w, buf_ysize=buf_h)) > 0
         sample = values[valid & np.isfinite(values)]
         if sample.size == 0:
             raise AidXaiError(f"Band {band_number} has no valid pixels in the processing extent; choose another extent or band.")
-        low, high = np.percentile(sample, [low_pct, high_pct])
+        low, high = np.clip(np.percentile(sample, [low_pct, high_pct]), -_FLOAT32_MAX, _FLOAT32_MAX)
         offsets.append(low)
-        spans.append(max(high - low, 1e-12))
+        spans.append(min(max(high - low, 1e-12), _FLOAT32_MAX))
     description = f"percentile({low_pct:g},{high_pct:g}) offsets={np.round(offsets, 6).tolist()} spans={np.round(spans, 6).tolist()}"
     return BandScaling(np.asarray(offsets, np.float32), np.asarray(spans, np.float32), description)
 
@@ -125,11 +159,12 @@ def read_tile(dataset, bands, window, scaling):
     if x1 <= x0 or y1 <= y0:
         return image, valid
     inside = (slice(y0 - y, y1 - y), slice(x0 - x, x1 - x))
-    raw = dataset.ReadAsArray(x0, y0, x1 - x0, y1 - y0, band_list=list(bands))
-    raw = raw.reshape(len(bands), y1 - y0, x1 - x0).transpose(1, 2, 0).astype(np.float32)
+    inside_window = (x0, y0, x1 - x0, y1 - y0)
+    raw = _read(dataset, bands, inside_window, lambda: dataset.ReadAsArray(*inside_window, band_list=list(bands)))
+    raw = raw.reshape(len(bands), y1 - y0, x1 - x0).transpose(1, 2, 0).astype(np.float64)
     mask = np.ones((y1 - y0, x1 - x0), bool)
     for band_mask in _mask_bands(dataset, bands):
-        mask &= band_mask.ReadAsArray(x0, y0, x1 - x0, y1 - y0) > 0
+        mask &= _read(dataset, bands, inside_window, lambda: band_mask.ReadAsArray(*inside_window)) > 0
     mask &= np.isfinite(raw).all(axis=2)
     scaled = scaling.apply(np.nan_to_num(raw))
     scaled[~mask] = 0.0

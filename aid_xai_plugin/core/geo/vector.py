@@ -5,10 +5,12 @@ The format is the one the file name says: .gpkg (GeoPackage), .geojson/.json (Ge
 """
 
 import os
+import sys
 
 from ..common.atomic import atomic_output
 from ..common.errors import AidXaiError
 from .gdal_context import raising_gdal_errors
+from .writers import writing
 
 _OGR_TYPES = {int: "OFTInteger64", float: "OFTReal", str: "OFTString"}
 VECTOR_DRIVERS = {".gpkg": "GPKG", ".geojson": "GeoJSON", ".json": "GeoJSON", ".shp": "ESRI Shapefile"}
@@ -31,20 +33,31 @@ class PolygonWriter:
         from osgeo import ogr, osr
 
         self._ogr = ogr
+        self.path = path
         driver_name = vector_driver(path)
         self._atomic = atomic_output(path)
         temporary = self._atomic.__enter__()
-        self._dataset = ogr.GetDriverByName(driver_name).CreateDataSource(temporary)
-        srs = osr.SpatialReference()
-        srs.SetFromUserInput(crs)
-        srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
-        name = layer_name or os.path.splitext(os.path.basename(path))[0]
-        self._layer = self._dataset.CreateLayer(name, srs, ogr.wkbPolygon)
-        for field_name, python_type in fields:
-            self._layer.CreateField(ogr.FieldDefn(field_name, getattr(ogr, _OGR_TYPES[python_type])))
-        self._transactions = bool(self._layer.TestCapability(ogr.OLCTransactions))  # GeoPackage: one commit
-        if self._transactions:
-            self._layer.StartTransaction()
+        self._dataset = self._layer = None
+        try:
+            with writing(path):
+                self._dataset = ogr.GetDriverByName(driver_name).CreateDataSource(temporary)
+                if self._dataset is None:
+                    raise RuntimeError(f"OGR could not create '{temporary}'")
+                srs = osr.SpatialReference()
+                if crs:
+                    srs.SetFromUserInput(crs)
+                srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+                name = layer_name or os.path.splitext(os.path.basename(path))[0]
+                self._layer = self._dataset.CreateLayer(name, srs if crs else None, ogr.wkbPolygon)
+                for field_name, python_type in fields:
+                    self._layer.CreateField(ogr.FieldDefn(field_name, getattr(ogr, _OGR_TYPES[python_type])))
+                self._transactions = bool(self._layer.TestCapability(ogr.OLCTransactions))  # GeoPackage: one commit
+                if self._transactions:
+                    self._layer.StartTransaction()
+        except BaseException:
+            self._layer = self._dataset = None
+            self._atomic.__exit__(*sys.exc_info())
+            raise
 
     def add(self, values, corners):
         """`corners`: polygon ring as (x, y) pairs, or a (xmin, ymin, xmax, ymax) box."""
@@ -61,7 +74,8 @@ class PolygonWriter:
         for index, value in enumerate(values):  # by position: a shapefile may have shortened the names
             feature.SetField(index, value.item() if hasattr(value, "item") else value)
         feature.SetGeometry(polygon)
-        self._layer.CreateFeature(feature)
+        with writing(self.path):
+            self._layer.CreateFeature(feature)
 
     def __enter__(self):
         return self
@@ -71,8 +85,19 @@ class PolygonWriter:
 
     def close(self, success=True):
         if self._dataset is not None:
-            if success and self._transactions:
-                self._layer.CommitTransaction()
+            if success:
+                try:  # a full disk may show only at the commit or when the file is closed
+                    with writing(self.path) as messages:
+                        if self._transactions:
+                            self._layer.CommitTransaction()
+                        self._layer = None
+                        self._dataset = None
+                        if messages.errors:
+                            raise RuntimeError(messages.errors[-1])
+                except AidXaiError:
+                    self._layer = self._dataset = None
+                    self._atomic.__exit__(*sys.exc_info())
+                    raise
             self._layer = None
             self._dataset = None
             if success:

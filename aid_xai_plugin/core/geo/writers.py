@@ -10,6 +10,8 @@ import sys
 
 from ..common.atomic import atomic_output
 from ..common.errors import AidXaiError
+from ..common.failures import write_failure_message
+from .gdal_context import gdal_error_details, gdal_exceptions
 
 BLOCK_SIZE = 256
 GEOTIFF_EXTENSIONS = (".tif", ".tiff")
@@ -56,22 +58,70 @@ class GeoTiffSink:
     def __enter__(self):
         temporary = self._atomic.__enter__()
         try:
-            self.dataset = create_geotiff(temporary, *self._create)
+            with self._writing():
+                self.dataset = create_geotiff(temporary, *self._create)
         except BaseException:
+            self.dataset = None
             self._atomic.__exit__(*sys.exc_info())
             raise
         return self
 
+    def _writing(self):
+        return writing(self.path)
+
     def write(self, bands, x, y):
         """`bands`: band_count × h × w values for the window whose top-left pixel is (x, y)."""
-        for index, values in enumerate(bands):
-            self.dataset.GetRasterBand(index + 1).WriteArray(values, x, y)
+        with self._writing():
+            for index, values in enumerate(bands):
+                self.dataset.GetRasterBand(index + 1).WriteArray(values, x, y)
 
     def flush(self):
         """Write finished blocks out of GDAL's cache, so the cache doesn't grow with the output."""
-        self.dataset.FlushCache()
+        with self._writing():
+            self.dataset.FlushCache()
 
     def __exit__(self, exc_type, exc, traceback):
+        if exc_type is None and self.dataset is not None:
+            try:  # the last blocks are written on close: a full disk shows here, and the file must not move into place
+                with self._writing() as messages:
+                    self.dataset.FlushCache()
+                    self.dataset = None
+                    if messages.errors:
+                        raise RuntimeError(messages.errors[-1])
+            except AidXaiError:
+                self.dataset = None
+                self._atomic.__exit__(*sys.exc_info())
+                raise
         self.dataset = None  # closes the file before it moves into place (or is removed): no stray sidecar
         return self._atomic.__exit__(exc_type, exc, traceback)
+
+
+class writing:  # noqa: N801 - used like a function: `with writing(path):`
+    """GDAL/OGR write calls for the output `path` inside the plugin's GDAL mode; a failure (disk full,
+    file-size limit, permission, folder gone) becomes one AidXaiError naming the output and the fix."""
+
+    def __init__(self, path, what="output"):
+        self.path, self.what = path, what
+        self._context = gdal_exceptions()
+
+    def __enter__(self):
+        return self._context.__enter__()
+
+    def __exit__(self, exc_type, exc, traceback):
+        message = None
+        if exc_type is not None and issubclass(exc_type, (RuntimeError, OSError)) and not issubclass(exc_type, AidXaiError):
+            message = write_failure_message(self.path, _WriteFailure(exc, gdal_error_details(exc)), self.what)
+        self._context.__exit__(exc_type, exc, traceback)
+        if message is not None:
+            raise AidXaiError(message) from exc
+        return False
+
+
+class _WriteFailure(Exception):
+    """An error with GDAL's collected messages as its text and the original errno (if any)."""
+
+    def __init__(self, error, details):
+        super().__init__(details or str(error))
+        self.errno = getattr(error, "errno", None)
+        self.strerror = None
 

@@ -4,6 +4,7 @@ of three output spaces: the model's raw logits, softmax probabilities, or log-pr
 import numpy as np
 
 from ..common.errors import AidXaiError
+from ..common.failures import out_of_memory_as_error
 
 OUTPUT_SPACES = ("logit", "probability", "log_probability")
 
@@ -19,6 +20,7 @@ def outputs_from_logits(logits, space):
     one function, so they all explain bit-identical model outputs."""
     import torch
 
+    check_finite_logits(logits)
     if space == "probability":
         logits = torch.softmax(logits, dim=1)
     elif space == "log_probability":
@@ -26,6 +28,17 @@ def outputs_from_logits(logits, space):
     else:
         check_output_space(space)
     return logits.float().cpu().numpy()
+
+
+def check_finite_logits(logits):
+    """NaN/Inf model outputs must stop the run before anything is written: never a NaN map."""
+    import torch
+
+    if not bool(torch.isfinite(logits).all()):
+        raise AidXaiError(
+            "The model produced NaN or infinite scores for a tile: its weights or normalisation (mean/std) are unusable, or the "
+            "input values are extreme; check the model file (retrain it if training diverged) and the SCALING setting."
+        )
 
 
 def resolve_device(name="auto"):
@@ -75,7 +88,7 @@ class Classifier:
         check_output_space(space)
         images_nhwc = np.asarray(images_nhwc, dtype=np.float32)
         outputs = []
-        with torch.inference_mode():
+        with out_of_memory_as_error(f"running the model on {self.device}", f"BATCH_SIZE (now {batch_size}) or TILE_SIZE"), torch.inference_mode():
             for start in range(0, len(images_nhwc), batch_size):
                 chunk = torch.from_numpy(np.ascontiguousarray(images_nhwc[start : start + batch_size].transpose(0, 3, 1, 2)))
                 logits = self.logits_nchw(chunk.to(self.device))

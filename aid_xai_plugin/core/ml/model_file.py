@@ -79,6 +79,7 @@ def load_model(path, device="cpu"):
     with open(path, "rb") as stream:
         if stream.read(2) != b"PK":
             raise AidXaiError(f"Model file '{path}' cannot be read: it is not a torch archive (an AID-XAI model file is one). Give a {MODEL_EXTENSION} file written by aid_xai:train.")
+    check_archive(path)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
@@ -106,8 +107,56 @@ def load_model(path, device="cpu"):
         raise AidXaiError(
             f"Model file '{path}': the weights do not match the recorded architecture {info.architecture}{info.arguments}: {str(error).splitlines()[0]}"
         ) from error
+    try:
+        check_description(path, info)
+    except TypeError as error:
+        raise AidXaiError(f"Model file '{path}' has an invalid description ({error}); it was not written by AID-XAI or is damaged.") from error
+    check_finite_weights(path, payload["state_dict"])
     module.eval().to(device)
     return LoadedModel(module=module, info=info, path=os.path.abspath(path), sha256=file_sha256(path))
+
+
+def check_archive(path):
+    """torch.load does not verify the archive's CRC-32 checksums, so flipped bytes inside the weights
+    would load as silently different weights: check them (one read of the file)."""
+    import zipfile
+    import zlib
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError, RuntimeError, zlib.error) as error:
+        raise AidXaiError(f"Model file '{path}' cannot be read (truncated or not a model file): {str(error).splitlines()[0] if str(error) else type(error).__name__}. Copy it again or retrain the model.") from error
+    if damaged is not None:
+        raise AidXaiError(f"Model file '{path}' is damaged: the checksum of its part '{damaged}' does not match (bytes changed on disk or in transfer). Copy it again or retrain the model.")
+
+
+def check_description(path, info):
+    """The recorded classes, bands and normalisation must fit the weights and each other."""
+    import math
+
+    classes = info.arguments.get("num_classes") if isinstance(info.arguments, dict) else None
+    if classes is not None and classes != len(info.class_names):
+        raise AidXaiError(
+            f"Model file '{path}' lists {len(info.class_names)} class name(s) but its weights have {classes} outputs: the file is inconsistent (damaged or edited); retrain the model or use another model file."
+        )
+    if not info.bands or len(info.mean) != len(info.bands) or len(info.std) != len(info.bands):
+        raise AidXaiError(f"Model file '{path}' records {len(info.bands)} band(s) but {len(info.mean)} means and {len(info.std)} standard deviations; the file is damaged or edited. Retrain the model.")
+    values = [*info.mean, *info.std]
+    if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values) or min(info.std) <= 0:
+        raise AidXaiError(f"Model file '{path}' records an unusable normalisation (mean {info.mean}, std {info.std}: each must be finite, std > 0); retrain the model.")
+
+
+def check_finite_weights(path, state_dict):
+    """Refuse NaN/Inf weights (a diverged training or a damaged file): they would give NaN maps."""
+    import torch
+
+    bad = [name for name, tensor in state_dict.items() if torch.is_tensor(tensor) and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
+    if bad:
+        shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        raise AidXaiError(
+            f"Model file '{path}' has NaN or infinite weights ({shown}): the training diverged or the file is damaged; retrain it (e.g. with a lower learning rate) or use another model file."
+        )
 
 
 def now_iso():

@@ -10,6 +10,7 @@ import dataclasses
 
 import numpy as np
 
+from ..common.failures import out_of_memory_as_error
 from ..explain.engine import ExplainSettings
 from ..explain.registry import engine_by_name
 from ..ml.classifier import Classifier, top_k
@@ -116,7 +117,9 @@ class TileExplainer:
             indices = np.asarray(job.class_indices)
         else:
             indices = top_k(probabilities, job.top_k)[0]
-        result = self.engine.explain(image, self.classifier, indices, job.settings, progress)
+        settings = job.settings
+        with out_of_memory_as_error(f"explaining a tile on {self.classifier.device}", f"BATCH_SIZE (now {settings.batch_size}), MAX_EVALS (now {settings.max_evals}) or TILE_SIZE"):
+            result = self.engine.explain(image, self.classifier, indices, settings, progress)
         values = result.values.sum(axis=2)
         margin = float(confidence(probabilities)[0][0])
         return ExplainedTile(image, values, indices, result.output_values, result.base_values, probabilities[0][indices], margin, result.fallback_reason), fraction
