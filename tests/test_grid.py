@@ -86,9 +86,32 @@ def test_raster_smaller_than_a_tile_is_refused():
         make_grid(NORTH_UP, (30, 100), (32, 32))
 
 
-def test_extent_smaller_than_a_tile_is_refused():
-    with pytest.raises(AidXaiError, match=r"4×4 px, smaller than one tile"):
-        make_grid(NORTH_UP, (100, 100), (8, 8), extent=(1000.0, 1960.0, 1040.0, 2000.0))
+# ---- an extent selects tiles of the raster's own grid
+
+
+def test_extent_smaller_than_a_tile_selects_the_tile_under_it():
+    # pixels 10..14 × 20..24 lie in tile (row 2, col 1) of the 8-px grid anchored at the raster's corner
+    grid = make_grid(NORTH_UP, (100, 100), (8, 8), extent=(1100.0, 1760.0, 1140.0, 1800.0))
+    assert (grid.rows, grid.cols) == (1, 1)
+    assert grid.tile(0, 0).window == (8, 16, 8, 8)
+
+
+def test_extent_selects_the_same_tiles_as_the_whole_raster_grid():
+    """Tiles under an extent are tiles of the whole raster's grid (same windows), never shifted to
+    the extent's corner; a tile counts when its output cell meets the extent."""
+    whole = {tile.window for tile in make_grid(NORTH_UP, (100, 70), (32, 32), (16, 16)).tiles()}
+    grid = make_grid(NORTH_UP, (100, 70), (32, 32), (16, 16), extent=(1135.0, 1455.0, 1465.0, 1875.0))
+    windows = {tile.window for tile in grid.tiles()}
+    assert windows <= whole
+    # extent pixels x 13.5..46.5 → 13..47, y 12.5..54.5 → 12..55; cells are x/y 8+16i .. 24+16i
+    assert (grid.cols, grid.rows) == (3, 3) and grid.tile(0, 0).window == (0, 0, 32, 32)
+    assert grid.tile(2, 2).window == (32, 32, 32, 32)
+
+
+def test_extent_inside_the_margin_past_the_last_cell_selects_the_last_tile():
+    """Past the last tile's cell (x ≥ 104 here) only the last tile covers the pixels: it is selected."""
+    grid = make_grid(NORTH_UP, (110, 70), (32, 32), (16, 16), extent=(2050.0, 1450.0, 2100.0, 1500.0))
+    assert (grid.rows, grid.cols) == (1, 1) and grid.tile(0, 0).window == (80, 32, 32, 32)
 
 
 # ---- extent snapping
@@ -132,10 +155,11 @@ def test_extent_on_a_rotated_raster_is_refused():
 def test_extent_on_a_south_up_raster_selects_the_rows_it_covers():
     """With a positive pixel height row 0 is the southern edge, so ymin (not ymax) gives the first row."""
     # columns 2.5 … 7.5 → 2 … 8; rows (from the south) 4.5 … 10.5 → 4 … 11
+    # and the 3-px tiles touching them: columns 0 … 9, rows 3 … 12
     grid = make_grid(SOUTH_UP, (20, 30), (3, 3), extent=(1025.0, 2045.0, 1075.0, 2105.0))
-    assert grid.window == (2, 4, 6, 7)
-    assert rectangle(SOUTH_UP, *grid.window) == [(1020.0, 2040.0), (1080.0, 2040.0), (1080.0, 2110.0), (1020.0, 2110.0)]
-    assert grid.footprint(grid.tile(0, 0)) == [(1020.0, 2040.0), (1050.0, 2040.0), (1050.0, 2070.0), (1020.0, 2070.0)]
+    assert grid.window == (0, 3, 9, 9)
+    assert rectangle(SOUTH_UP, *grid.window) == [(1000.0, 2030.0), (1090.0, 2030.0), (1090.0, 2120.0), (1000.0, 2120.0)]
+    assert grid.footprint(grid.tile(0, 0)) == [(1000.0, 2030.0), (1030.0, 2030.0), (1030.0, 2060.0), (1000.0, 2060.0)]
 
 
 # ---- rotated and south-up geotransforms
@@ -251,21 +275,34 @@ PROPERTY_SETTINGS = settings(max_examples=200, deadline=None, derandomize=True)
 
 @PROPERTY_SETTINGS
 @given(grid_cases())
-def test_tiles_lie_on_whole_pixels_and_cover_the_window(case):
-    """Tiles start at the window's corner, step by the stride, and the last row/column reaches the
-    window's end by less than one stride (no missing and no superfluous tiles)."""
+def test_tiles_lie_on_the_raster_grid_and_cover_the_extent(case):
+    """Tiles step by the stride from the raster's corner: without an extent the last row/column
+    reaches the raster's end by less than one stride; with one, exactly the tiles whose output cell
+    meets the extent (or the nearest tile of the grid, at the raster's margins) are selected."""
     g, size, tile_size, stride, extent, window = case
     grid = make_grid(g, size, tile_size, stride, extent)
-    assert grid.window == window and all(type(v) is int for v in grid.window)
     tiles = list(grid.tiles())
     assert len(tiles) == len(grid) == grid.rows * grid.cols
+    last_start = [math.ceil((size[axis] - tile_size[axis]) / stride[axis]) * stride[axis] for axis in (0, 1)]
     for tile in tiles:
         assert all(type(v) is int for v in tile.window)
         assert tile.index == tile.row * grid.cols + tile.col
-        assert tile.window == (window[0] + tile.col * stride[0], window[1] + tile.row * stride[1], *tile_size)
-    last = grid.tile(grid.rows - 1, grid.cols - 1).window
-    assert 0 <= last[0] + last[2] - (window[0] + window[2]) < stride[0]
-    assert 0 <= last[1] + last[3] - (window[1] + window[3]) < stride[1]
+        assert tile.window[2:] == tile_size
+        for axis in (0, 1):
+            assert tile.window[axis] % stride[axis] == 0 and 0 <= tile.window[axis] <= last_start[axis]
+    assert all(type(v) is int for v in grid.window)
+    offset = grid.cell_offset
+    for axis in (0, 1):
+        starts = sorted({tile.window[axis] for tile in tiles})
+        assert starts == list(range(starts[0], starts[-1] + 1, stride[axis]))
+        if extent is None:
+            assert starts[0] == 0 and 0 <= starts[-1] + tile_size[axis] - size[axis] < stride[axis]
+            continue
+        lo, hi = window[axis], window[axis] + window[axis + 2]
+        meets = [s for s in range(0, last_start[axis] + 1, stride[axis]) if s + offset[axis] < hi and s + offset[axis] + stride[axis] > lo]
+        if not meets:  # the extent lies in the margin before the first or after the last cell
+            meets = [0] if hi <= offset[axis] else [last_start[axis]]
+        assert starts == meets
 
 
 @PROPERTY_SETTINGS

@@ -1,8 +1,10 @@
 """The tile grid: which source-pixel windows are classified/explained, and where results go.
 
-Tiles are tile_w×tile_h source pixels, stepped by stride_x/stride_y from the top-left of the
-processing window (the extent snapped outward to source pixel edges). The last row/column may reach
-past the window; pixels outside the raster count as invalid.
+Tiles are tile_w×tile_h source pixels, stepped by stride_x/stride_y from the raster's top-left pixel:
+one grid per raster, tile size and stride. An extent only selects tiles of that grid (those whose
+output cell it touches), so classify and explain cut the same tiles for any extent, and an extent
+smaller than a tile selects the tile under it. The last row/column may reach past the raster;
+pixels outside it count as invalid.
 
 Output cells: one cell per tile on a grid whose cell size is the stride (in source pixels). Cell
 (row, col) covers the stride-sized block centred in tile (row, col) (offset ⌊(tile−stride)/2⌋
@@ -115,21 +117,32 @@ def pixel_window(geotransform, raster_size, extent=None):
 
 
 def make_grid(geotransform, raster_size, tile_size, stride=None, extent=None):
-    """`tile_size`/`stride`: (w, h) in source pixels; stride defaults to the tile size (no overlap)."""
+    """`tile_size`/`stride`: (w, h) in source pixels; stride defaults to the tile size (no overlap).
+    `extent` (xmin, ymin, xmax, ymax) selects the tiles whose output cell it touches."""
     tile_w, tile_h = (int(round(v)) for v in tile_size)
     stride_x, stride_y = (int(round(v)) for v in (stride or (tile_w, tile_h)))
     if tile_w < 1 or tile_h < 1:
         raise AidXaiError("The tile size must be at least one source pixel.")
     if not (1 <= stride_x <= tile_w and 1 <= stride_y <= tile_h):
         raise AidXaiError(f"The stride ({stride_x}×{stride_y} px) must be between 1 pixel and the tile size ({tile_w}×{tile_h} px); tiles would leave gaps.")
-    window = pixel_window(geotransform, raster_size, extent)
-    if window[2] < tile_w or window[3] < tile_h:
-        raise AidXaiError(
-            f"The raster (or extent) is {window[2]}×{window[3]} px, smaller than one tile ({tile_w}×{tile_h} px); use a smaller tile size or a larger extent."
-        )
-    cols = math.ceil((window[2] - tile_w) / stride_x) + 1
-    rows = math.ceil((window[3] - tile_h) / stride_y) + 1
-    return TileGrid(window, tile_w, tile_h, stride_x, stride_y, rows, cols, tuple(geotransform))
+    width, height = raster_size
+    if width < tile_w or height < tile_h:
+        raise AidXaiError(f"The raster is {width}×{height} px, smaller than one tile ({tile_w}×{tile_h} px); use a smaller tile size.")
+    x0, y0, w, h = pixel_window(geotransform, raster_size, extent)
+    off_x, off_y = (tile_w - stride_x) // 2, (tile_h - stride_y) // 2
+    first_col, last_col = _tiles_touching(x0, x0 + w, stride_x, off_x, math.ceil((width - tile_w) / stride_x))
+    first_row, last_row = _tiles_touching(y0, y0 + h, stride_y, off_y, math.ceil((height - tile_h) / stride_y))
+    left, top = first_col * stride_x, first_row * stride_y
+    window = (left, top, min(width, last_col * stride_x + tile_w) - left, min(height, last_row * stride_y + tile_h) - top)
+    return TileGrid(window, tile_w, tile_h, stride_x, stride_y, last_row - first_row + 1, last_col - first_col + 1, tuple(geotransform))
+
+
+def _tiles_touching(start, stop, stride, cell_offset, last):
+    """First and last index (within 0..last) of the raster's tiles whose output cell, pixels
+    [i·stride + cell_offset, (i+1)·stride + cell_offset), meets the pixel span [start, stop)."""
+    first = (start - cell_offset) // stride
+    final = -((cell_offset - stop) // stride) - 1  # ceil((stop − offset) / stride) − 1
+    return min(max(first, 0), last), min(max(final, 0), last)
 
 
 def tile_size_in_pixels(value, unit, geotransform, is_geographic, center_latitude=None):
