@@ -34,6 +34,9 @@ DISTANCE_METRES = _scoped("DistanceUnit", "Meters", lambda: QgsUnitTypes.Distanc
 # QgsColorRampShader.Interpolated → Qgis.ShaderInterpolationMethod.Linear (3.30)
 RAMP_INTERPOLATED = _scoped("ShaderInterpolationMethod", "Linear", lambda: QgsColorRampShader.Interpolated)
 
+# QgsColorRampShader.Continuous → Qgis.ShaderClassificationMethod.Continuous (3.30)
+RAMP_CONTINUOUS = _scoped("ShaderClassificationMethod", "Continuous", lambda: QgsColorRampShader.Continuous)
+
 
 def with_advanced_flag(parameter):
     parameter.setFlags(parameter.flags() | PARAMETER_FLAG_ADVANCED)

@@ -10,20 +10,35 @@ from qgis.core import (
     QgsCategorizedSymbolRenderer,
     QgsColorRampShader,
     QgsFillSymbol,
+    QgsGradientColorRamp,
+    QgsGradientStop,
     QgsPalettedRasterRenderer,
+    QgsPalLayerSettings,
     QgsProcessingLayerPostProcessorInterface,
     QgsRasterLayer,
+    QgsRasterMinMaxOrigin,
     QgsRasterShader,
     QgsRendererCategory,
     QgsSingleBandPseudoColorRenderer,
+    QgsTextBufferSettings,
+    QgsTextFormat,
     QgsVectorLayer,
+    QgsVectorLayerSimpleLabeling,
 )
 from qgis.PyQt.QtGui import QColor
 
+from .core.common.atomic import atomic_output
 from .core.common.palette import class_colors
-from .qgis_compat import RAMP_INTERPOLATED
+from .qgis_compat import RAMP_CONTINUOUS, RAMP_INTERPOLATED
 
 PENDING_POST_PROCESSORS = set()  # QGIS holds post-processors weakly: alive here until each has run
+
+# SHAP: ColorBrewer's RdBu turned round (red = pushes the class up), transparent near zero.
+SHAP_NEGATIVE = [(5, 48, 97, 255), (33, 102, 172, 210), (146, 197, 222, 120), (209, 229, 240, 0)]
+SHAP_POSITIVE = [(103, 0, 31, 255), (178, 24, 43, 210), (244, 165, 130, 120), (253, 219, 199, 0)]
+SHAP_DECADES = [1.0, 0.1, 0.01, 0.003]  # colour stops at ±m·d: about a decade apart
+# Probabilities: ColorBrewer's YlGnBu from transparent at 0 to dark blue at 1.
+PROBABILITY_STOPS = [(0.0, (255, 255, 204, 0)), (0.25, (161, 218, 180, 110)), (0.5, (65, 182, 196, 170)), (0.75, (44, 127, 184, 220)), (1.0, (37, 52, 148, 255))]
 
 
 def sidecar_path(path):
@@ -31,57 +46,108 @@ def sidecar_path(path):
 
 
 def _save(layer, path):
+    """Write the sidecar under a temporary name and move it into place (two runs writing the same
+    output never leave a half-written style)."""
     qml = sidecar_path(path)
-    message, ok = layer.saveNamedStyle(qml)
-    if not ok:
-        raise OSError(f"Could not write the style '{qml}': {message}")
+    with atomic_output(qml) as temporary:
+        message, ok = layer.saveNamedStyle(temporary)
+        if not ok:
+            raise OSError(f"Could not write the style '{qml}': {message}")
     return qml
 
 
 def style_class_raster(path, class_names):
+    """Paletted by class, in colours that mean something (water blue, vegetation green…)."""
     layer = QgsRasterLayer(path, "classes", "gdal")
     classes = [
         QgsPalettedRasterRenderer.Class(index, QColor(*color), name)
-        for index, (name, color) in enumerate(zip(class_names, class_colors(len(class_names))))
+        for index, (name, color) in enumerate(zip(class_names, class_colors(class_names)))
     ]
     layer.setRenderer(QgsPalettedRasterRenderer(layer.dataProvider(), 1, classes))
     return _save(layer, path)
 
 
-def style_tile_layer(path, class_names, field="class_name"):
-    layer = QgsVectorLayer(path, "tiles", "ogr")
-    categories = []
-    for name, (r, g, b) in zip(class_names, class_colors(len(class_names))):
-        symbol = QgsFillSymbol.createSimple({"color": f"{r},{g},{b},90", "outline_color": f"{r},{g},{b},255", "outline_width": "0.4"})
-        categories.append(QgsRendererCategory(name, symbol, name))
-    layer.setRenderer(QgsCategorizedSymbolRenderer(field, categories))
+def _ramp_renderer(layer, band, stops, minimum, maximum, labels):
+    """Single-band pseudocolour on fixed limits from a gradient ramp (saved in the style as the
+    ramp the user sees in Symbology). The limits are user-defined, not recomputed from statistics,
+    so switching to another band keeps the same ramp and the same scale."""
+    (_, first), (_, last) = stops[0], stops[-1]
+    gradient = QgsGradientColorRamp(QColor(*first), QColor(*last), False, [QgsGradientStop(position, QColor(*color)) for position, color in stops[1:-1]])
+    span = maximum - minimum
+    items = [QgsColorRampShader.ColorRampItem(minimum + position * span, QColor(*color), label) for (position, color), label in zip(stops, labels)]
+    ramp = QgsColorRampShader(minimum, maximum)
+    ramp.setSourceColorRamp(gradient)
+    ramp.setColorRampType(RAMP_INTERPOLATED)
+    ramp.setClassificationMode(RAMP_CONTINUOUS)
+    ramp.setColorRampItemList(items)
+    shader = QgsRasterShader(minimum, maximum)
+    shader.setRasterShaderFunction(ramp)
+    renderer = QgsSingleBandPseudoColorRenderer(layer.dataProvider(), band, shader)
+    renderer.setClassificationMin(minimum)
+    renderer.setClassificationMax(maximum)
+    origin = QgsRasterMinMaxOrigin()
+    origin.setLimits(QgsRasterMinMaxOrigin.None_)
+    renderer.setMinMaxOrigin(origin)
+    return renderer
+
+
+def style_probability_raster(path, class_names):
+    """Each band (one per class) as a 0-1 ramp, transparent where the class is unlikely; band 1
+    shown first. Never an RGB composite of three classes' probabilities."""
+    layer = QgsRasterLayer(path, "probabilities", "gdal")
+    labels = ["0 (unlikely)", "0.25", "0.5", "0.75", "1 (certain)"]
+    layer.setRenderer(_ramp_renderer(layer, 1, PROBABILITY_STOPS, 0.0, 1.0, labels))
     return _save(layer, path)
 
 
 def style_shap_raster(path, max_abs, output_space, band=1):
-    """Diverging blue (pushes the class down) – transparent at 0 – red (pushes it up), symmetric, with
-    stops about a decade apart (transparent up to ±m/300, then ±m/100, ±m/10, ±m): SHAP maps of one layer span orders of
-    magnitude between tiles, and a linear ramp hides the weaker tiles under the strongest one. The
-    legend names the output space the values are in."""
+    """Diverging blue (pushes the class down) – transparent at 0 – red (pushes it up), symmetric, on
+    one scale for every band and tile of the run (`max_abs`: the run's robust maximum), with stops
+    about a decade apart (transparent up to ±m/300, then ±m/100, ±m/10, ±m): SHAP maps span orders of
+    magnitude between tiles, and a linear ramp hides the weaker tiles under the strongest one, while
+    a scale per tile would draw noise as dark as a real explanation. The legend names the units."""
     layer = QgsRasterLayer(path, "shap", "gdal")
     unit = output_space.replace("_", "-")
     m = max(float(max_abs), 1e-12)
-    blues = [(5, 48, 97, 255), (33, 102, 172, 210), (146, 197, 222, 120), (209, 229, 240, 0)]
-    reds = [(103, 0, 31, 255), (178, 24, 43, 210), (244, 165, 130, 120), (253, 219, 199, 0)]
-    decades = [1.0, 0.1, 0.01, 0.003]
-    items = [QgsColorRampShader.ColorRampItem(-m * d, QColor(*colour), f"{-m * d:.2g} {unit}" + (" (pushes the class down)" if d == 1.0 else "")) for d, colour in zip(decades, blues)]
-    items.append(QgsColorRampShader.ColorRampItem(0.0, QColor(255, 255, 255, 0), "0"))
-    items += [QgsColorRampShader.ColorRampItem(m * d, QColor(*colour), f"+{m * d:.2g} {unit}" + (" (pushes the class up)" if d == 1.0 else "")) for d, colour in reversed(list(zip(decades, reds)))]
-    ramp = QgsColorRampShader(-m, m)
-    ramp.setColorRampType(RAMP_INTERPOLATED)
-    ramp.setColorRampItemList(items)
-    shader = QgsRasterShader()
-    shader.setRasterShaderFunction(ramp)
-    renderer = QgsSingleBandPseudoColorRenderer(layer.dataProvider(), band, shader)
-    renderer.setClassificationMin(-m)
-    renderer.setClassificationMax(m)
-    layer.setRenderer(renderer)
+    values = [-m * d for d in SHAP_DECADES] + [0.0] + [m * d for d in reversed(SHAP_DECADES)]
+    colours = SHAP_NEGATIVE + [(255, 255, 255, 0)] + list(reversed(SHAP_POSITIVE))
+    stops = [((value + m) / (2 * m), colour) for value, colour in zip(values, colours)]
+    labels = [f"{value:+.2g} {unit}" if value else "0" for value in values]
+    labels[0] += " (pushes the class down)"
+    labels[-1] += " (pushes the class up)"
+    layer.setRenderer(_ramp_renderer(layer, band, stops, -m, m, labels))
     return _save(layer, path)
+
+
+def style_tile_layer(path, class_names, label_expression=None, class_expression="class_name"):
+    """Tiles as class-coloured outlines with a label (class, probability): never a fill over the
+    imagery and the maps underneath. `label_expression` defaults to the top class and its probability."""
+    layer = QgsVectorLayer(path, "tiles", "ogr")
+    categories = []
+    for name, (r, g, b) in zip(class_names, class_colors(class_names)):
+        symbol = QgsFillSymbol.createSimple({"style": "no", "color": f"{r},{g},{b},0", "outline_color": f"{r},{g},{b},255", "outline_width": "0.5"})
+        categories.append(QgsRendererCategory(name, symbol, name))
+    layer.setRenderer(QgsCategorizedSymbolRenderer(class_expression, categories))
+    labels = QgsPalLayerSettings()
+    labels.fieldName = label_expression or r""""class_name" || '\n' || format_number("probability", 2)"""
+    labels.isExpression = True
+    text = QgsTextFormat()
+    text.setSize(8)
+    buffer = QgsTextBufferSettings()
+    buffer.setEnabled(True)
+    buffer.setSize(0.8)
+    text.setBuffer(buffer)
+    labels.setFormat(text)
+    layer.setLabeling(QgsVectorLayerSimpleLabeling(labels))
+    layer.setLabelsEnabled(True)
+    return _save(layer, path)
+
+
+def style_explained_tile_table(path, class_names):
+    """The explained-tile table has one row per tile and explained class (rank k = band k): each tile
+    is drawn and labelled once, by its rank-1 row (the other rows match no category)."""
+    label = r"""CASE WHEN "rank" = 1 THEN 'tile ' || "tile_id" || '\n' || "class_name" || ' ' || format_number("probability", 2) END"""
+    return style_tile_layer(path, class_names, label, """CASE WHEN "rank" = 1 THEN "class_name" END""")
 
 
 class _ApplyQml(QgsProcessingLayerPostProcessorInterface):

@@ -218,7 +218,7 @@ def test_processing_run_writes_the_table_and_the_report(aid_xai_provider, mosaic
     assert text.index("Summary over 2 tile(s)") < text.index("<h3>Tile")  # the summary comes first
     assert text.count("<img src='data:image/png;base64,") == 2 and "true label: <b>StorageTank</b>" in text and "randomised" in text
     assert text.rstrip().endswith("</html>")
-    assert sorted(os.listdir(tmp_path)) == ["quality.gpkg", "quality.html"]  # no temporaries left
+    assert sorted(os.listdir(tmp_path)) == ["quality.gpkg", "quality.html", "quality.qml"]  # the table's style; no temporaries left
 
 
 def test_unknown_class_is_a_clear_error_and_writes_nothing(aid_xai_provider, mosaic, synthetic_model, tmp_path):

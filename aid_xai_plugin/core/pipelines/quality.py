@@ -51,6 +51,7 @@ class QualityResult:
     random_deletion_auc: float
     random_insertion_auc: float
     abs_rank_correlation: float
+    class_names: list = dataclasses.field(default_factory=list)  # the model's, for styling the table
 
 
 class _RunningMeans:
@@ -129,7 +130,7 @@ def explanation_quality(raster_path, model_path, options, request, settings, out
             assessed += 1
         if not assessed:
             raise AidXaiError("No selected tile had enough valid pixels to assess; lower the minimum valid fraction or choose other tiles.")
-        summary = QualityResult(assessed, len(tiles_and_labels), **running.means())
+        summary = QualityResult(assessed, len(tiles_and_labels), **running.means(), class_names=list(names))
         if report is not None:
             report.summarise(summary)
     return summary
