@@ -2,7 +2,8 @@
 
 Why: the tests check parameter definitions, not what a user sees. This opens QGIS's own algorithm
 dialog (processing.gui.AlgorithmDialog, the one the Toolbox opens; shown, never exec'd), expands
-"Advanced Parameters", saves a PNG of each window and a dialogs.json listing each dialog's parameters
+"Advanced Parameters", saves a PNG of each window (as it opens, and with the advanced parameters
+expanded) and a dialogs.json listing each dialog's parameters
 and the Qt widget class of ENGINE, DEVICE, MASKER and SCALING. It exits 1 if any of those is not a
 drop-down (QComboBox), so a regression to free-text fields is caught.
 
@@ -46,13 +47,16 @@ def screenshot(app, algorithm_id, out_dir):
     dialog = AlgorithmDialog(algorithm)
     dialog.resize(1200, 900)
     dialog.show()
+    for _ in range(5):
+        app.processEvents()
+    png = os.path.join(out_dir, algorithm_id.replace(":", "_") + ".png")
+    dialog.grab().save(png)  # as it opens: the main parameters, advanced ones collapsed
     for box in dialog.findChildren(QGroupBox):  # "Advanced Parameters"; sip only knows it as a QGroupBox
         if box.inherits("QgsCollapsibleGroupBoxBasic"):
             sip.cast(box, QgsCollapsibleGroupBoxBasic).setCollapsed(False)
     for _ in range(5):
         app.processEvents()
-    png = os.path.join(out_dir, algorithm_id.replace(":", "_") + ".png")
-    dialog.grab().save(png)
+    dialog.grab().save(png.replace(".png", "_advanced.png"))
     wrappers = dialog.mainWidget().wrappers
     widgets = {name: wrapped_widget(wrappers[name]) for name in CHOICES if name in wrappers}
     listing = {

@@ -77,7 +77,7 @@ def test_written_values_equal_shap_run_directly_at_the_right_pixels(mosaic, synt
         assert raster.bounds == pytest.approx(rasterio.open(path).window_bounds(rasterio.windows.Window(*scene["window"])))
         assert raster.transform.a == 2.0 and raster.transform.e == -2.0
         written = raster.read().transpose(1, 2, 0)
-        assert raster.descriptions == ("rank 1", "rank 2")
+        assert raster.descriptions == ("rank 1 (each tile's class: tile table, rank = 1)", "rank 2 (each tile's class: tile table, rank = 2)")
         assert raster.tags()["AIDXAI_OUTPUT_SPACE"] == space
     scale = np.abs(direct).max()
     if space != "probability":  # the model is sure of this tile: p ≈ 1 with and without the masking
@@ -245,17 +245,19 @@ def test_shipped_model3_classifies_and_explains_least_confident_tiles(mosaic, sy
     path, _ = mosaic
     model3 = os.path.join(ROOT, "resources", "models", "classify_explain_least_confident.model3")
     completed = run_qgis_process(
-        "--json", "run", model3, "--", f"raster={path}", f"model={synthetic_model}", "tiles_to_explain=2", "max_evals=60",
-        f"native:extractbyexpression_1:explained_tiles={tmp_path / 'least.gpkg'}",
-        f"aid_xai:explain_1:shap={tmp_path / 'shap.tif'}",
+        "--json", "run", model3, "--", f"input_raster={path}", f"model_file={synthetic_model}", "number_of_tiles=2", "shap_evaluations=60",
+        f"aid_xai:explain_1:Least confident tiles={tmp_path / 'least.gpkg'}",
+        f"aid_xai:explain_1:SHAP map of the least confident tiles={tmp_path / 'shap.tif'}",
+        f"aid_xai:explain_1:Explanation report={tmp_path / 'report.html'}",
     )
     assert completed.returncode == 0, completed.stdout[-2000:] + completed.stderr[-2000:]
     with rasterio.open(tmp_path / "shap.tif") as raster:
         assert raster.count == 4
     from osgeo import ogr
 
-    least = ogr.Open(str(tmp_path / "least.gpkg"))
-    assert least.GetLayer(0).GetFeatureCount() == 2
+    least = ogr.Open(str(tmp_path / "least.gpkg"))  # Explain's tile table: the 2 tiles, a row per explained class
+    assert len({feature["tile_id"] for feature in least.GetLayer(0)}) == 2
+    assert (tmp_path / "report.html").read_text().count("data:image/png;base64") == 2
 
 
 def test_overlapping_tiles_blend_or_overwrite_and_the_report_keeps_the_least_confident(mosaic, synthetic_model, tmp_path):
@@ -267,7 +269,8 @@ def test_overlapping_tiles_blend_or_overwrite_and_the_report_keeps_the_least_con
     path, _ = mosaic
     with rasterio.open(path) as raster:
         left, top = raster.bounds.left, raster.bounds.top
-    options = TilingOptions(stride=32, extent=(left, top - 128 * 2.0, left + 192 * 2.0, top))
+    # the tiles whose output cell (the 32-px block centred in each tile) meets 176 × 128 px: 3 × 5
+    options = TilingOptions(stride=32, extent=(left, top - 128 * 2.0, left + 176 * 2.0, top))
     settings = ExplainSettings(masker="blur(16,16)", max_evals=120, batch_size=64)
     written = {}
     for mode in ("last", "blend"):

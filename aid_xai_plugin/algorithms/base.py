@@ -8,6 +8,7 @@ import os
 
 from qgis.core import (
     QgsProcessingAlgorithm,
+    QgsProcessingUtils,
     QgsProcessingException,
     QgsProcessingParameterEnum,
 )
@@ -15,7 +16,9 @@ from qgis.PyQt.QtGui import QIcon
 
 from ..core.common.dependencies import missing_packages_message
 from ..core.common.errors import AidXaiError, Cancelled
+from ..core.common.failures import unexpected_error_message, write_failure_message
 from ..core.common.progress import Progress
+from ..core.geo.gdal_context import collected_gdal_messages
 from ..provider_paths import HELP_URL, ICON_PATH
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
@@ -27,6 +30,13 @@ def choice_parameter(name, description, choices, default, optional=False):
     parameter = QgsProcessingParameterEnum(name, description, options=list(choices), defaultValue=default, optional=optional)
     parameter.setUsesStaticStrings(True)
     return parameter
+
+
+def open_raster_output(context, path):
+    """Open a written raster output as a raster in the context's layer store. A model then finds it
+    there when it hands this step's outputs to the next steps, where QGIS 3.22 would otherwise try
+    the path as a vector first and log "[OGR] Cannot open …/OUTPUT.tif"."""
+    QgsProcessingUtils.mapLayerFromString(path, context, True, QgsProcessingUtils.LayerHint.Raster)
 
 
 class AidXaiAlgorithm(QgsProcessingAlgorithm):
@@ -73,11 +83,26 @@ class AidXaiAlgorithm(QgsProcessingAlgorithm):
             raise QgsProcessingException(message)
         progress = Progress(feedback.setProgress, feedback.isCanceled, feedback.pushInfo)
         try:
-            return self.process(parameters, context, feedback, progress)
+            # GDAL messages of this thread (also those of QGIS loading the input layer) are collected, not
+            # printed raw: a failure's message carries what matters, a success logs them as GDAL warnings
+            with collected_gdal_messages() as gdal_messages:
+                result = self.process(parameters, context, feedback, progress)
+            for message in list(dict.fromkeys(gdal_messages.errors + gdal_messages.warnings))[:10]:
+                feedback.pushInfo(f"GDAL reported: {message}")
+            return result
         except AidXaiError as error:
             raise QgsProcessingException(str(error)) from error
         except Cancelled as cancelled:
             raise QgsProcessingException(f"{self.display_name} was cancelled; no output was written.") from cancelled
+        except QgsProcessingException:
+            raise
+        except OSError as error:  # a file the core did not wrap (e.g. a style sidecar): name it and the fix
+            raise QgsProcessingException(write_failure_message(getattr(error, "filename", None) or "output", error)) from error
+        except Exception as error:  # noqa: BLE001 - last resort: one line for the user, the traceback in the debug log
+            import traceback
+
+            feedback.pushDebugInfo("".join(traceback.format_exception(type(error), error, error.__traceback__)))
+            raise QgsProcessingException(unexpected_error_message(error, self.display_name)) from error
 
     def process(self, parameters, context, feedback, progress):
         raise NotImplementedError

@@ -10,10 +10,10 @@ from qgis.core import (
 from ..core.common.errors import AidXaiError
 from ..core.pipelines.classify import ClassifyOutputs, classify_raster
 from ..qgis_compat import NUMBER_INTEGER
-from ..styling import apply_on_load, style_class_raster, style_tile_layer
-from .base import AidXaiAlgorithm
+from ..styling import apply_on_load, style_class_raster, style_probability_raster, style_tile_layer
+from .base import AidXaiAlgorithm, open_raster_output
 from .execution_parameters import add_execution_parameters, read_execution
-from .tiling_parameters import add_raster_and_model_parameters, add_tiling_parameters, read_tiling_options
+from .tiling_parameters import add_extent_parameter, add_raster_and_model_parameters, add_tiling_parameters, read_tiling_options
 
 
 class ClassifyAlgorithm(AidXaiAlgorithm):
@@ -22,20 +22,26 @@ class ClassifyAlgorithm(AidXaiAlgorithm):
     group_id = "maps"
     group_name = "Maps"
     help_text = (
-        "Cuts the raster into tiles (default: the model's input size in source pixels, no overlap), resizes "
-        "each tile to the model input exactly as training did, and classifies it.\n\n"
-        "Outputs: a class raster (uint8, nodata 255, class names as categories) and a probability raster "
-        "(float32, one band per class named after it) with one cell per tile: the cell is the tile's "
-        "footprint (with a stride, the stride-sized block at the tile's centre), on edges of the source "
-        "pixels; and a tile layer (.gpkg, .geojson or .shp) with the top-k classes, probabilities, margin (p1 − p2) and "
-        "normalised entropy, so low-confidence tiles are one filter away. Each output gets a .qml style "
-        "sidecar.\n\nValues are scaled to 0..1 by the value scaling (auto: 8-bit /255, other types a 2–98 % "
-        "stretch; percentile or minmax with the low/high numbers; none); nodata, alpha and pixels outside "
-        "the raster are invalid, and tiles with less than the minimum fraction of valid pixels are skipped."
+        "Cuts the raster into tiles of its own grid (anchored at the raster's top-left pixel: the processing "
+        "extent selects tiles of that grid, so Classify and Explain tiles always agree), resizes each tile to "
+        "the model input exactly as training did, and classifies it. Tile size not set: the model's input "
+        "size in source pixels; stride not set: the tile size (no overlap).\n\n"
+        "Outputs, each with a .qml style beside it: the class raster (uint8, nodata 255; classes in fixed "
+        "colours that mean something: water blue, vegetation green, built-up red and grey, bare land tan); "
+        "the probability raster (float32, one band per class named after it, each drawn as a 0-1 ramp: "
+        "transparent where the class is unlikely); both with one cell per tile (with a stride, the "
+        "stride-sized block at the tile's centre), on edges of the source pixels; and the tile layer (.gpkg, "
+        ".geojson or .shp; drawn as class-coloured outlines labelled with class and probability) with the "
+        "top-k classes, probabilities, margin (p1 − p2) and normalised entropy, so low-confidence tiles are "
+        "one filter away.\n\n"
+        "Values are scaled to 0..1 by \"Value scaling\" (auto: 8-bit /255, other types a 2–98 % stretch; "
+        "percentile or minmax with the low/high numbers; none); nodata, alpha and pixels outside the raster "
+        "are invalid, and tiles with less than the minimum valid fraction are skipped (advanced parameters)."
     )
 
     def initAlgorithm(self, config=None):  # noqa: N802
         add_raster_and_model_parameters(self)
+        add_extent_parameter(self)
         add_tiling_parameters(self)
         self.addParameter(QgsProcessingParameterNumber("TOP_K", "Classes listed per tile (top-k)", NUMBER_INTEGER, 4, minValue=1))
         self.add_device_parameter()
@@ -76,11 +82,12 @@ class ClassifyAlgorithm(AidXaiAlgorithm):
         names = summary.class_names
         for key, path, styler in (
             ("OUTPUT_CLASSES", outputs.class_raster, style_class_raster),
-            ("OUTPUT_PROBABILITIES", outputs.probability_raster, None),
+            ("OUTPUT_PROBABILITIES", outputs.probability_raster, style_probability_raster),
             ("OUTPUT_TILES", outputs.tile_layer, style_tile_layer),
         ):
             if path:
                 results[key] = path
-                if styler is not None:
-                    apply_on_load(context, path, styler(path, names))
+                apply_on_load(context, path, styler(path, names))
+                if key != "OUTPUT_TILES":
+                    open_raster_output(context, path)
         return results

@@ -23,8 +23,8 @@ class EvaluateAlgorithm(AidXaiAlgorithm):
         "Classifies every image of a labelled folder (one sub-folder per class, named like the model's "
         "classes; a subset of the classes is fine) with the model, resizing exactly as training and Classify "
         "do, and reports overall accuracy, macro-F1 and per-class precision, recall and F1.\n\n"
-        "OUTPUT_HTML gets a report with a row-normalised confusion matrix (also written as <name>_confusion.png "
-        "beside it); the per-class table is written as CSV to OUTPUT_CSV, or beside the report when that is "
+        "The evaluation report gets a row-normalised confusion matrix (also written as <name>_confusion.png "
+        "beside it); the per-class table is written as CSV to \"Per-class scores\", or beside the report when that is "
         "skipped. Use images the model was not trained on."
     )
 

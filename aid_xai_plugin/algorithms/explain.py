@@ -11,9 +11,9 @@ from qgis.core import (
 
 from ..core.geo.mosaic import OVERLAP_MODES
 from ..core.pipelines.explain import ExplainOutputs, ExplainRequest, explain_raster
-from ..qgis_compat import NUMBER_INTEGER
-from ..styling import apply_on_load, style_shap_raster
-from .base import AidXaiAlgorithm, choice_parameter
+from ..qgis_compat import NUMBER_INTEGER, with_advanced_flag
+from ..styling import apply_on_load, style_explained_tile_table, style_shap_raster
+from .base import AidXaiAlgorithm, choice_parameter, open_raster_output
 from .execution_parameters import add_execution_parameters, read_execution
 from .explain_parameters import add_shap_parameters, add_tile_choice_parameters, read_shap_settings, tile_selector
 from .tiling_parameters import add_raster_and_model_parameters, add_tiling_parameters, read_tiling_options
@@ -27,47 +27,55 @@ class ExplainAlgorithm(AidXaiAlgorithm):
     required_imports = ("torch", "shap", "cv2")
     help_text = (
         "Explains why the model classified tiles as it did, with partition SHAP (shap's PartitionExplainer "
-        "with an Image masker, as in the source workflow). Tiles are cut exactly as in Classify. Choose tiles "
-        "with FEATURES (points: the tile under each point; polygons: the tiles whose centre lies inside, e.g. "
-        "Classify's tile layer filtered to low margins) or explain all tiles in the extent.\n\n"
-        "Output space: logit (default: the model's raw class scores, as the source explains them; they "
-        "don't saturate, so a tile the model is sure of still gets a map), probability (differences in p; "
-        "blank where p is ≈1 or ≈0 for both the tile and its masked version) or log_probability.\n\n"
-        "Output: a float32 GeoTIFF on the source pixel grid with one band per rank (top-k mode) or per chosen "
-        "class (CLASSES), styled red = pushes the class up, blue = pushes it down, near zero transparent. Per "
-        "tile and band, the values sum to f(tile) − f(fully masked tile) in the output space (SHAP "
-        "efficiency); when a tile is resized for the model, each model pixel's value is spread over the "
-        "source pixels it covers by area, preserving that sum. Overlapping tiles (STRIDE < tile size) are "
-        "blended into a seamless map (each pixel: the mean of the tiles covering it, weighted towards each "
-        "tile's centre) or, with OVERLAP = last, the later tile overwrites. Also a tile table (probability, "
-        "f, base value and ΣSHAP per tile and class: the exact per-tile sums) and an HTML report in "
-        "shap.image_plot's layout of the REPORT_TILES least confident tiles.\n\n"
-        "MAX_EVALS sets resolution against time: each evaluation is one model call on a masked tile; 500 "
-        "gives coarse blocks, 5 000 object-level detail, 50 000 (the source's setting) near-pixel detail. "
-        "A time estimate is logged before the run. Masker: blur (hidden pixels become the tile blurred with "
-        "the kernel size; default 256, as the source's blur(256,256)), inpaint_telea, inpaint_ns, or constant "
-        "(the value in model-input scale 0..1). Engine: fast (default: shap's values to float32 rounding, "
-        "recomputing only the CNN features near each masked box; 17-41× faster than shap on 2 CPU cores), "
-        "exact (shap's values bit for bit, full model evaluations) or shap (the reference itself). The "
-        "random seed makes shap's tie-breaks reproducible.\n\n"
+        "with an Image masker, as in the source workflow).\n\n"
+        "Which tiles: the tiles of the raster's own grid (the same tiles Classify cuts) under "
+        "\"Explain the tiles under these features\" (a point picks the tile under it; a polygon the tiles whose "
+        "centre it contains, e.g. Classify's tile layer filtered to low margins), within the processing "
+        "extent; with no features, every tile in the extent. An extent smaller than a tile picks the tile "
+        "under it. A run refuses to start on more than \"Maximum tiles to explain\" tiles; not set, that is "
+        "as many as take about an hour at this number of evaluations (the estimate is in the message).\n\n"
+        "What: \"Explain the k most probable classes\" of each tile (band k = the tile's k-th class, "
+        "named in the explained tiles table), or the classes listed under \"…or these classes\". \"Explain "
+        "the model's\": logit (default; the raw class scores, as the source explains them: they don't "
+        "saturate, so a tile the model is sure of still gets a map), probability (blank where p is ≈1 or ≈0 "
+        "for the tile and its masked versions) or log_probability.\n\n"
+        "How: \"Model evaluations per tile\" sets detail against time: each evaluation is one model "
+        "call on a masked tile; 500 gives coarse blocks, 5 000 object-level detail, 50 000 (the source's "
+        "setting) near-pixel detail. Masker: blur (hidden pixels become the tile blurred with the kernel "
+        "size; 256 as the source's blur(256,256)), inpaint_telea, inpaint_ns, or constant (the value on the "
+        "model's 0..1 scale). Engine: fast (default: shap's values to float32 rounding, recomputing only the "
+        "CNN features near each masked box; 17-41× faster than shap on 2 CPU cores), exact (shap's values "
+        "bit for bit, full model evaluations) or shap (the reference itself).\n\n"
+        "Outputs: the SHAP raster, float32 on the source pixel grid with one band per class explained, "
+        "styled red = pushes the class up, blue = pushes it down, transparent near zero, every band on one "
+        "scale: the run's robust maximum, in the units of the output space (shown in the legend). Per tile "
+        "and band the values sum to f(tile) − f(fully masked tile) (SHAP efficiency); a tile resized for "
+        "the model has each model pixel's value spread over the source pixels it covers, preserving that "
+        "sum. Overlapping tiles (stride < tile size) are blended into a seamless map, or with \"Overlapping "
+        "tiles combine by\" = last, the later tile overwrites. The explained tiles table (outlines, one "
+        "label per tile) holds per tile and class the probability, f, base value and ΣSHAP; the report "
+        "shows the least confident tiles in shap.image_plot's layout.\n\n"
         "Long runs: finished tiles are kept in a hidden .resume folder beside the output until the run "
         "completes; running the same command again after a cancel or crash explains only the missing "
-        "tiles. EXECUTION = dask spreads tiles over a Dask cluster: a local one started for the run "
-        "(DASK_WORKERS processes × DASK_THREADS threads) or a running scheduler (DASK_SCHEDULER, e.g. "
-        "tcp://host:8786) whose workers can read the raster and the model at the same paths."
+        "tiles. \"Run tiles\" = dask spreads tiles over a Dask cluster: a local one started for the run or a "
+        "running scheduler whose workers can read the raster and the model at the same paths (advanced "
+        "parameters)."
     )
 
     def initAlgorithm(self, config=None):  # noqa: N802
         add_raster_and_model_parameters(self)
         add_tile_choice_parameters(self)
+        self.addParameter(
+            QgsProcessingParameterNumber("MAX_TILES", "Maximum tiles to explain (not set: about an hour of work)", NUMBER_INTEGER, None, optional=True, minValue=0)
+        )
         add_tiling_parameters(self, default_batch=128)
-        add_shap_parameters(self)
         self.addParameter(QgsProcessingParameterNumber("TOP_K", "Explain the k most probable classes", NUMBER_INTEGER, 4, minValue=1))
-        self.addParameter(QgsProcessingParameterString("CLASSES", "…or these classes (comma-separated names; overrides TOP_K)", optional=True))
+        self.addParameter(QgsProcessingParameterString("CLASSES", "…or these classes (comma-separated names)", optional=True))
+        add_shap_parameters(self)
         self.add_device_parameter()
         add_execution_parameters(self)
-        self.addParameter(choice_parameter("OVERLAP", "Overlapping tiles (STRIDE < tile size) combine by", OVERLAP_MODES, "blend"))
-        self.addParameter(QgsProcessingParameterNumber("REPORT_TILES", "Report shows the N least confident tiles (0 = all)", NUMBER_INTEGER, 50, minValue=0))
+        self.addParameter(with_advanced_flag(choice_parameter("OVERLAP", "Overlapping tiles combine by", OVERLAP_MODES, "blend")))
+        self.addParameter(with_advanced_flag(QgsProcessingParameterNumber("REPORT_TILES", "Least confident tiles in the report (0: all)", NUMBER_INTEGER, 50, minValue=0)))
         self.addParameter(QgsProcessingParameterRasterDestination("OUTPUT", "SHAP raster"))
         self.addParameter(QgsProcessingParameterVectorDestination("OUTPUT_TABLE", "Explained tiles table", optional=True, createByDefault=True))
         self.addParameter(QgsProcessingParameterFileDestination("OUTPUT_REPORT", "Report", "HTML files (*.html)", optional=True, createByDefault=True))
@@ -82,6 +90,7 @@ class ExplainAlgorithm(AidXaiAlgorithm):
             tile_selector=tile_selector(self, parameters, context, layer),
             top_k=self.parameterAsInt(parameters, "TOP_K", context),
             class_names=[name.strip() for name in classes_text.split(",") if name.strip()] if classes_text else None,
+            max_tiles=self.parameterAsInt(parameters, "MAX_TILES", context) or 0,
         )
         settings = read_shap_settings(self, parameters, context)
         outputs = ExplainOutputs(
@@ -98,8 +107,10 @@ class ExplainAlgorithm(AidXaiAlgorithm):
         feedback.pushInfo(f"Explained {summary.explained} of {summary.requested} selected tile(s); bands: {', '.join(summary.band_names)}")
         results = {"OUTPUT": outputs.shap_raster, "TILES_EXPLAINED": summary.explained}
         apply_on_load(context, outputs.shap_raster, style_shap_raster(outputs.shap_raster, summary.style_scale, summary.output_space))
+        open_raster_output(context, outputs.shap_raster)
         if outputs.tile_table:
             results["OUTPUT_TABLE"] = outputs.tile_table
+            apply_on_load(context, outputs.tile_table, style_explained_tile_table(outputs.tile_table, summary.class_names))
         if outputs.report:
             results["OUTPUT_REPORT"] = outputs.report
         return results

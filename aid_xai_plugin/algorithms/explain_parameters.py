@@ -13,30 +13,32 @@ from qgis.core import (
 from ..core.common.errors import AidXaiError
 from ..core.explain.engine import ExplainSettings
 from ..core.ml.classifier import OUTPUT_SPACES
-from ..qgis_compat import NUMBER_DOUBLE, NUMBER_INTEGER, POINT_GEOMETRY, SOURCE_VECTOR_POINT, SOURCE_VECTOR_POLYGON
+from ..qgis_compat import NUMBER_DOUBLE, NUMBER_INTEGER, POINT_GEOMETRY, SOURCE_VECTOR_POINT, SOURCE_VECTOR_POLYGON, with_advanced_flag
 from .base import choice_parameter
+from .tiling_parameters import add_extent_parameter
 
 ENGINES = ("fast", "exact", "shap")
 MASKERS = ("blur", "inpaint_telea", "inpaint_ns", "constant")
 
 
 def add_tile_choice_parameters(algorithm):
+    """Which tiles: under features and/or in an extent (tiles of the raster's own grid either way)."""
     algorithm.addParameter(
-        QgsProcessingParameterFeatureSource(
-            "FEATURES", "Explain tiles under these features (empty = all tiles in the extent)", [SOURCE_VECTOR_POINT, SOURCE_VECTOR_POLYGON], optional=True
-        )
+        QgsProcessingParameterFeatureSource("FEATURES", "Explain the tiles under these features (not set: every tile in the extent)", [SOURCE_VECTOR_POINT, SOURCE_VECTOR_POLYGON], optional=True)
     )
-    algorithm.addParameter(QgsProcessingParameterField("LABEL_FIELD", "Field with the true label (shown in the report)", parentLayerParameterName="FEATURES", optional=True))
+    algorithm.addParameter(QgsProcessingParameterField("LABEL_FIELD", "True-label field (shown in the report)", parentLayerParameterName="FEATURES", optional=True))
+    add_extent_parameter(algorithm)
 
 
 def add_shap_parameters(algorithm, default_max_evals=500):
-    algorithm.addParameter(QgsProcessingParameterNumber("MAX_EVALS", "Model evaluations per tile (max_evals)", NUMBER_INTEGER, default_max_evals, minValue=3))
+    """What is explained and how, in the order a user decides it; the seed is advanced."""
     algorithm.addParameter(choice_parameter("OUTPUT_SPACE", "Explain the model's", OUTPUT_SPACES, "logit"))
+    algorithm.addParameter(QgsProcessingParameterNumber("MAX_EVALS", "Model evaluations per tile (max_evals)", NUMBER_INTEGER, default_max_evals, minValue=3))
     algorithm.addParameter(choice_parameter("MASKER", "Masker (what hidden pixels become)", MASKERS, "blur"))
     algorithm.addParameter(QgsProcessingParameterNumber("MASKER_KERNEL", "Blur kernel size (model-input pixels)", NUMBER_INTEGER, 256, minValue=1))
-    algorithm.addParameter(QgsProcessingParameterNumber("MASKER_VALUE", "Constant for hidden pixels (model-input scale 0..1)", NUMBER_DOUBLE, 0.5, minValue=0.0, maxValue=1.0))
+    algorithm.addParameter(QgsProcessingParameterNumber("MASKER_VALUE", "Constant for hidden pixels (0..1)", NUMBER_DOUBLE, 0.5, minValue=0.0, maxValue=1.0))
     algorithm.addParameter(choice_parameter("ENGINE", "Engine", ENGINES, "fast"))
-    algorithm.addParameter(QgsProcessingParameterNumber("SEED", "Random seed", NUMBER_INTEGER, 0))
+    algorithm.addParameter(with_advanced_flag(QgsProcessingParameterNumber("SEED", "Random seed (shap's tie-breaks)", NUMBER_INTEGER, 0)))
 
 
 def read_shap_settings(algorithm, parameters, context):

@@ -12,6 +12,7 @@ from ..core.ml.randomisation import RANDOMISE_SCOPES
 from ..core.pipelines.explain import ExplainRequest
 from ..core.pipelines.quality import QualityOutputs, explanation_quality
 from ..qgis_compat import NUMBER_INTEGER
+from ..styling import apply_on_load, style_explained_tile_table
 from .base import AidXaiAlgorithm, choice_parameter
 from .explain_parameters import add_shap_parameters, add_tile_choice_parameters, read_shap_settings, tile_selector
 from .tiling_parameters import add_raster_and_model_parameters, add_tiling_parameters, read_tiling_options
@@ -33,25 +34,25 @@ class ExplanationQualityAlgorithm(AidXaiAlgorithm):
     group_name = "Maps"
     required_imports = ("torch", "shap", "cv2")  # scipy comes with shap
     help_text = (
-        "Measures on chosen tiles how far their partition-SHAP maps can be trusted, so MAX_EVALS, MASKER and "
-        "OUTPUT_SPACE can be chosen on evidence. Tiles, tiling and SHAP parameters are those of Explain tiles.\n\n"
+        "Measures on chosen tiles how far their partition-SHAP maps can be trusted, so the number of evaluations, "
+        "the masker and the output space can be chosen on evidence. Tiles, tiling and SHAP parameters are those of Explain tiles.\n\n"
         "Deletion (Petsiuk et al., RISE, 2018): the model-input pixels are hidden with the explanation's own masker, "
-        "most important first (by the map, per class), and the class probability is followed over STEPS equal "
+        "most important first (by the map, per class), and the class probability is followed over \"Curve steps\" equal "
         "fractions; its area under the curve (AUC, 0..1) should be LOWER than when the pixels are hidden in random "
-        "order (the mean of RANDOM_ORDERS seeded orders). Insertion: the same pixels are revealed first on the fully "
+        "order (the mean of \"Random orders\" seeded orders). Insertion: the same pixels are revealed first on the fully "
         "masked tile; its AUC should be HIGHER than random. A map whose AUCs equal random's says nothing the "
         "perturbation can confirm; curves flat near 1 mean the model still recognises the fully masked tile (try "
         "another masker, e.g. a constant or a smaller blur). Curves are in probability whatever space was explained.\n\n"
         "Randomisation check (Adebayo et al., 2018): the same classes are explained with a copy of the model whose "
-        "head (the layers after the last convolution) or all layers (RANDOMISE) are re-initialised, and Spearman's "
+        "head (the layers after the last convolution) or all layers (\"Layers re-initialised\") are re-initialised, and Spearman's "
         "rank correlation ρ with the trained model's map is reported: |ρ| near 0 = the map depends on what the "
         "model learned, as it should; |ρ| near 1 = it mostly shows the image.\n\n"
-        "To choose settings: run this on a few typical tiles with each candidate (e.g. MAX_EVALS 500 vs 5 000, blur "
+        "To choose settings: run this on a few typical tiles with each candidate (e.g. 500 vs 5 000 evaluations, blur "
         "vs constant masker, logit vs probability) and keep the cheapest one whose deletion AUC stays clearly below "
         "random, insertion AUC clearly above, and |ρ| small.\n\n"
         "Outputs: a table per tile and class (AUCs, random AUCs, ρ, probability), an HTML report with the curves and "
         "the trained vs randomised maps, and the means as numbers (of |ρ| for the correlation). Each tile costs two explanations plus "
-        "(2 × classes + 2 × RANDOM_ORDERS) × (STEPS + 1) model calls."
+        "(2 × classes + 2 × random orders) × (curve steps + 1) model calls."
     )
 
     def initAlgorithm(self, config=None):  # noqa: N802
@@ -60,7 +61,7 @@ class ExplanationQualityAlgorithm(AidXaiAlgorithm):
         add_tiling_parameters(self, default_batch=128)
         add_shap_parameters(self)
         self.addParameter(QgsProcessingParameterNumber("TOP_K", "Assess the k most probable classes", NUMBER_INTEGER, 1, minValue=1))
-        self.addParameter(QgsProcessingParameterString("CLASSES", "…or these classes (comma-separated names; overrides TOP_K)", optional=True))
+        self.addParameter(QgsProcessingParameterString("CLASSES", "…or these classes (comma-separated names)", optional=True))
         self.addParameter(QgsProcessingParameterNumber("STEPS", "Curve steps (points at 0, 1/steps, …, 1 of the pixels)", NUMBER_INTEGER, 20, minValue=2))
         self.addParameter(QgsProcessingParameterNumber("RANDOM_ORDERS", "Random orders averaged for the baseline", NUMBER_INTEGER, 3, minValue=1))
         self.addParameter(choice_parameter("RANDOMISE", "Layers re-initialised for the randomisation check", RANDOMISE_SCOPES, "head"))
@@ -106,6 +107,7 @@ class ExplanationQualityAlgorithm(AidXaiAlgorithm):
         results.update({name: getattr(summary, field) for field, (name, _) in _MEANS.items()})
         if outputs.table:
             results["OUTPUT_TABLE"] = outputs.table
+            apply_on_load(context, outputs.table, style_explained_tile_table(outputs.table, summary.class_names))
         if outputs.report:
             results["OUTPUT_REPORT"] = outputs.report
         return results

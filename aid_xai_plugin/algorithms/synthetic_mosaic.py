@@ -13,7 +13,7 @@ from ..core.common.errors import AidXaiError
 from ..core.data.synthetic import make_scene_mosaic
 from ..core.geo.vector import write_polygons
 from ..qgis_compat import NUMBER_DOUBLE, NUMBER_INTEGER
-from .base import AidXaiAlgorithm
+from .base import AidXaiAlgorithm, open_raster_output
 
 
 class SyntheticMosaicAlgorithm(AidXaiAlgorithm):
@@ -59,6 +59,7 @@ class SyntheticMosaicAlgorithm(AidXaiAlgorithm):
                 seed=self.parameterAsInt(parameters, "SEED", context),
             )
         results = {"OUTPUT": output}
+        open_raster_output(context, output)
         if truth_path:
             fields = [("scene_id", int), ("row", int), ("col", int), ("label", str)]
             records = [((index, t["row"], t["col"], t["class_name"]), t["bounds"]) for index, t in enumerate(truth)]

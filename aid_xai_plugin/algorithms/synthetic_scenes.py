@@ -1,6 +1,6 @@
 """aid_xai:synthetic_scenes — a labelled folder of procedural scenes to try training on."""
 
-from qgis.core import QgsProcessingOutputFolder, QgsProcessingParameterFolderDestination, QgsProcessingParameterNumber
+from qgis.core import QgsProcessingParameterFolderDestination, QgsProcessingParameterNumber
 
 from ..core.data.synthetic import SYNTHETIC_CLASSES, make_scene_folder
 from ..qgis_compat import NUMBER_INTEGER
@@ -23,8 +23,9 @@ class SyntheticScenesAlgorithm(AidXaiAlgorithm):
         self.addParameter(QgsProcessingParameterNumber("PER_CLASS", "Images per class", NUMBER_INTEGER, 40, minValue=1, maxValue=10000))
         self.addParameter(QgsProcessingParameterNumber("SIZE", "Image size (pixels)", NUMBER_INTEGER, 64, minValue=24, maxValue=2048))
         self.addParameter(QgsProcessingParameterNumber("SEED", "Random seed", NUMBER_INTEGER, 0))
+        # The destination parameter registers the OUTPUT output itself (a second addOutput would log
+        # "Duplicate output OUTPUT registered" at every start); results still carry OUTPUT.
         self.addParameter(QgsProcessingParameterFolderDestination("OUTPUT", "Dataset folder"))
-        self.addOutput(QgsProcessingOutputFolder("OUTPUT", "Dataset folder"))
 
     def process(self, parameters, context, feedback, progress):
         folder = self.parameterAsString(parameters, "OUTPUT", context)

@@ -24,31 +24,26 @@ def add_raster_and_model_parameters(algorithm):
     algorithm.addParameter(QgsProcessingParameterFile("MODEL", "Model file (from Train)", fileFilter=MODEL_FILTER))
 
 
+def add_extent_parameter(algorithm):
+    algorithm.addParameter(QgsProcessingParameterExtent("EXTENT", "Processing extent (not set: the whole raster)", optional=True))
+
+
 def add_tiling_parameters(algorithm, default_batch=32):
-    advanced = []
+    """Tile size and stride read "Not set" for automatic (not 0.000000); 0 still means automatic
+    from qgis_process and saved models."""
     algorithm.addParameter(
-        QgsProcessingParameterNumber("TILE_SIZE", "Tile size (0 = the model's input size in source pixels)", NUMBER_DOUBLE, 0.0, minValue=0.0)
+        QgsProcessingParameterNumber("TILE_SIZE", "Tile size (not set: the model's input size in pixels)", NUMBER_DOUBLE, None, optional=True, minValue=0.0)
     )
-    algorithm.addParameter(QgsProcessingParameterEnum("TILE_UNIT", "Tile size and stride unit", TILE_UNITS, defaultValue=0))
-    algorithm.addParameter(
-        QgsProcessingParameterNumber("STRIDE", "Stride between tiles (0 = tile size, no overlap)", NUMBER_DOUBLE, 0.0, minValue=0.0)
-    )
-    algorithm.addParameter(QgsProcessingParameterExtent("EXTENT", "Processing extent (empty = whole raster)", optional=True))
-    advanced.append(QgsProcessingParameterString("BANDS", "Bands in model order, e.g. 1,2,3 (empty = as recorded in the model)", optional=True))
-    advanced.append(choice_parameter("SCALING", "Value scaling to 0..1", SCALING_MODES, "auto"))
-    advanced.append(QgsProcessingParameterNumber("SCALING_LOW", "Scaling low: percentile, or minmax minimum", NUMBER_DOUBLE, 2.0))
-    advanced.append(QgsProcessingParameterNumber("SCALING_HIGH", "Scaling high: percentile, or minmax maximum", NUMBER_DOUBLE, 98.0))
-    advanced.append(
-        QgsProcessingParameterNumber(
-            "MIN_VALID_FRACTION",
-            "Minimum fraction of valid (not nodata/alpha/outside) pixels for a tile to be used",
-            NUMBER_DOUBLE,
-            DEFAULT_MIN_VALID_FRACTION,
-            minValue=0.0,
-            maxValue=1.0,
-        )
-    )
-    advanced.append(QgsProcessingParameterNumber("BATCH_SIZE", "Batch size (tiles per model call)", NUMBER_INTEGER, default_batch, minValue=1))
+    algorithm.addParameter(QgsProcessingParameterNumber("STRIDE", "Stride between tiles (not set: the tile size, no overlap)", NUMBER_DOUBLE, None, optional=True, minValue=0.0))
+    algorithm.addParameter(QgsProcessingParameterEnum("TILE_UNIT", "Unit of tile size and stride", TILE_UNITS, defaultValue=0))
+    advanced = [
+        QgsProcessingParameterString("BANDS", "Bands in model order, e.g. 1,2,3 (not set: as the model records)", optional=True),
+        choice_parameter("SCALING", "Value scaling to 0..1", SCALING_MODES, "auto"),
+        QgsProcessingParameterNumber("SCALING_LOW", "Scaling low (percentile or minimum)", NUMBER_DOUBLE, 2.0),
+        QgsProcessingParameterNumber("SCALING_HIGH", "Scaling high (percentile or maximum)", NUMBER_DOUBLE, 98.0),
+        QgsProcessingParameterNumber("MIN_VALID_FRACTION", "Minimum valid fraction of a tile", NUMBER_DOUBLE, DEFAULT_MIN_VALID_FRACTION, minValue=0.0, maxValue=1.0),
+        QgsProcessingParameterNumber("BATCH_SIZE", "Batch size (tiles per model call)", NUMBER_INTEGER, default_batch, minValue=1),
+    ]
     for parameter in advanced:
         algorithm.addParameter(with_advanced_flag(parameter))
 
@@ -61,9 +56,9 @@ def read_tiling_options(algorithm, parameters, context, layer):
         if not rectangle.isNull() and not rectangle.isEmpty():
             extent = (rectangle.xMinimum(), rectangle.yMinimum(), rectangle.xMaximum(), rectangle.yMaximum())
     return TilingOptions(
-        tile_size=algorithm.parameterAsDouble(parameters, "TILE_SIZE", context),
+        tile_size=algorithm.parameterAsDouble(parameters, "TILE_SIZE", context) or 0.0,
         tile_unit=TILE_UNITS[algorithm.parameterAsEnum(parameters, "TILE_UNIT", context)],
-        stride=algorithm.parameterAsDouble(parameters, "STRIDE", context),
+        stride=algorithm.parameterAsDouble(parameters, "STRIDE", context) or 0.0,
         extent=extent,
         bands=algorithm.parameterAsString(parameters, "BANDS", context),
         scaling=scaling_spec(algorithm, parameters, context),

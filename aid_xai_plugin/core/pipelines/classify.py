@@ -11,6 +11,7 @@ import dataclasses
 import numpy as np
 
 from ..common.errors import AidXaiError
+from ..common.failures import out_of_memory_as_error
 from ..common.palette import class_colors
 from ..geo.gdal_context import raising_gdal_errors
 from ..geo.vector import PolygonWriter
@@ -68,6 +69,7 @@ def classify_raster(raster_path, model_path, options, outputs, k=4, batch_size=3
     tags = source.provenance()
     cells = (grid.cols, grid.rows)
     with contextlib.ExitStack() as sinks:
+        sinks.enter_context(out_of_memory_as_error(f"classifying on {classifier.device}", f"BATCH_SIZE (now {batch_size}) or TILE_SIZE"))
         classes = probabilities = table = None
         if outputs.class_raster:
             classes = sinks.enter_context(GeoTiffSink(outputs.class_raster, *cells, 1, gdal.GDT_Byte, grid.cell_geotransform(), source.projection, CLASS_NODATA, ["class"], tags))
@@ -152,7 +154,7 @@ def _describe_classes(band, names):
 
     band.SetCategoryNames(list(names))
     table = gdal.ColorTable()
-    for index, (r, g, b) in enumerate(class_colors(len(names))):
+    for index, (r, g, b) in enumerate(class_colors(names)):
         table.SetColorEntry(index, (r, g, b, 255))
     band.SetRasterColorTable(table)
     band.SetRasterColorInterpretation(gdal.GCI_PaletteIndex)
