@@ -4,7 +4,8 @@ ROOT := $(abspath .)
 VENV := $(ROOT)/.venv
 QGIS_DIR := $(ROOT)/.qgis
 PLUGIN_NAME := aid_xai
-SYSTEM_PACKAGES := qgis python3-qgis qgis-providers python3-gdal gdal-bin python3-rasterio python3-venv python3-pip zip unzip
+# xvfb, xauth: the desktop tests (tests/test_desktop.py) and `make screenshots` run QGIS on a virtual X screen.
+SYSTEM_PACKAGES := qgis python3-qgis qgis-providers python3-gdal gdal-bin python3-rasterio python3-venv python3-pip zip unzip xvfb xauth
 export QT_QPA_PLATFORM := offscreen
 
 .PHONY: setup system venv plugin demo test test-debian screenshots zip install-user clean
@@ -58,6 +59,6 @@ test-debian:
 
 # Screenshots of the classify/explain dialogs on a virtual screen (build/screenshots; fails if a choice
 # is not a drop-down).
+# The desktop session of tests/test_desktop.py leaves the real QGIS window's screenshots in build/desktop.
 screenshots: setup
-	@command -v xvfb-run >/dev/null || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y xvfb xauth; }
 	env -u QT_QPA_PLATFORM xvfb-run -a -s "-screen 0 1280x1024x24" $(VENV)/bin/python scripts/screenshot_dialogs.py build/screenshots
