@@ -1,4 +1,4 @@
-"""Train and score Net on the real AID images, as the source document did, and compare.
+"""Train and score a classifier (Net by default) on the real AID images, as the source document did, and compare.
 
 The source trained Net on AID with a stratified 10 % validation split and reported accuracy 0.53 and
 macro-F1 0.517 on that split. This runs the plugin's own training (same loader, resize and split
@@ -42,10 +42,20 @@ def limited_copy(dataset, per_class, folder):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default=DEFAULT_DATASET, help="folder-per-class image set (default: ../shared/aid150)")
+    parser.add_argument("--architecture", default="Net", help="Net, resnet18, resnet50, mobilenet_v3_large, efficientnet_b0 or convnext_tiny")
+    parser.add_argument("--init-weights", help="a downloaded state dict to start from")
     parser.add_argument("--input-size", type=int, default=128)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--optimizer", default="adam", choices=["adam", "adamw", "sgd"])
+    parser.add_argument("--schedule", default="constant", choices=["constant", "cosine"])
+    parser.add_argument("--warmup-epochs", type=float, default=0.0)
+    parser.add_argument("--weight-decay", type=float, default=0.0)
+    parser.add_argument("--label-smoothing", type=float, default=0.0)
+    parser.add_argument("--freeze-epochs", type=int, default=0)
+    parser.add_argument("--balanced", action="store_true", help="class-balanced sampling")
+    parser.add_argument("--early-stopping", type=int, default=0)
     parser.add_argument("--augment", action="store_true", help="random flips and 90° rotations")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")
@@ -67,11 +77,21 @@ def main():
         config = TrainingConfig(
             dataset=dataset,
             output=arguments.output or os.path.join(scratch, "aid.aidx.pt"),
+            architecture=arguments.architecture,
+            init_weights=arguments.init_weights,
             input_size=arguments.input_size,
             validation_fraction=0.10,
             epochs=arguments.epochs,
             batch_size=arguments.batch_size,
             learning_rate=arguments.learning_rate,
+            optimizer=arguments.optimizer,
+            schedule=arguments.schedule,
+            warmup_epochs=arguments.warmup_epochs,
+            weight_decay=arguments.weight_decay,
+            label_smoothing=arguments.label_smoothing,
+            freeze_epochs=arguments.freeze_epochs,
+            balanced_sampling=arguments.balanced,
+            early_stopping=arguments.early_stopping,
             seed=arguments.seed,
             device=arguments.device,
             augment=arguments.augment,
@@ -82,7 +102,7 @@ def main():
     worst = sorted(metrics["per_class"], key=lambda entry: entry["f1"])[:5]
     print()
     print(f"Validation split ({metrics['n_validation']} images, {len(metrics['class_names'])} classes, seed {arguments.seed}), "
-          f"{arguments.input_size} px, {arguments.epochs} epochs, augment={arguments.augment}:")
+          f"{arguments.architecture} at {arguments.input_size} px, {len(metrics['history'])} epochs (best {metrics['best_epoch']}), {arguments.optimizer}/{arguments.schedule}, augment={arguments.augment}:")
     print(f"  {'':10} {'this run':>9} {'source':>7}")
     print(f"  {'accuracy':10} {metrics['accuracy']:9.3f} {SOURCE_ACCURACY:7.3f}")
     print(f"  {'macro-F1':10} {metrics['macro_f1']:9.3f} {SOURCE_MACRO_F1:7.3f}")

@@ -50,6 +50,11 @@ class Net(nn.Module):
 
 
 def build_model(architecture, arguments):
-    if architecture not in ARCHITECTURES:
-        raise KeyError(architecture)
-    return ARCHITECTURES[architecture](**arguments)
+    """The module a model file describes: the source's Net or one of torchvision's backbones."""
+    from .torchvision_models import TORCHVISION_ARCHITECTURES, build_torchvision_model
+
+    if architecture in ARCHITECTURES:
+        return ARCHITECTURES[architecture](**arguments)
+    if architecture in TORCHVISION_ARCHITECTURES:
+        return build_torchvision_model(architecture, **arguments)
+    raise KeyError(architecture)
