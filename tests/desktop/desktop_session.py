@@ -137,7 +137,7 @@ def colour(shader_function, value):
 
 
 def pseudocolor_details(renderer):
-    details = {"type": renderer.type(), "band": renderer.band() if hasattr(renderer, "band") else None}
+    details = {"type": renderer.type(), "band": renderer.inputBand() if hasattr(renderer, "inputBand") else renderer.band()}
     if renderer.type() != "singlebandpseudocolor":
         return details
     shader = renderer.shader()

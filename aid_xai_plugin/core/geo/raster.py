@@ -27,7 +27,7 @@ def open_raster(path):
     try:
         dataset = gdal.Open(path, gdal.GA_ReadOnly)
     except RuntimeError as error:
-        raise AidXaiError(f"Cannot open raster '{path}': {error}. Give a GDAL-readable raster.") from error
+        raise AidXaiError(f"Cannot open raster '{path}': {gdal_error_details(error)}. Give a GDAL-readable raster.") from error
     if dataset is None:
         raise AidXaiError(f"Cannot open raster '{path}'. Give a GDAL-readable raster.")
     return dataset
@@ -42,12 +42,12 @@ class BandScaling:
     description: str
 
     def apply(self, values):
-        """Finite values in [0, 1] for finite inputs, whatever their magnitude (float64 inside: a
-        float32 difference of two extreme values would overflow to ±inf and give NaN)."""
-        with np.errstate(over="ignore", invalid="ignore"):  # ±inf is clipped to 0/1 below
-            scaled = (values.astype(np.float64) - self.offsets.astype(np.float64)) / self.spans.astype(np.float64)
+        """Values in [0, 1], in float32 arithmetic (the same values training and earlier runs saw); a
+        difference of two extreme values that overflows to ±inf is clipped to 0/1, a NaN becomes 0."""
+        with np.errstate(over="ignore", invalid="ignore"):
+            scaled = (values.astype(np.float32) - self.offsets) / self.spans
         np.clip(scaled, 0.0, 1.0, out=scaled)
-        return np.nan_to_num(scaled, nan=0.0).astype(np.float32)
+        return np.nan_to_num(scaled, nan=0.0, copy=False)
 
 
 def check_bands(dataset, bands, model_bands):

@@ -56,7 +56,7 @@ class GeoTiffSink:
         self.dataset = None
 
     def __enter__(self):
-        temporary = self._atomic.__enter__()
+        temporary = self._temporary = self._atomic.__enter__()
         try:
             with self._writing():
                 self.dataset = create_geotiff(temporary, *self._create)
@@ -85,15 +85,40 @@ class GeoTiffSink:
             try:  # the last blocks are written on close: a full disk shows here, and the file must not move into place
                 with self._writing() as messages:
                     self.dataset.FlushCache()
+                    close = getattr(self.dataset, "Close", None)  # GDAL ≥ 3.8: reports a failed close
+                    if close is not None:
+                        close()
                     self.dataset = None
                     if messages.errors:
                         raise RuntimeError(messages.errors[-1])
+                    check_blocks_on_disk(self._temporary)
             except AidXaiError:
                 self.dataset = None
                 self._atomic.__exit__(*sys.exc_info())
                 raise
         self.dataset = None  # closes the file before it moves into place (or is removed): no stray sidecar
         return self._atomic.__exit__(exc_type, exc, traceback)
+
+
+def check_blocks_on_disk(path):
+    """Raise OSError(EFBIG) when a block the TIFF directory lists lies past the end of the file. Some
+    GDAL/libtiff versions (GDAL 3.10) report a write cut short by a file-size limit or a full disk
+    only on stderr and close the file as if complete: its directory then points past the end."""
+    import errno
+    import os
+
+    from osgeo import gdal
+
+    size = os.path.getsize(path)
+    dataset = gdal.Open(path)
+    for band_number in range(1, dataset.RasterCount + 1):
+        band = dataset.GetRasterBand(band_number)
+        block_w, block_h = band.GetBlockSize()
+        for by in range((dataset.RasterYSize + block_h - 1) // block_h):
+            for bx in range((dataset.RasterXSize + block_w - 1) // block_w):
+                offset = band.GetMetadataItem(f"BLOCK_OFFSET_{bx}_{by}", "TIFF")
+                if offset and int(offset) + int(band.GetMetadataItem(f"BLOCK_SIZE_{bx}_{by}", "TIFF") or 0) > size:
+                    raise OSError(errno.EFBIG, f"the file was cut short at {size} bytes (band {band_number}, block {bx},{by} is missing)")
 
 
 class writing:  # noqa: N801 - used like a function: `with writing(path):`
