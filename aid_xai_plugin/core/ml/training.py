@@ -166,10 +166,14 @@ def _train(config, progress):
     head = head_prefixes(config.architecture)
     training_progress = progress.part(STATISTICS_SHARE, 1.0)
     steps_per_epoch = batches_per_epoch + len(validation_loader)
+    # one generator each for the batch order and the augmentation, seeded as in every earlier version
+    # (same seed, same model); a resumed run restores their states
+    generators = {"shuffle": torch.Generator().manual_seed(config.seed), "augment": torch.Generator().manual_seed(config.seed + 1)}
+    train_loader = _train_loader(dataset, train_indices, train_targets, config, generators["shuffle"])
     state = TrainingState(history=[], best_macro_f1=-1.0, best_epoch=0, best_weights=None)
     resume_path = training_state_path(config.output)
     if config.resume:
-        state = resume_training(resume_path, config, model, optimizer, class_names, progress)
+        state = resume_training(resume_path, config, model, optimizer, generators, class_names, progress)
     steps_done = len(state.history) * steps_per_epoch
 
     def step_done():
@@ -223,13 +227,12 @@ def _train(config, progress):
             parameter.requires_grad_(not frozen or name.startswith(head))
         model.train()
         train_loss, train_correct, seen = 0.0, 0, 0
-        epoch_generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)  # per epoch: a resumed run draws the same batches
-        for batch_index, (images, targets) in enumerate(_epoch_batches(dataset, train_indices, train_targets, config, epoch_generator)):
+        for batch_index, (images, targets) in enumerate(train_loader):
             progress.check_cancel()
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate_at(config, epoch - 1 + batch_index / batches_per_epoch)
             if config.augment:
-                images = augment_batch(images, epoch_generator)
+                images = augment_batch(images, generators["augment"])
             images, targets = images.to(device), targets.to(device)
             optimizer.zero_grad()
             logits = model((images - mean_tensor) / std_tensor)
@@ -254,6 +257,8 @@ def _train(config, progress):
         }
         state.history.append(row)
         if scores["macro_f1"] > state.best_macro_f1:
+            state.improved_epoch = epoch  # early stopping counts from the last strict improvement
+        if scores["macro_f1"] >= state.best_macro_f1:  # among equal scores (often 1.0 on easy data) the later, longer-trained epoch
             state.best_macro_f1, state.best_epoch, state.best_scores = scores["macro_f1"], epoch, scores
             state.best_weights = {name: tensor.detach().cpu().clone() for name, tensor in model.state_dict().items()}
         progress.log(
@@ -261,11 +266,11 @@ def _train(config, progress):
             f"val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.3f} macro-F1 {row['val_macro_f1']:.3f} "
             f"(best {state.best_macro_f1:.3f} at epoch {state.best_epoch}; {row['seconds']:.1f} s{', backbone frozen' if frozen else ''})"
         )
-        stop_early = config.early_stopping > 0 and epoch - state.best_epoch >= config.early_stopping
+        stop_early = config.early_stopping > 0 and epoch - state.improved_epoch >= config.early_stopping
         if config.checkpoints and epoch < config.epochs and not stop_early:
             state.seconds_before += time.perf_counter() - started
             started = time.perf_counter()
-            save_training_state(resume_path, config, model, optimizer, state, class_names)
+            save_training_state(resume_path, config, model, optimizer, generators, state, class_names)
             save_model(config.output, _with_weights(model, state.best_weights), model_info(epoch, state.best_scores))
         if stop_early:
             progress.log(f"Stopped early: no better validation macro-F1 for {config.early_stopping} epochs.")
@@ -305,6 +310,7 @@ class TrainingState:
     best_weights: dict
     best_scores: dict = None
     seconds_before: float = 0.0  # training time of earlier sessions of a resumed run
+    improved_epoch: int = 0  # the last epoch whose macro-F1 beat every earlier one
 
 
 def model_arguments(architecture, num_classes, input_size, in_bands):
@@ -336,8 +342,8 @@ def learning_rate_at(config, epochs_done):
     return config.learning_rate * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def _epoch_batches(dataset, train_indices, train_targets, config, generator):
-    """One epoch of (images, targets) batches: shuffled, or drawn class-balanced (each class equally
+def _train_loader(dataset, train_indices, train_targets, config, generator):
+    """Batches of (images, targets), each epoch shuffled, or drawn class-balanced (each class equally
     likely, with replacement) when the classes have very different sizes."""
     from torch.utils.data import DataLoader, Subset, WeightedRandomSampler
 
@@ -388,7 +394,7 @@ def training_state_path(output):
     return os.path.join(folder, f".{name}.training.pt")
 
 
-def save_training_state(path, config, model, optimizer, state, class_names):
+def save_training_state(path, config, model, optimizer, generators, state, class_names):
     import torch
 
     payload = {
@@ -399,14 +405,16 @@ def save_training_state(path, config, model, optimizer, state, class_names):
         "optimizer": optimizer.state_dict(),
         "best_weights": state.best_weights,
         "torch_rng": torch.get_rng_state(),  # dropout draws from it: a resumed run continues the same draws
-        "progress": json.dumps({"history": state.history, "best_macro_f1": state.best_macro_f1, "best_epoch": state.best_epoch, "best_scores": state.best_scores, "seconds_before": state.seconds_before}),
+        "generators": {name: generator.get_state() for name, generator in generators.items()},
+        "progress": json.dumps({"history": state.history, "best_macro_f1": state.best_macro_f1, "best_epoch": state.best_epoch, "best_scores": state.best_scores, "seconds_before": state.seconds_before, "improved_epoch": state.improved_epoch}),
     }
     with atomic_output(path) as temporary:
         torch.save(payload, temporary)
 
 
-def resume_training(path, config, model, optimizer, class_names, progress):
-    """Load the state a checkpointed run left beside its output into `model` and `optimizer`."""
+def resume_training(path, config, model, optimizer, generators, class_names, progress):
+    """Load the state a checkpointed run left beside its output into `model`, `optimizer` and the
+    batch-order and augmentation `generators`."""
     import pickle
 
     import torch
@@ -430,8 +438,10 @@ def resume_training(path, config, model, optimizer, class_names, progress):
     model.load_state_dict(payload["model"])
     optimizer.load_state_dict(payload["optimizer"])
     torch.set_rng_state(payload["torch_rng"])  # inside train_model's fork_rng: the process's own state is untouched
+    for name, generator in generators.items():
+        generator.set_state(payload["generators"][name])
     saved = json.loads(payload["progress"])
-    state = TrainingState(saved["history"], saved["best_macro_f1"], saved["best_epoch"], payload["best_weights"], saved["best_scores"], saved["seconds_before"])
+    state = TrainingState(saved["history"], saved["best_macro_f1"], saved["best_epoch"], payload["best_weights"], saved["best_scores"], saved["seconds_before"], saved["improved_epoch"])
     progress.log(f"Resuming after epoch {len(state.history)} (best macro-F1 {state.best_macro_f1:.3f} at epoch {state.best_epoch}).")
     return state
 
