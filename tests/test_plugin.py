@@ -7,7 +7,7 @@ import zipfile
 
 from conftest import QGIS_PROCESS, ROOT, run_qgis_process
 
-ALGORITHMS = {"train", "evaluate", "classify", "explain", "explanation_quality", "synthetic_scenes", "synthetic_mosaic"}
+ALGORITHMS = {"train", "evaluate", "import_model", "export_onnx", "classify", "explain", "explanation_quality", "synthetic_scenes", "synthetic_mosaic"}
 
 
 def test_core_imports_without_qgis():
@@ -167,6 +167,8 @@ def test_algorithms_leave_global_random_state_and_pyplot_alone(aid_xai_provider,
         ("aid_xai:synthetic_mosaic", {"ROWS": 1, "COLUMNS": 1, "OUTPUT": str(tmp_path / "m.tif"), "TRUTH": str(tmp_path / "t.gpkg")}),
         ("aid_xai:train", {"DATASET": synthetic_dataset, "INPUT_SIZE": 32, "EPOCHS": 1, "OUTPUT": str(tmp_path / "m.aidx.pt"), "METRICS": str(tmp_path / "m.json")}),
         ("aid_xai:evaluate", {"MODEL": synthetic_model, "DATASET": synthetic_dataset, "OUTPUT_HTML": str(tmp_path / "e.html")}),
+        ("aid_xai:export_onnx", {"MODEL": synthetic_model, "OUTPUT": str(tmp_path / "m.onnx")}),
+        ("aid_xai:import_model", {"INPUT": str(tmp_path / "m.onnx"), "OUTPUT": str(tmp_path / "imported.aidx.pt")}),
         ("aid_xai:classify", {"INPUT": mosaic, "MODEL": synthetic_model, "OUTPUT_CLASSES": str(tmp_path / "c.tif")}),
         ("aid_xai:explain", {"INPUT": mosaic, "MODEL": synthetic_model, "ENGINE": "shap", "MAX_EVALS": 40, "TOP_K": 1, "OUTPUT": str(tmp_path / "s.tif"), "OUTPUT_REPORT": str(tmp_path / "r.html")}),
         ("aid_xai:explain", {"INPUT": mosaic, "MODEL": synthetic_model, "ENGINE": "fast", "MAX_EVALS": 40, "TOP_K": 1, "OUTPUT": str(tmp_path / "f.tif")}),

@@ -6,6 +6,8 @@ def all_algorithms():
     from .evaluate import EvaluateAlgorithm
     from .explain import ExplainAlgorithm
     from .explanation_quality import ExplanationQualityAlgorithm
+    from .export_onnx import ExportOnnxAlgorithm
+    from .import_model import ImportModelAlgorithm
     from .synthetic_mosaic import SyntheticMosaicAlgorithm
     from .synthetic_scenes import SyntheticScenesAlgorithm
     from .train import TrainAlgorithm
@@ -13,6 +15,8 @@ def all_algorithms():
     return [
         TrainAlgorithm(),
         EvaluateAlgorithm(),
+        ImportModelAlgorithm(),
+        ExportOnnxAlgorithm(),
         ClassifyAlgorithm(),
         ExplainAlgorithm(),
         ExplanationQualityAlgorithm(),

@@ -12,6 +12,8 @@ REQUIRED_PACKAGES = {
     "torchvision": "torchvision",
     "shap": "shap",
     "cv2": "opencv-python-headless",
+    "onnx": "onnx",
+    "onnxruntime": "onnxruntime",
 }
 
 

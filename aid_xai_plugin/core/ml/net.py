@@ -50,11 +50,15 @@ class Net(nn.Module):
 
 
 def build_model(architecture, arguments):
-    """The module a model file describes: the source's Net or one of torchvision's backbones."""
+    """The module a model file describes: the source's Net, one of torchvision's backbones, or an
+    imported ONNX/TorchScript graph."""
+    from .imported_graphs import IMPORTED_ARCHITECTURES, build_imported_model
     from .torchvision_models import TORCHVISION_ARCHITECTURES, build_torchvision_model
 
     if architecture in ARCHITECTURES:
         return ARCHITECTURES[architecture](**arguments)
     if architecture in TORCHVISION_ARCHITECTURES:
         return build_torchvision_model(architecture, **arguments)
+    if architecture in IMPORTED_ARCHITECTURES:
+        return build_imported_model(architecture, **arguments)
     raise KeyError(architecture)

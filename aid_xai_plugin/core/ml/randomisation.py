@@ -24,6 +24,8 @@ def layers_to_randomise(module, scope):
     if scope not in RANDOMISE_SCOPES:
         raise AidXaiError(f"Unknown RANDOMISE '{scope}'; use one of: {', '.join(RANDOMISE_SCOPES)}.")
     layers = [(name, layer) for name, layer in module.named_modules() if list(layer.parameters(recurse=False))]
+    if not layers:
+        raise AidXaiError("The model has no torch layers to re-initialise (an imported ONNX/TorchScript graph keeps its weights inside the graph); the randomisation check needs a model trained or loaded as torch layers.")
     if scope == "head":
         convolutions = [index for index, (_, layer) in enumerate(layers) if isinstance(layer, nn.modules.conv._ConvNd)]
         if not convolutions:

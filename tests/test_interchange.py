@@ -1,0 +1,145 @@
+"""Models between tools: ONNX export with Deepness-style metadata, ONNX and TorchScript import,
+round trips that classify the demo mosaic exactly as the original, and clear refusals."""
+
+import io
+import json
+import os
+
+import numpy as np
+import onnx
+import pytest
+import rasterio
+import torch
+
+from aid_xai_plugin.core.common.errors import AidXaiError
+from aid_xai_plugin.core.data.synthetic import make_scene_mosaic
+from aid_xai_plugin.core.explain.engine import ExplainSettings
+from aid_xai_plugin.core.ml.interchange import export_onnx, import_model, read_class_names_file, read_onnx_metadata
+from aid_xai_plugin.core.ml.model_file import load_model
+from aid_xai_plugin.core.pipelines.classify import ClassifyOutputs, classify_raster
+from aid_xai_plugin.core.pipelines.explain import ExplainOutputs, ExplainRequest, explain_raster
+from aid_xai_plugin.core.pipelines.tiles import TilingOptions
+
+
+@pytest.fixture(scope="module")
+def demo_mosaic(tmp_path_factory):
+    """The demo's mosaic layout: 4 × 6 synthetic scenes of 64 px."""
+    path = str(tmp_path_factory.mktemp("interchange") / "mosaic.tif")
+    make_scene_mosaic(path, rows=4, cols=6, scene_px=64, pixel_size=2.0, seed=7)
+    return path
+
+
+def _classify(mosaic, model, folder):
+    outputs = ClassifyOutputs(class_raster=str(folder / "classes.tif"), probability_raster=str(folder / "probabilities.tif"))
+    folder.mkdir(exist_ok=True)
+    classify_raster(mosaic, model, TilingOptions(), outputs)
+    with rasterio.open(outputs.class_raster) as classes, rasterio.open(outputs.probability_raster) as probabilities:
+        return classes.read(1), probabilities.read()
+
+
+def test_onnx_round_trip_classifies_the_mosaic_as_the_original(synthetic_model, demo_mosaic, tmp_path):
+    onnx_path = str(tmp_path / "net.onnx")
+    difference = export_onnx(synthetic_model, onnx_path)
+    assert difference <= 1e-5
+    metadata = read_onnx_metadata(onnx_path)
+    original = load_model(synthetic_model).info
+    assert json.loads(metadata["class_names"]) == {str(i): name for i, name in enumerate(original.class_names)}
+    assert json.loads(metadata["standardization_mean"]) == original.mean and metadata["tiles_size"] == str(original.input_size)
+    graph = onnx.load(onnx_path)
+    assert graph.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"  # dynamic batch axis
+    imported = str(tmp_path / "imported.aidx.pt")
+    info = import_model(onnx_path, imported)  # everything from the metadata
+    assert (info.architecture, info.class_names, info.input_size, info.mean, info.std) == ("onnx", original.class_names, original.input_size, original.mean, original.std)
+    classes, probabilities = _classify(demo_mosaic, synthetic_model, tmp_path / "torch")
+    classes_onnx, probabilities_onnx = _classify(demo_mosaic, imported, tmp_path / "onnx")
+    np.testing.assert_array_equal(classes_onnx, classes)
+    assert np.abs(probabilities_onnx - probabilities).max() <= 1e-5
+
+
+def test_torchscript_round_trip_with_class_names_from_a_file(synthetic_model, demo_mosaic, tmp_path):
+    loaded = load_model(synthetic_model)
+    info = loaded.info
+    scripted = torch.jit.trace(loaded.module.eval(), torch.zeros(1, info.num_bands, info.input_size, info.input_size))
+    script_path = str(tmp_path / "net.ts")
+    torch.jit.save(scripted, script_path)
+    names_path = tmp_path / "classes.csv"
+    names_path.write_text("class_name,colour\n" + "\n".join(f"{name},x" for name in info.class_names) + "\n")
+    assert read_class_names_file(str(names_path)) == info.class_names
+    imported = str(tmp_path / "imported.aidx.pt")
+    import_model(script_path, imported, class_names=read_class_names_file(str(names_path)), input_size=info.input_size, mean=info.mean, std=info.std)
+    classes, probabilities = _classify(demo_mosaic, synthetic_model, tmp_path / "torch")
+    classes_ts, probabilities_ts = _classify(demo_mosaic, imported, tmp_path / "ts")
+    np.testing.assert_array_equal(classes_ts, classes)
+    assert np.abs(probabilities_ts - probabilities).max() <= 1e-5
+    # and out again: an imported TorchScript model exports to ONNX like a trained one
+    assert export_onnx(imported, str(tmp_path / "again.onnx")) <= 1e-5
+
+
+def test_an_imported_model_is_explained_with_full_evaluations(synthetic_model, demo_mosaic, tmp_path):
+    onnx_path = str(tmp_path / "net.onnx")
+    export_onnx(synthetic_model, onnx_path)
+    imported = str(tmp_path / "imported.aidx.pt")
+    import_model(onnx_path, imported)
+    options = TilingOptions(extent=None)
+    settings = ExplainSettings(masker="blur(16,16)", max_evals=40, batch_size=64)
+    request = ExplainRequest(top_k=1, tile_selector=lambda corners: (corners[0][0] < 500000.0 + 128.0 and corners[0][1] > 5600000.0 - 1.0, ""))
+    result = explain_raster(demo_mosaic, imported, options, request, settings, ExplainOutputs(shap_raster=str(tmp_path / "onnx.tif")), engine="fast")
+    reference = explain_raster(demo_mosaic, synthetic_model, options, request, settings, ExplainOutputs(shap_raster=str(tmp_path / "torch.tif")), engine="exact")
+    assert result.explained == reference.explained == 1 and "traced" in result.fallback_reason
+    with rasterio.open(tmp_path / "onnx.tif") as a, rasterio.open(tmp_path / "torch.tif") as b:
+        values, expected = a.read(1), b.read(1)
+    assert np.abs(values - expected).max() <= 1e-5 * max(1.0, np.abs(expected).max()) * 10
+
+
+def _tiny_onnx(path, dynamic=True, classes=3, op=None):
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, classes)).eval()
+    buffer = io.BytesIO()
+    with pytest.warns(DeprecationWarning):  # the TorchScript-based exporter, as the plugin uses it
+        torch.onnx.export(model, torch.zeros(1, 3, 16, 16), buffer, input_names=["input"], output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}} if dynamic else None, opset_version=17, dynamo=False)
+    graph = onnx.load_from_string(buffer.getvalue())
+    if op:
+        graph.graph.node[0].op_type, graph.graph.node[0].domain = op
+        graph.opset_import.add(domain=op[1], version=1)
+    onnx.save(graph, path)
+    return path
+
+
+@pytest.mark.parametrize(
+    "case, expected",
+    [
+        ("fixed batch", "fixed batch size of 1; re-export it with a dynamic batch axis"),
+        ("wrong classes", "outputs shape (2, 3) for 2 images, but 2 class names were given"),
+        ("unknown operator", "cannot run this ONNX model"),
+        ("no class names", "no class names in its metadata"),
+        ("not a model", "cannot be read as an ONNX model"),
+    ],
+)
+def test_models_that_cannot_work_are_refused_clearly(tmp_path, case, expected):
+    path = str(tmp_path / "model.onnx")
+    names = ["a", "b", "c"]
+    if case == "fixed batch":
+        _tiny_onnx(path, dynamic=False)
+    elif case == "wrong classes":
+        _tiny_onnx(path)
+        names = ["a", "b"]
+    elif case == "unknown operator":
+        _tiny_onnx(path, op=("MysteryConv", "com.example.custom"))
+    elif case == "no class names":
+        _tiny_onnx(path)
+        names = None
+    else:
+        with open(path, "wb") as stream:
+            stream.write(b"\x00\x01 not protobuf at all " * 20)
+    with pytest.raises(AidXaiError, match=expected.replace("(", r"\(").replace(")", r"\)")):
+        import_model(path, str(tmp_path / "out.aidx.pt"), class_names=names)
+    assert not os.path.exists(tmp_path / "out.aidx.pt")
+
+
+def test_export_and_import_through_qgis_process(synthetic_model, tmp_path):
+    from conftest import run_algorithm_json
+
+    onnx_path, model_path = str(tmp_path / "m.onnx"), str(tmp_path / "m.aidx.pt")
+    exported = run_algorithm_json("aid_xai:export_onnx", {"MODEL": synthetic_model, "OUTPUT": onnx_path})
+    assert exported["results"]["MAX_DIFFERENCE"] <= 1e-5
+    run_algorithm_json("aid_xai:import_model", {"INPUT": onnx_path, "OUTPUT": model_path})
+    assert load_model(model_path).info.class_names == load_model(synthetic_model).info.class_names
