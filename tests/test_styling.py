@@ -66,6 +66,11 @@ def _switch_symbology_band(layer, band):
     return widget.renderer()
 
 
+def band_of(renderer):
+    """The band a single-band renderer draws (inputBand() since QGIS 3.38 deprecated band())."""
+    return renderer.inputBand() if hasattr(renderer, "inputBand") else renderer.band()
+
+
 def _colours(renderer):
     return [(round(item.value, 12), item.color.getRgb()) for item in renderer.shader().rasterShaderFunction().colorRampItemList()]
 
@@ -80,7 +85,7 @@ def test_every_shap_band_is_drawn_on_one_symmetric_ramp_transparent_at_zero(qgis
     assert 'type="gradient"' in open(qml).read()  # the ramp Symbology shows, saved with the style
     layer = QgsRasterLayer(path, "shap", "gdal")
     renderer = layer.renderer()
-    assert renderer.type() == "singlebandpseudocolor" and renderer.inputBand() == 1
+    assert renderer.type() == "singlebandpseudocolor" and band_of(renderer) == 1
     assert (renderer.classificationMin(), renderer.classificationMax()) == (-5e-3, 5e-3)
     shader = renderer.shader().rasterShaderFunction()
     assert shader.sourceColorRamp() is not None and shader.sourceColorRamp().type() == "gradient"
@@ -95,7 +100,7 @@ def test_every_shap_band_is_drawn_on_one_symmetric_ramp_transparent_at_zero(qgis
     assert zero[3] == 0 and shader.shade(1e-7)[4] == 0  # a 1e-7 map stays transparent beside 5e-3
     for band in (2, 3):
         switched = _switch_symbology_band(layer, band)
-        assert switched.inputBand() == band and switched.type() == "singlebandpseudocolor"
+        assert band_of(switched) == band and switched.type() == "singlebandpseudocolor"
         assert (switched.classificationMin(), switched.classificationMax()) == (-5e-3, 5e-3)
         assert _colours(switched) == _colours(renderer)
     assert [layer.bandName(band) for band in (1, 2, 3)] == ["Band 1: rank 1", "Band 2: rank 2", "Band 3: rank 3"]
@@ -114,7 +119,7 @@ def test_probability_raster_is_a_zero_to_one_ramp_per_class_not_an_rgb_composite
     assert (renderer.classificationMin(), renderer.classificationMax()) == (0.0, 1.0)
     assert renderer.shader().rasterShaderFunction().shade(0.0)[4] == 0  # unlikely = transparent
     switched = _switch_symbology_band(layer, 3)
-    assert (switched.inputBand(), switched.classificationMin(), switched.classificationMax()) == (3, 0.0, 1.0)
+    assert (band_of(switched), switched.classificationMin(), switched.classificationMax()) == (3, 0.0, 1.0)
 
 
 def test_class_raster_uses_the_class_palette(qgis_app, tmp_path):
