@@ -130,10 +130,6 @@ class AidXaiAlgorithm(QgsProcessingAlgorithm):
             raise QgsProcessingException(
                 f"{name}: could not open '{parameters.get(name)}' as a raster layer; give a GDAL-readable raster file or a loaded raster layer."
             )
-        if layer.providerType() != "gdal":
-            raise QgsProcessingException(
-                f"{name}: layer '{layer.name()}' comes from the '{layer.providerType()}' provider; AID-XAI reads rasters through GDAL (files, VRTs, /vsi paths). Export it to GeoTIFF first."
-            )
         return layer
 
     def existing_file(self, parameters, name, context, what):

@@ -13,7 +13,7 @@ from ..qgis_compat import NUMBER_INTEGER
 from ..styling import apply_on_load, style_class_raster, style_probability_raster, style_tile_layer
 from .base import AidXaiAlgorithm, open_raster_output
 from .execution_parameters import add_execution_parameters, read_execution
-from .tiling_parameters import add_extent_parameter, add_raster_and_model_parameters, add_tiling_parameters, read_tiling_options
+from .tiling_parameters import add_extent_parameter, add_raster_and_model_parameters, add_tiling_parameters, raster_input, read_tiling_options
 
 
 class ClassifyAlgorithm(AidXaiAlgorithm):
@@ -62,20 +62,20 @@ class ClassifyAlgorithm(AidXaiAlgorithm):
         )
         if not any((outputs.class_raster, outputs.probability_raster, outputs.tile_layer)):
             raise AidXaiError("All outputs are skipped; choose at least one of OUTPUT_CLASSES, OUTPUT_PROBABILITIES, OUTPUT_TILES.")
-        options = read_tiling_options(self, parameters, context, layer)
         execution, dask = read_execution(self, parameters, context)
-        summary = classify_raster(
-            layer.source(),
-            model,
-            options,
-            outputs,
-            k=self.parameterAsInt(parameters, "TOP_K", context),
-            batch_size=self.parameterAsInt(parameters, "BATCH_SIZE", context),
-            device=self.device(parameters, context),
-            progress=progress,
-            execution=execution,
-            dask=dask,
-        )
+        with raster_input(self, parameters, context, layer, read_tiling_options(self, parameters, context, layer), feedback) as (path, options):
+            summary = classify_raster(
+                path,
+                model,
+                options,
+                outputs,
+                k=self.parameterAsInt(parameters, "TOP_K", context),
+                batch_size=self.parameterAsInt(parameters, "BATCH_SIZE", context),
+                device=self.device(parameters, context),
+                progress=progress,
+                execution=execution,
+                dask=dask,
+            )
         feedback.pushInfo(f"Grid: {summary.rows} × {summary.cols} tiles of {summary.tile_px[0]}×{summary.tile_px[1]} px, stride {summary.stride_px[0]}×{summary.stride_px[1]} px")
         feedback.pushInfo(f"Classes: {summary.class_counts}")
         results = {"TILES_CLASSIFIED": summary.classified, "TILES_SKIPPED": summary.skipped}

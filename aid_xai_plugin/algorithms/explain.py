@@ -16,7 +16,7 @@ from ..styling import apply_on_load, style_explained_tile_table, style_shap_rast
 from .base import AidXaiAlgorithm, choice_parameter, open_raster_output
 from .execution_parameters import add_execution_parameters, read_execution
 from .explain_parameters import add_shap_parameters, add_tile_choice_parameters, read_shap_settings, tile_selector
-from .tiling_parameters import add_raster_and_model_parameters, add_tiling_parameters, read_tiling_options
+from .tiling_parameters import add_raster_and_model_parameters, add_tiling_parameters, raster_input, read_tiling_options
 
 
 class ExplainAlgorithm(AidXaiAlgorithm):
@@ -101,9 +101,8 @@ class ExplainAlgorithm(AidXaiAlgorithm):
             report_tiles=self.parameterAsInt(parameters, "REPORT_TILES", context),
         )
         execution, dask = read_execution(self, parameters, context)
-        summary = explain_raster(
-            layer.source(), model, read_tiling_options(self, parameters, context, layer), request, settings, outputs, engine, self.device(parameters, context), progress, execution, dask
-        )
+        with raster_input(self, parameters, context, layer, read_tiling_options(self, parameters, context, layer), feedback) as (path, options):
+            summary = explain_raster(path, model, options, request, settings, outputs, engine, self.device(parameters, context), progress, execution, dask)
         feedback.pushInfo(f"Explained {summary.explained} of {summary.requested} selected tile(s); bands: {', '.join(summary.band_names)}")
         results = {"OUTPUT": outputs.shap_raster, "TILES_EXPLAINED": summary.explained}
         apply_on_load(context, outputs.shap_raster, style_shap_raster(outputs.shap_raster, summary.style_scale, summary.output_space))

@@ -15,7 +15,7 @@ from ..qgis_compat import NUMBER_INTEGER
 from ..styling import apply_on_load, style_explained_tile_table
 from .base import AidXaiAlgorithm, choice_parameter
 from .explain_parameters import add_shap_parameters, add_tile_choice_parameters, read_shap_settings, tile_selector
-from .tiling_parameters import add_raster_and_model_parameters, add_tiling_parameters, read_tiling_options
+from .tiling_parameters import add_raster_and_model_parameters, add_tiling_parameters, raster_input, read_tiling_options
 
 # numeric outputs: QualityResult field → (output name, description)
 _MEANS = {
@@ -85,20 +85,21 @@ class ExplanationQualityAlgorithm(AidXaiAlgorithm):
             table=self.optional_output(parameters, "OUTPUT_TABLE", context, layer=True),
             report=self.optional_output(parameters, "OUTPUT_REPORT", context),
         )
-        summary = explanation_quality(
-            layer.source(),
-            model,
-            read_tiling_options(self, parameters, context, layer),
-            request,
-            read_shap_settings(self, parameters, context),
-            outputs,
-            engine=self.choice(parameters, "ENGINE", context),
-            device=self.device(parameters, context),
-            randomise=self.choice(parameters, "RANDOMISE", context),
-            steps=self.parameterAsInt(parameters, "STEPS", context),
-            random_orders=self.parameterAsInt(parameters, "RANDOM_ORDERS", context),
-            progress=progress,
-        )
+        with raster_input(self, parameters, context, layer, read_tiling_options(self, parameters, context, layer), feedback) as (path, options):
+            summary = explanation_quality(
+                path,
+                model,
+                options,
+                request,
+                read_shap_settings(self, parameters, context),
+                outputs,
+                engine=self.choice(parameters, "ENGINE", context),
+                device=self.device(parameters, context),
+                randomise=self.choice(parameters, "RANDOMISE", context),
+                steps=self.parameterAsInt(parameters, "STEPS", context),
+                random_orders=self.parameterAsInt(parameters, "RANDOM_ORDERS", context),
+                progress=progress,
+            )
         feedback.pushInfo(
             f"Assessed {summary.assessed} of {summary.requested} selected tile(s): deletion AUC {summary.deletion_auc:.3f} (random {summary.random_deletion_auc:.3f}), "
             f"insertion AUC {summary.insertion_auc:.3f} (random {summary.random_insertion_auc:.3f}), mean |rank correlation| with the randomised model {summary.abs_rank_correlation:.2f}"

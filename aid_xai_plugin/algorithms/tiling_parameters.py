@@ -1,5 +1,7 @@
 """Raster, model and tiling parameters shared by classify and explain (one definition, one reader)."""
 
+import contextlib
+
 from qgis.core import (
     QgsProcessingParameterEnum,
     QgsProcessingParameterExtent,
@@ -11,6 +13,7 @@ from qgis.core import (
 )
 
 from ..core.pipelines.tiles import DEFAULT_MIN_VALID_FRACTION, TilingOptions
+from ..raster_layers import readable_raster
 from ..qgis_compat import DISTANCE_METRES, NUMBER_DOUBLE, NUMBER_INTEGER, with_advanced_flag
 from .base import choice_parameter
 
@@ -26,6 +29,38 @@ def add_raster_and_model_parameters(algorithm):
 
 def add_extent_parameter(algorithm):
     algorithm.addParameter(QgsProcessingParameterExtent("EXTENT", "Processing extent (not set: the whole raster)", optional=True))
+    algorithm.addParameter(
+        QgsProcessingParameterNumber(
+            "RESOLUTION", "Resolution for web and other non-file layers, map units per pixel (not set: a file's own pixels)", NUMBER_DOUBLE, None, optional=True, minValue=0.0
+        )
+    )
+
+
+@contextlib.contextmanager
+def raster_input(algorithm, parameters, context, layer, options, feedback):
+    """(path GDAL reads, tiling options) for the INPUT layer: a file layer as it is, any other layer
+    (XYZ/WMS, WCS, memory…) read through QGIS at RESOLUTION over the extent into a temporary GeoTIFF,
+    whose own grid the tiles then follow."""
+    resolution = algorithm.parameterAsDouble(parameters, "RESOLUTION", context) if parameters.get("RESOLUTION") not in (None, "") else 0.0
+    tile_px = stride_px = 1
+    if resolution > 0:
+        tile_px = _pixels_at(options.tile_size, options, resolution) if options.tile_size else _model_input_size(algorithm, parameters, context)
+        stride_px = _pixels_at(options.stride, options, resolution) if options.stride else tile_px
+    with readable_raster(layer, options.extent, resolution, context, feedback, tile_px, stride_px) as path:
+        yield path, options
+
+
+def _pixels_at(value, options, resolution):
+    if options.tile_unit == "pixels":
+        return max(1, int(round(value)))
+    metres_per_unit = options.metres_per_map_unit if options.tile_unit == "metres" and not options.is_geographic else 1.0
+    return max(1, int(round(value / metres_per_unit / resolution)))
+
+
+def _model_input_size(algorithm, parameters, context):
+    from ..core.ml.model_file import load_model
+
+    return load_model(algorithm.parameterAsFile(parameters, "MODEL", context)).info.input_size
 
 
 def add_tiling_parameters(algorithm, default_batch=32):
