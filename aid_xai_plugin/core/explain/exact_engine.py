@@ -35,7 +35,7 @@ class ExactPartitionEngine(ExplanationEngine):
         full_all = painter.scores([(root, None)])[0]
 
         def evaluate(requests):
-            return painter.scores([(box, visible) for visible, _, box in requests])[:, indices], [None] * len(requests)
+            return painter.scores([(box, visible) for visible, _, box, _ in requests])[:, indices], [None] * len(requests)
 
         node_values = owen_node_values(evaluate, root, (base_all[indices], None), full_all[indices], settings.max_evals - 2, settings.batch_size, np.random.RandomState(settings.seed), progress)
         return explanation_from_nodes(node_values, root, image_hwc, base_all, full_all, indices)

@@ -72,16 +72,24 @@ def owen_node_values(evaluate, root, base, full, max_evals, batch_size, random_s
     hierarchical credit per box (dict box → K float64), accumulated in shap's order.
 
     `base` is (f(nothing visible), state of that context) and `full` is f(everything visible).
-    `evaluate(requests)` gets (visible, state, box) triples — a context, its state and the box to
-    reveal on top of it — and returns the K outputs and the state of each revealed context.
+    `evaluate(requests)` gets (visible, state, box, sibling) tuples — a context, its state, the box
+    to reveal on top of it and the box the revealed context will be extended by next — and returns
+    the K outputs and the state of each revealed context.
     `random_state` (a numpy RandomState seeded like shap's global one) draws the tie-breaks.
-    `progress` (optional) may cancel before each model call and hears the fraction of evaluations done."""
+    `progress` (optional) may cancel before each model call and hears the fraction of evaluations done.
+    Queued nodes that can no longer be expanded drop their states (see forget_unreachable_states),
+    and so do the least urgent ones beyond `evaluate.max_states` if the evaluator sets it."""
     node_values = {}
     f00, state00 = base
     queue = [(0, 0, 0, (None, state00, f00, full, root, 1.0))]
     pushes = 1
     eval_count = 0
+    forget_step = max(batch_size, max_evals // 64)
+    next_forget = forget_step
     while queue:
+        if eval_count >= next_forget:
+            forget_unreachable_states(queue, max_evals - eval_count, getattr(evaluate, "max_states", None))
+            next_forget = eval_count + forget_step
         if eval_count >= max_evals:
             while queue:
                 _, _, f00, f11, box, weight = heapq.heappop(queue)[3]
@@ -97,8 +105,8 @@ def owen_node_values(evaluate, root, base, full, max_evals, batch_size, random_s
                 continue
             left, right = split_box(box)
             work.append((visible, state, f00, f11, box, left, right, weight))
-            requests.append((visible, state, left))
-            requests.append((visible, state, right))
+            requests.append((visible, state, left, right))
+            requests.append((visible, state, right, left))
 
         if work:
             if progress is not None:
@@ -125,6 +133,22 @@ def owen_node_values(evaluate, root, base, full, max_evals, batch_size, random_s
                 heapq.heappush(queue, (priority, float(random_state.randn()), pushes, (child_visible, child_state, low, high, child, new_weight)))
                 pushes += 1
     return node_values
+
+
+def forget_unreachable_states(queue, evaluations_left, keep=None):
+    """Drop the context states of queued nodes that can no longer be expanded, so their memory is
+    freed: every expansion costs two evaluations and nodes leave the queue in key order, so a node
+    with (evaluations_left + 1) // 2 or more expandable nodes ahead of it never will be. With `keep`,
+    only the first `keep` nodes keep their states (the evaluator then evaluates a node without one in
+    full). Keys (and so the traversal) stay as they are."""
+    expandable = [(item[0], item[1], item[2], index) for index, item in enumerate(queue) if item[3][1] is not None and box_size(item[3][4]) > 1]
+    reachable = (evaluations_left + 1) // 2 if keep is None else min((evaluations_left + 1) // 2, keep)
+    if len(expandable) <= reachable:
+        return
+    expandable.sort()
+    for *_, index in expandable[reachable:]:
+        priority, draw, order, (visible, _, f00, f11, box, weight) = queue[index]
+        queue[index] = (priority, draw, order, (visible, None, f00, f11, box, weight))
 
 
 def lower_credit(node_values, root, shape, num_outputs):
