@@ -86,6 +86,52 @@ def random_net_classifier(input_size, classes, bands=3, seed=0, mean=0.5, std=0.
     return in_memory_classifier(net, input_size, classes, bands, mean, std, device, arguments)
 
 
+def random_torchvision_classifier(architecture, input_size, classes, bands=3, seed=0, mean=0.45, std=0.25, logit_std=3.0, device="cpu"):
+    """in_memory_classifier() around torchvision's `architecture` with seeded random weights made to
+    behave like a trained network's: BatchNorm statistics gathered on seeded random tiles (random
+    initialisation alone leaves MobileNet's and EfficientNet's outputs independent of the input),
+    and the last Linear layer scaled so the logits' standard deviation on those tiles is `logit_std`.
+    `input_size` is an int or (height, width)."""
+    import torch
+
+    from aid_xai_plugin.core.ml.torchvision_models import build_torchvision_model
+
+    height, width = (input_size, input_size) if isinstance(input_size, int) else input_size
+    class_count = classes if isinstance(classes, int) else len(classes)
+    torch.manual_seed(seed)
+    module = build_torchvision_model(architecture, class_count, bands)
+    generator = torch.Generator().manual_seed(seed)
+    count, side = 32, max(height, width, 64)  # tiles of different brightness, contrast and texture
+    texture = torch.rand((count, bands, side, side), generator=generator)
+    smooth = torch.linspace(0, 1, side)[:, None] * torch.linspace(0, 1, side)[None, :]
+    contrast, brightness, ramp = (torch.rand((3, count, 1, 1, 1), generator=generator))
+    tiles = (contrast * texture + ramp * smooth + brightness).clamp(0, 1)
+    per_band = torch.as_tensor(mean, dtype=torch.float32).reshape(-1, 1, 1), torch.as_tensor(std, dtype=torch.float32).reshape(-1, 1, 1)
+    tiles = (tiles - per_band[0]) / per_band[1]
+    norms = [layer for layer in module.modules() if isinstance(layer, torch.nn.modules.batchnorm._BatchNorm)]
+    momenta = [norm.momentum for norm in norms]
+    for norm in norms:  # exact averages over the calibration passes (MobileNet's momentum is 0.01)
+        norm.reset_running_stats()
+        norm.momentum = None
+    module.train()
+    with torch.no_grad():
+        for _ in range(3):
+            module(tiles)
+    module.eval()
+    for norm, momentum in zip(norms, momenta):
+        norm.momentum = momentum
+        # nearly constant channels would be amplified by 1/sqrt(eps) in every block, which makes a
+        # random network ill-conditioned (float32 and float64 results far apart) in a way trained ones are not
+        norm.running_var.clamp_(min=0.1 * float(norm.running_var.mean()))
+    with torch.no_grad():
+        spread = float(module(tiles).std())
+        last = [layer for layer in module.modules() if isinstance(layer, torch.nn.Linear)][-1]
+        last.weight.mul_(logit_std / max(spread, 1e-12))
+        last.bias.zero_()
+    arguments = {"num_classes": class_count, "input_size": height, "in_bands": bands}
+    return in_memory_classifier(module, height, classes, bands, mean, std, device, arguments)
+
+
 def random_tile(shape, seed=1):
     """A seeded float32 tile (height, width, bands) in [0, 1]: smooth gradients plus noise, so blur and
     constant backgrounds differ from the tile."""

@@ -59,9 +59,9 @@ def test_incremental_updates_match_full_evaluations():
     root = (0, 96, 0, 96, 0, 3)
     (_, state), _ = evaluator.start(root)
     context = ((0, 48, 0, 96, 0, 3), None)  # the top half revealed
-    context_state = evaluator([(None, state, context[0])])[1][0]
+    context_state = evaluator([(None, state, context[0], (48, 96, 0, 96, 0, 3))])[1][0]
     boxes = [(60, 64, 10, 14, 0, 3), (90, 96, 90, 96, 1, 2), (48, 56, 40, 41, 0, 3), (0, 96, 48, 96, 0, 3)]
-    outputs, states = evaluator([(context, context_state, box) for box in boxes])
+    outputs, states = evaluator([(context, context_state, box, box) for box in boxes])  # (the sibling doesn't matter here)
     composed = []
     for box in boxes:
         visible = np.zeros(tile.shape, dtype=bool)

@@ -22,6 +22,7 @@ class TileExplanation:
     output_values: np.ndarray  # K: f(tile)
     class_indices: np.ndarray  # K: which model outputs were explained
     fallback_reason: str = None  # why the engine evaluated this tile another way (e.g. fast → exact)
+    flop_bound: float = None  # FLOPs of full evaluations / FLOPs the engine executed (incremental engines)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -19,6 +19,7 @@ import numpy as np
 
 from ..ml.classifier import outputs_from_logits
 from .partition import box_tensor
+from .region_plan import graph_flops
 
 PIXELS_PER_FRONT_CALL = 1 << 15  # bounds the front's activations (Net: ~35 MB at conv1)
 
@@ -62,6 +63,21 @@ class IncrementalEvaluator:
         self.image = normalised(image_hwc)
         self.background = normalised(background_hwc)
         self.bands, self.height, self.width = self.image.shape
+        self.dtype = self.split.first_linear.weight.dtype
+        self.front_flops = {}  # window (height, width) → FLOPs of the front on it
+        self.rest_flops = graph_flops(self.split.rest, (1, self.outputs), self.dtype, self.device)
+        self.full_flops = self._front_flops(self.height, self.width) + 2.0 * self.split.first_linear.in_features * self.outputs + self.rest_flops
+        self.executed_flops = 0.0
+        self.evaluations = 0
+
+    def _front_flops(self, height, width):
+        if (height, width) not in self.front_flops:
+            self.front_flops[height, width] = graph_flops(self.split.front, (1, self.bands, height, width), self.dtype, self.device)
+        return self.front_flops[height, width]
+
+    def flop_bound(self):
+        """The speed-up FLOPs allow: full evaluations' FLOPs over those executed."""
+        return self.evaluations * self.full_flops / max(self.executed_flops, 1.0)
 
     def paint(self, box_lists, row_starts, col_starts, height, width):
         """N×C×height×width windows at (row_starts, col_starts): the normalised image inside each
@@ -97,11 +113,14 @@ class IncrementalEvaluator:
             chunk = box_lists[start : start + per_call]
             tiles = self.paint(chunk, np.zeros(len(chunk), dtype=np.int64), np.zeros(len(chunk), dtype=np.int64), self.height, self.width)
             states.append(self.split.first_linear(torch.flatten(self.split.front(tiles), 1)))
+        self.executed_flops += len(box_lists) * (self.full_flops - self.rest_flops)
         return torch.cat(states)
 
     def scores(self, states):
         """All class scores in the output space (N×classes float64) from first-Linear outputs."""
         logits = self.split.rest(states.to(self.split.first_linear.weight.dtype))
+        self.executed_flops += len(states) * self.rest_flops
+        self.evaluations += len(states)
         return outputs_from_logits(logits, self.output_space).astype(np.float64)
 
     def start(self, root):
@@ -116,7 +135,7 @@ class IncrementalEvaluator:
         torch = self.torch
         rows, cols = self.split.rows, self.split.cols
         full, groups = [], {}
-        for position, (visible, state, box) in enumerate(requests):
+        for position, (visible, state, box, _) in enumerate(requests):
             row_cells = rows.affected_cells(box[0], box[1])
             col_cells = cols.affected_cells(box[2], box[3])
             row_span, col_span = rows.input_span(*row_cells), cols.input_span(*col_cells)
@@ -140,6 +159,7 @@ class IncrementalEvaluator:
                 box_lists = [visible for i in positions for visible in (requests[i][0], (requests[i][2], requests[i][0]))]  # context, revealed
                 windows = self.paint(box_lists, np.repeat(first_rows * rows.jump, 2), np.repeat(first_cols * cols.jump, 2), height, width)
                 features = self.front(windows)
+                self.executed_flops += len(windows) * self._front_flops(height, width) + len(members) * 2.0 * row_count * col_count * self.split.features * self.outputs
                 changes = (features[1::2] - features[0::2]).permute(0, 2, 3, 1).contiguous()
                 changes = changes.view(len(members), row_count, 1, col_count * self.split.features)
                 for slot, position in enumerate(positions):
