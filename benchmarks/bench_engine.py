@@ -82,6 +82,9 @@ def run_worker(arguments):
     from aid_xai_plugin.core.explain.registry import engine_by_name
 
     torch.set_num_threads(arguments.threads)
+    if arguments.device.startswith("cuda"):  # float32 convolutions for every engine, as on CPU (cuDNN's
+        torch.backends.cudnn.allow_tf32 = False  # default TF32 rounds at ~1e-3 and reorders shap's own queue)
+        torch.backends.cuda.matmul.allow_tf32 = False
     classifier = bench_classifier(arguments.model, arguments.device, arguments.size)
     if arguments.image:
         from aid_xai_plugin.core.ml.preprocess import load_image_file
