@@ -29,7 +29,8 @@ def mosaic(tmp_path_factory):
 @pytest.mark.parametrize("architecture", TORCHVISION_ARCHITECTURES)
 def test_each_architecture_trains_classifies_and_explains(architecture, synthetic_dataset, mosaic, tmp_path):
     """One epoch at 32 px; the model file loads, classifies the mosaic and explains a tile (the fast
-    engine can't analyse these models yet, so it falls back to full evaluations and says why)."""
+    engine evaluates incrementally where its plan saves FLOPs at this size, else it takes the exact
+    engine and says why)."""
     output = str(tmp_path / f"{architecture}.aidx.pt")
     metrics = train_model(TrainingConfig(dataset=synthetic_dataset, output=output, architecture=architecture, input_size=32, epochs=1, batch_size=32, optimizer="adamw", schedule="cosine", warmup_epochs=0.5))
     assert len(metrics["history"]) == 1 and 0.0 <= metrics["accuracy"] <= 1.0
@@ -40,7 +41,8 @@ def test_each_architecture_trains_classifies_and_explains(architecture, syntheti
     result = explain_raster(
         mosaic, output, TilingOptions(tile_size=64), ExplainRequest(top_k=1), ExplainSettings(masker="blur(8,8)", max_evals=30, batch_size=32), ExplainOutputs(shap_raster=str(tmp_path / "shap.tif")), engine="fast"
     )
-    assert result.explained == 3 and result.fallback_reason
+    assert result.explained == 3
+    assert result.fallback_reason is None or "incremental evaluation would save under 3 %" in result.fallback_reason
     import rasterio
 
     with rasterio.open(tmp_path / "shap.tif") as raster:
