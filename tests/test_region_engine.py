@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 from helpers import in_memory_classifier, random_tile, random_torchvision_classifier
-from test_fast_engine import FAST_TOLERANCE, top_classes
+from test_fast_engine import FAST_TOLERANCE, top_classes, two_threads  # noqa: F401 - the module's autouse fixture
 from torch import nn
 
 from aid_xai_plugin.core.explain.box_painter import BoxPainter, tile_and_background
@@ -21,12 +21,6 @@ from aid_xai_plugin.core.explain.shap_engine import ShapPartitionEngine
 NUM_CLASSES = 6
 
 
-@pytest.fixture(scope="module", autouse=True)
-def two_threads():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(previous)
 
 
 class SqueezeExcite(nn.Module):

@@ -55,13 +55,8 @@ class IncrementalEvaluator:
         self.outputs = linear.outputs
         self.device = classifier.device
         self.indices = np.asarray(class_indices, dtype=int)
-
-        def normalised(array_hwc):  # the Classifier's normalisation, done once per tile
-            tensor = torch.from_numpy(np.ascontiguousarray(array_hwc.transpose(2, 0, 1)))[None].to(self.device)
-            return ((tensor - classifier.mean) / classifier.std)[0]
-
-        self.image = normalised(image_hwc)
-        self.background = normalised(background_hwc)
+        self.image = classifier.normalised_chw(image_hwc)
+        self.background = classifier.normalised_chw(background_hwc)
         self.bands, self.height, self.width = self.image.shape
         self.dtype = self.split.first_linear.weight.dtype
         self.front_flops = {}  # window (height, width) → FLOPs of the front on it

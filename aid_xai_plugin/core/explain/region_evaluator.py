@@ -64,13 +64,8 @@ class RegionEvaluator:
         self.output_space = output_space
         self.indices = np.asarray(class_indices, dtype=int)
         self.changes = np.asarray(image_hwc != background_hwc)  # where revealing changes the input
-
-        def normalised(array_hwc):  # the Classifier's normalisation, done once per tile
-            tensor = torch.from_numpy(np.ascontiguousarray(array_hwc.transpose(2, 0, 1)))[None].to(self.device)
-            return ((tensor - classifier.mean) / classifier.std)[0]
-
-        self.image = normalised(image_hwc)
-        self.background = normalised(background_hwc)
+        self.image = classifier.normalised_chw(image_hwc)
+        self.background = classifier.normalised_chw(background_hwc)
         self.bands, self.height, self.width = self.image.shape
         self.executed_flops = 0.0
         self.evaluations = 0

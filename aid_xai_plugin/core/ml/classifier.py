@@ -77,6 +77,14 @@ class Classifier:
         """Logits for a float tensor batch N×C×H×W in [0, 1] (already on the device)."""
         return self.module((batch - self.mean) / self.std)
 
+    def normalised_chw(self, array_hwc):
+        """One H×W×C tile in [0, 1] as the model's C×H×W input on the device (for engines that
+        normalise a tile once and then cut windows from it)."""
+        import torch
+
+        tensor = torch.from_numpy(np.ascontiguousarray(array_hwc.transpose(2, 0, 1)))[None].to(self.device)
+        return ((tensor - self.mean) / self.std)[0]
+
     def predict_probabilities(self, images_nhwc, batch_size=64):
         """Softmax probabilities (N×classes, float32) for N×H×W×C arrays in [0, 1]."""
         return self.predict_outputs(images_nhwc, "probability", batch_size)
