@@ -8,7 +8,7 @@ PLUGIN_NAME := aid_xai
 SYSTEM_PACKAGES := qgis python3-qgis qgis-providers python3-gdal gdal-bin python3-rasterio python3-venv python3-pip zip unzip xvfb xauth
 export QT_QPA_PLATFORM := offscreen
 
-.PHONY: setup system venv plugin demo test test-debian screenshots zip install-user clean
+.PHONY: setup system venv plugin demo test test-numerics test-debian screenshots zip install-user clean
 
 setup: system venv plugin
 
@@ -39,6 +39,10 @@ demo: setup
 
 test: setup
 	$(VENV)/bin/python -m pytest -q tests
+
+# The floating-point tests again under other CPU kernels (ATen vector width, oneDNN ISA, 1/2 threads).
+test-numerics: setup
+	scripts/test_numerics.sh
 
 zip: venv
 	rm -rf build/deploy aid_xai.zip && $(VENV)/bin/pb_tool zip -q -n -p build/deploy

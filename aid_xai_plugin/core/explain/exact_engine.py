@@ -22,6 +22,7 @@ class ExactPartitionEngine(ExplanationEngine):
     """Full model evaluations in shap's chunks; needs only `classifier.logits_nchw` and `.device`."""
 
     name = "exact"
+    painter_type = BoxPainter  # what evaluates the masked tiles (the tests' float64 reference paints with a float64 one)
 
     def explain(self, image_hwc, classifier, class_indices, settings, progress=None):
         tile = tile_and_background(image_hwc, settings)
@@ -29,7 +30,7 @@ class ExactPartitionEngine(ExplanationEngine):
             return explained_by_shap(image_hwc, classifier, class_indices, settings, progress)
         image_hwc, background_hwc = tile
         indices = np.asarray(class_indices, dtype=int)
-        painter = BoxPainter(image_hwc, background_hwc, classifier, settings.batch_size, settings.output_space)
+        painter = self.painter_type(image_hwc, background_hwc, classifier, settings.batch_size, settings.output_space)
         base_all = painter.scores([None])[0]
         root = (0, image_hwc.shape[0], 0, image_hwc.shape[1], 0, image_hwc.shape[2])
         full_all = painter.scores([(root, None)])[0]

@@ -117,11 +117,8 @@ def owen_node_values(evaluate, root, base, full, max_evals, batch_size, random_s
 
         for i, (visible, state, f00, f11, box, left, right, weight) in enumerate(work):
             f10, f01 = outputs[2 * i], outputs[2 * i + 1]
-            new_weight = weight / 2
-            interaction = (f11 - f10 - f01 + f00) * weight
-            # shap leaves the interaction on the node for the 0-context, then removes it for the 1-context
-            node_values[box] = node_values.get(box, 0.0) + interaction
-            node_values[box] = node_values[box] - interaction
+            new_weight = weight / 2  # fixed_context=None: shap leaves no interaction term on the node
+            node_values.setdefault(box, 0.0)  # … but it is expanded: lower_credit passes its credit on to the children
             children = (
                 (visible, state, f00, f10, left),
                 (visible, state, f00, f01, right),
@@ -152,19 +149,57 @@ def forget_unreachable_states(queue, evaluations_left, keep=None):
 
 
 def lower_credit(node_values, root, shape, num_outputs):
-    """shap's `lower_credit`: push each box's credit down to its pixels in proportion to size.
-    Boxes never expanded spread their credit evenly, which is what the recursion does below them."""
+    """shap's `lower_credit`: push each box's credit down to its pixels, a child getting
+    `total * child size / size`. Boxes never expanded are spread by the same recursion, level by
+    level over arrays of boxes, so every pixel's value is the same float64 product chain as shap's."""
     values = np.zeros(tuple(shape) + (num_outputs,), dtype=np.float64)
     stack = [(root, np.zeros(num_outputs))]
+    unexpanded = []
     while stack:
         box, inherited = stack.pop()
         total = node_values.get(box, 0.0) + inherited
-        size = box_size(box)
-        children = split_box(box) if size > 1 else None
+        children = split_box(box) if box_size(box) > 1 else None
         if children is None or children[0] not in node_values:
-            x0, x1, y0, y1, z0, z1 = box
-            values[x0:x1, y0:y1, z0:z1, :] = total / size
+            unexpanded.append((box, total))
             continue
         for child in children:
-            stack.append((child, total * box_size(child) / size))
+            stack.append((child, total * box_size(child) / box_size(box)))
+    if unexpanded:
+        boxes = np.array([box for box, _ in unexpanded], dtype=np.int64)
+        totals = np.array([total for _, total in unexpanded], dtype=np.float64).reshape(len(unexpanded), num_outputs)
+        _spread_evenly(values, boxes, totals)
     return values
+
+
+def _spread_evenly(values, boxes, totals):
+    """Write each box's credit to its pixels through shap's recursion (split_box on every level,
+    children get total * child size / size), all boxes of a level at once."""
+    while len(boxes):
+        sizes = (boxes[:, 1] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 2]) * (boxes[:, 5] - boxes[:, 4])
+        leaves = sizes == 1
+        values[boxes[leaves, 0], boxes[leaves, 2], boxes[leaves, 4], :] = totals[leaves]  # one pixel each, no two alike
+        boxes, totals, sizes = boxes[~leaves], totals[~leaves], sizes[~leaves]
+        if not len(boxes):
+            break
+        left, right = _split_boxes(boxes)
+        child_boxes, child_totals = [], []
+        for child in (left, right):
+            child_sizes = (child[:, 1] - child[:, 0]) * (child[:, 3] - child[:, 2]) * (child[:, 5] - child[:, 4])
+            child_boxes.append(child)
+            child_totals.append(totals * child_sizes[:, None].astype(np.float64) / sizes[:, None].astype(np.float64))
+        boxes, totals = np.concatenate(child_boxes), np.concatenate(child_totals)
+
+
+def _split_boxes(boxes):
+    """split_box for an N×6 array of boxes (each of size > 1): (left, right) arrays."""
+    x0, x1, y0, y1, z0, z1 = boxes.T
+    rows = (x1 - x0 >= y1 - y0) & (x1 - x0 > 1)
+    cols = ~rows & (y1 - y0 > 1)
+    bands = ~rows & ~cols
+    left, right = boxes.copy(), boxes.copy()
+    for axis, chosen in ((0, rows), (2, cols), (4, bands)):
+        low, high = boxes[chosen, axis], boxes[chosen, axis + 1]
+        mid = high - (high - low) // 2
+        left[chosen, axis] = mid  # the upper part, as in split_box
+        right[chosen, axis + 1] = mid
+    return left, right

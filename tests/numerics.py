@@ -1,0 +1,207 @@
+"""Float64 references for the engine tests, and tolerances grounded in them rather than in one machine.
+
+Every engine computes in float32, and float32 results differ between CPUs, kernel choices (ATen's
+vector width, oneDNN's ISA) and thread counts. So instead of comparing two float32 results with a
+tolerance measured on one machine, the tests compare each engine with the **same traversal in
+float64** (the exact engine painting the same masked tiles, the model copied to float64) and ask that
+its error be within `ROUNDING_MULTIPLE` times shap's own float32 error against that reference, plus a
+floor of `FLOOR_ULPS` float32 ulps of the largest output:
+
+- outputs (f(tile), f(masked tile)) against `evaluation_error`: the largest float32-vs-float64
+  difference over all the masked tiles shap's traversal evaluates (a maximum over thousands of
+  evaluations, so it measures this network's rounding on this machine, not one lucky number);
+- values against the largest error of shap's own values (the exact engine in float32 walks shap's
+  traversal and evaluates shap's model calls, bit for bit: tests/test_fast_engine.py).
+
+Both yardsticks are measured in the same run, on the same kernels, so the bound moves with the
+machine. A real error does not: a stale context or a wrong box changes outputs by the size of the
+fault, orders of magnitude above rounding (tests/test_engine_faults.py injects such faults).
+
+The bound only holds while every engine expands the nodes the float64 traversal expands: a flipped
+near-tie sends the traversal elsewhere, which is not rounding. So the traversals are recorded and
+their divergence is reported (and must be zero) before the values are compared.
+"""
+
+import contextlib
+import copy
+import dataclasses
+
+import numpy as np
+
+from aid_xai_plugin.core.explain import exact_engine, fast_engine
+from aid_xai_plugin.core.explain.box_painter import BoxPainter
+from aid_xai_plugin.core.explain.exact_engine import ExactPartitionEngine
+from aid_xai_plugin.core.explain.partition import boxes_of
+
+# Each engine's float32 error may be this many times shap's: both round the same sums in float32, in
+# other orders (folded BatchNorm, windows, channels-last); 4× leaves room for the spread of two such
+# errors, measured at most 2.6× across every case and kernel variant of `make test-numerics`.
+ROUNDING_MULTIPLE = 4.0
+# For outputs that happen to round exactly in shap's evaluations (dyadic test models): a few float32
+# ulps of the largest output are still rounding.
+FLOOR_ULPS = 4
+
+
+def float32_ulp(value):
+    """The spacing of float32 numbers at |value| (2^-23 relative)."""
+    return float(np.spacing(np.float32(max(abs(float(value)), np.finfo(np.float32).tiny))))
+
+
+class Float64Painter(BoxPainter):
+    """The exact engine's painter with the model and its normalisation in float64: the same masked
+    tiles (composed exactly from the float32 tile and background), evaluated without float32 rounding."""
+
+    def __init__(self, image_hwc, background_hwc, classifier, batch_size, output_space):
+        import torch
+
+        super().__init__(image_hwc, background_hwc, classifier, batch_size, output_space)
+        self.module64 = copy.deepcopy(classifier.module).double().eval()
+        self.mean64, self.std64 = classifier.mean.double(), classifier.std.double()
+        self.torch = torch
+
+    def scores(self, box_lists):
+        torch = self.torch
+        outputs = []
+        with torch.inference_mode():
+            for start in range(0, len(box_lists), self.batch_size):
+                tiles = self.masked_tiles(box_lists[start : start + self.batch_size]).double()
+                logits = self.module64((tiles - self.mean64) / self.std64)
+                if self.output_space == "probability":
+                    logits = torch.softmax(logits, dim=1)
+                elif self.output_space == "log_probability":
+                    logits = torch.log_softmax(logits, dim=1)
+                outputs.append(logits.cpu().numpy())
+        return np.concatenate(outputs)
+
+
+class Float64ExactEngine(ExactPartitionEngine):
+    """shap's traversal with every masked tile evaluated in float64: the reference."""
+
+    painter_type = Float64Painter
+
+
+class Traversal:
+    """The evaluations one traversal made: request (box, visible boxes) → the K outputs it got."""
+
+    def __init__(self):
+        self.outputs = {}
+
+    def record(self, requests, outputs):
+        for (visible, _, box, _), row in zip(requests, outputs):
+            self.outputs[(box, tuple(boxes_of(visible)))] = np.asarray(row, dtype=np.float64)
+
+    def diverging(self, other):
+        """How many evaluations one of the two traversals made and the other did not."""
+        return len(self.outputs.keys() ^ other.outputs.keys())
+
+    def largest_error(self, reference):
+        """max |output − reference output| over the evaluations both made."""
+        common = self.outputs.keys() & reference.outputs.keys()
+        return max((float(np.abs(self.outputs[key] - reference.outputs[key]).max()) for key in common), default=0.0)
+
+
+class _RecordingEvaluate:
+    """An engine's `evaluate` callback that records what it returns (attributes such as the region
+    evaluator's `max_states` are read through to the real one)."""
+
+    def __init__(self, evaluate, traversal):
+        self._evaluate, self._traversal = evaluate, traversal
+
+    def __call__(self, requests):
+        outputs, states = self._evaluate(requests)
+        self._traversal.record(requests, outputs)
+        return outputs, states
+
+    def __getattr__(self, name):
+        return getattr(self._evaluate, name)
+
+
+@contextlib.contextmanager
+def recorded_traversals(fault=None):
+    """Record the evaluations of every traversal the exact and fast engines walk inside the block
+    (a list of Traversal, in call order); the engines themselves run unchanged, unless `fault`
+    (evaluate → evaluate) wraps their evaluations to inject an error (tests/test_engine_faults.py)."""
+    traversals = []
+    original = exact_engine.owen_node_values
+
+    def recording(evaluate, *args, **kwargs):
+        traversals.append(Traversal())
+        return original(_RecordingEvaluate(fault(evaluate) if fault else evaluate, traversals[-1]), *args, **kwargs)
+
+    exact_engine.owen_node_values = fast_engine.owen_node_values = recording
+    try:
+        yield traversals
+    finally:
+        exact_engine.owen_node_values = fast_engine.owen_node_values = original
+
+
+def explain_recorded(engine, tile, classifier, indices, settings, fault=None):
+    """(explanation, its traversal) of one engine on one tile."""
+    with recorded_traversals(fault) as traversals:
+        explanation = engine.explain(tile, classifier, indices, settings)
+    assert len(traversals) == 1, "the engine did not walk the traversal itself (it delegated to shap)"
+    return explanation, traversals[0]
+
+
+@dataclasses.dataclass
+class Float64Yardstick:
+    """The float64 reference of one explanation and shap's own float32 errors against it."""
+
+    reference: object  # TileExplanation in float64
+    traversal: Traversal
+    evaluation_error: float  # max |shap's float32 output − float64| over its traversal's evaluations
+    values_error: float  # max |shap's float32 values − float64 values|
+    floor: float  # FLOOR_ULPS float32 ulps of the largest output
+
+    def output_bound(self):
+        return ROUNDING_MULTIPLE * self.evaluation_error + self.floor
+
+    def values_bound(self):
+        return ROUNDING_MULTIPLE * self.values_error + self.floor
+
+
+def float64_yardstick(classifier, tile, indices, settings):
+    """Explain `tile` in float64 and measure shap's float32 errors against that (shap's values and
+    model calls are the exact engine's in float32, bit for bit)."""
+    reference, traversal = explain_recorded(Float64ExactEngine(), tile, classifier, indices, settings)
+    shap32, shap_traversal = explain_recorded(ExactPartitionEngine(), tile, classifier, indices, settings)
+    diverging = shap_traversal.diverging(traversal)
+    assert diverging == 0, f"shap's float32 traversal left the float64 one at {diverging} evaluations: a near-tie, not a portable case"
+    largest_output = max(np.abs(reference.output_values).max(), np.abs(reference.base_values).max())
+    return Float64Yardstick(
+        reference,
+        traversal,
+        evaluation_error=shap_traversal.largest_error(traversal),
+        values_error=float(np.abs(shap32.values - reference.values).max()),
+        floor=FLOOR_ULPS * float32_ulp(largest_output),
+    )
+
+
+def assert_within_float32_rounding(explanation, traversal, yardstick, what="the engine"):
+    """`explanation` (with the `traversal` it walked) is the float64 reference up to float32
+    rounding: the same evaluations, each output, f(tile), f(masked tile) and every value within
+    ROUNDING_MULTIPLE × shap's own error (+ the floor)."""
+    reference = yardstick.reference
+    diverging = traversal.diverging(yardstick.traversal)
+    assert diverging == 0, f"{what} left shap's traversal at {diverging} evaluations"
+    bound = yardstick.output_bound()
+    evaluations = traversal.largest_error(yardstick.traversal)
+    assert evaluations <= bound, f"{what}: an evaluation is {evaluations:.3g} from float64, bound {bound:.3g} (shap's own: {yardstick.evaluation_error:.3g})"
+    for name in ("output_values", "base_values"):
+        error = float(np.abs(getattr(explanation, name) - getattr(reference, name)).max())
+        assert error <= bound, f"{what}: {name} {error:.3g} from float64, bound {bound:.3g} (shap's evaluations: {yardstick.evaluation_error:.3g})"
+    error = float(np.abs(explanation.values - reference.values).max())
+    values_bound = yardstick.values_bound()
+    assert error <= values_bound, f"{what}: values {error:.3g} from float64, bound {values_bound:.3g} (shap's own: {yardstick.values_error:.3g})"
+    np.testing.assert_array_equal(explanation.class_indices, reference.class_indices)
+
+
+def assert_efficient(explanation, max_evals):
+    """The values add up to f(tile) − f(masked tile) (shap's efficiency). They are float64 sums of
+    float64 credits, so the bound is float64 rounding: each of the (features + evaluations) additions
+    and splits rounds by at most 2^-52 of the magnitudes summed."""
+    values = explanation.values.reshape(-1, explanation.values.shape[-1])
+    difference = explanation.output_values - explanation.base_values
+    magnitude = np.maximum(np.abs(values).sum(0), np.abs(difference))
+    bound = 2 * np.finfo(np.float64).eps * (len(values) + max_evals) * magnitude
+    np.testing.assert_array_less(np.abs(values.sum(0) - difference), bound + np.finfo(np.float64).tiny)
