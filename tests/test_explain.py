@@ -86,9 +86,11 @@ def test_written_values_equal_shap_run_directly_at_the_right_pixels(mosaic, synt
 
 
 def test_every_engine_writes_shaps_values(mosaic, synthetic_model, tmp_path):
-    """exact writes shap's values (to float32 storage); fast (the default) agrees to its tested bound."""
-    from test_fast_engine import FAST_TOLERANCE
-
+    """exact writes shap's values bit for bit (the same float64 values stored as float32); fast (the
+    default) agrees within its engine-level bound (tests/numerics.py: 4× shap's own float32 error
+    against float64); here, on whole stored maps, relative to the largest value: shap's own float32
+    rounding on this Net is ~1e-6 of it, so 2e-5 allows the fast engine's 4× and storage rounding,
+    (a relative bound measured on whole maps, not yet derived as the engine tests are)."""
     path, truth = mosaic
     scene = _scene(truth, "StorageTank")
     settings = ExplainSettings(masker="blur(64,64)", max_evals=1500, batch_size=64, seed=3)
@@ -100,8 +102,8 @@ def test_every_engine_writes_shaps_values(mosaic, synthetic_model, tmp_path):
             assert raster.tags()["AIDXAI_ENGINE"] == engine
             written[engine] = raster.read().astype(np.float64)
     scale = np.abs(written["shap"]).max()
-    assert np.abs(written["exact"] - written["shap"]).max() <= 1e-6 * scale
-    assert np.abs(written["fast"] - written["shap"]).max() <= FAST_TOLERANCE * scale
+    np.testing.assert_array_equal(written["exact"], written["shap"])
+    assert np.abs(written["fast"] - written["shap"]).max() <= 2e-5 * scale
 
 
 def test_unknown_engine_is_a_clear_error(aid_xai_provider, mosaic, synthetic_model, tmp_path):
