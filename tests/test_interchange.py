@@ -1,6 +1,7 @@
 """Models between tools: ONNX export with Deepness-style metadata, ONNX and TorchScript import,
 round trips that classify the demo mosaic exactly as the original, and clear refusals."""
 
+import copy
 import io
 import json
 import os
@@ -11,10 +12,13 @@ import pytest
 import rasterio
 import torch
 
+from numerics import assert_float32_outputs, assert_maps_within_float32_rounding, tile_scores
+
 from aid_xai_plugin.core.common.errors import AidXaiError
 from aid_xai_plugin.core.data.synthetic import make_scene_mosaic
 from aid_xai_plugin.core.explain.engine import ExplainSettings
-from aid_xai_plugin.core.ml.interchange import export_onnx, import_model, read_class_names_file, read_onnx_metadata
+from aid_xai_plugin.core.ml.interchange import check_against_torch, export_onnx, import_model, read_class_names_file, read_onnx_metadata
+from aid_xai_plugin.core.ml.classifier import Classifier
 from aid_xai_plugin.core.ml.model_file import load_model
 from aid_xai_plugin.core.pipelines.classify import ClassifyOutputs, classify_raster
 from aid_xai_plugin.core.pipelines.explain import ExplainOutputs, ExplainRequest, explain_raster
@@ -37,10 +41,10 @@ def _classify(mosaic, model, folder):
         return classes.read(1), probabilities.read()
 
 
+@pytest.mark.numerics
 def test_onnx_round_trip_classifies_the_mosaic_as_the_original(synthetic_model, demo_mosaic, tmp_path):
     onnx_path = str(tmp_path / "net.onnx")
-    difference = export_onnx(synthetic_model, onnx_path)
-    assert difference <= 1e-5
+    assert 0.0 <= export_onnx(synthetic_model, onnx_path) < 1e-3  # the logits' largest |Δ|: float32 rounding
     metadata = read_onnx_metadata(onnx_path)
     original = load_model(synthetic_model).info
     assert json.loads(metadata["class_names"]) == {str(i): name for i, name in enumerate(original.class_names)}
@@ -53,9 +57,11 @@ def test_onnx_round_trip_classifies_the_mosaic_as_the_original(synthetic_model, 
     classes, probabilities = _classify(demo_mosaic, synthetic_model, tmp_path / "torch")
     classes_onnx, probabilities_onnx = _classify(demo_mosaic, imported, tmp_path / "onnx")
     np.testing.assert_array_equal(classes_onnx, classes)
-    assert np.abs(probabilities_onnx - probabilities).max() <= 1e-5
+    reference, _ = tile_scores(demo_mosaic, synthetic_model)
+    assert_float32_outputs({"onnxruntime": probabilities_onnx}, reference, probabilities, "the ONNX round trip")
 
 
+@pytest.mark.numerics
 def test_torchscript_round_trip_with_class_names_from_a_file(synthetic_model, demo_mosaic, tmp_path):
     loaded = load_model(synthetic_model)
     info = loaded.info
@@ -70,11 +76,13 @@ def test_torchscript_round_trip_with_class_names_from_a_file(synthetic_model, de
     classes, probabilities = _classify(demo_mosaic, synthetic_model, tmp_path / "torch")
     classes_ts, probabilities_ts = _classify(demo_mosaic, imported, tmp_path / "ts")
     np.testing.assert_array_equal(classes_ts, classes)
-    assert np.abs(probabilities_ts - probabilities).max() <= 1e-5
+    reference, _ = tile_scores(demo_mosaic, synthetic_model)
+    assert_float32_outputs({"TorchScript": probabilities_ts}, reference, probabilities, "the TorchScript round trip")
     # and out again: an imported TorchScript model exports to ONNX like a trained one
-    assert export_onnx(imported, str(tmp_path / "again.onnx")) <= 1e-5
+    assert 0.0 <= export_onnx(imported, str(tmp_path / "again.onnx")) < 1e-3 and os.path.exists(tmp_path / "again.onnx")
 
 
+@pytest.mark.numerics
 def test_an_imported_model_is_explained_with_full_evaluations(synthetic_model, demo_mosaic, tmp_path):
     onnx_path = str(tmp_path / "net.onnx")
     export_onnx(synthetic_model, onnx_path)
@@ -87,8 +95,37 @@ def test_an_imported_model_is_explained_with_full_evaluations(synthetic_model, d
     reference = explain_raster(demo_mosaic, synthetic_model, options, request, settings, ExplainOutputs(shap_raster=str(tmp_path / "torch.tif")), engine="exact")
     assert result.explained == reference.explained == 1 and "traced" in result.fallback_reason
     with rasterio.open(tmp_path / "onnx.tif") as a, rasterio.open(tmp_path / "torch.tif") as b:
-        values, expected = a.read(1), b.read(1)
-    assert np.abs(values - expected).max() <= 1e-5 * max(1.0, np.abs(expected).max()) * 10
+        maps = {"ONNX": a.read(), "torch": b.read()}
+    # both are the float64 explanation of the top-left tile up to float32 rounding (tests/numerics.py)
+    classifier = Classifier(load_model(synthetic_model), "cpu")
+    with rasterio.open(demo_mosaic) as raster:
+        tile = raster.read(window=rasterio.windows.Window(0, 0, 64, 64)).transpose(1, 2, 0).astype(np.float32) / np.float32(255.0)
+    top = np.argsort(-classifier.predict_probabilities(tile[None])[0], kind="stable")[:1]
+    assert_maps_within_float32_rounding(maps, classifier, tile, top, settings, "the imported model's explanation")
+
+
+@pytest.mark.numerics
+@pytest.mark.parametrize("architecture", ["resnet18", "mobilenet_v3_large"])
+def test_deep_models_export_and_a_wrong_graph_is_still_refused(architecture, tmp_path):
+    """Float32 rounding grows with depth (torch's own logits here are ~2e-5 and ~4e-5 from float64:
+    a fixed 1e-5 check refused these exports); the check scales with torch's own error, and a graph
+    whose logits are off by far less than a wrong operator's (weights 1e-4 off) is refused."""
+    from helpers import _model_info, random_torchvision_classifier
+
+    from aid_xai_plugin.core.ml.model_file import save_model
+
+    classes = [f"class {index}" for index in range(30)]
+    classifier = random_torchvision_classifier(architecture, 128, classes)
+    model_path, onnx_path = str(tmp_path / "model.aidx.pt"), str(tmp_path / "model.onnx")
+    save_model(model_path, classifier.module, _model_info(architecture, {"num_classes": 30, "in_bands": 3}, classes, 128, 3, 0.45, 0.25))
+    export_onnx(model_path, onnx_path)
+    assert read_onnx_metadata(onnx_path)["tiles_size"] == "128"
+    nudged = copy.deepcopy(classifier.module)
+    with torch.no_grad():
+        [layer for layer in nudged.modules() if isinstance(layer, torch.nn.Linear)][-1].weight.mul_(1 + 1e-4)
+    with open(onnx_path, "rb") as stream:
+        with pytest.raises(AidXaiError, match="converted wrongly"):
+            check_against_torch(stream.read(), nudged, load_model(model_path).info)
 
 
 def _tiny_onnx(path, dynamic=True, classes=3, op=None):
@@ -140,6 +177,6 @@ def test_export_and_import_through_qgis_process(synthetic_model, tmp_path):
 
     onnx_path, model_path = str(tmp_path / "m.onnx"), str(tmp_path / "m.aidx.pt")
     exported = run_algorithm_json("aid_xai:export_onnx", {"MODEL": synthetic_model, "OUTPUT": onnx_path})
-    assert exported["results"]["MAX_DIFFERENCE"] <= 1e-5
+    assert 0.0 <= exported["results"]["MAX_DIFFERENCE"] < 1e-3
     run_algorithm_json("aid_xai:import_model", {"INPUT": onnx_path, "OUTPUT": model_path})
     assert load_model(model_path).info.class_names == load_model(synthetic_model).info.class_names
