@@ -42,6 +42,10 @@ ROUNDING_MULTIPLE = 4.0
 # For outputs that happen to round exactly in shap's evaluations (dyadic test models): a few float32
 # ulps of the largest output are still rounding.
 FLOOR_ULPS = 4
+# Georeferencing is float64 arithmetic on a few exact numbers (origin + index × pixel size, a
+# window's bounds): its rounding is ~1e-16 relative on any machine, and 1e-12 relative is still
+# 1e-5 m at 1e7 m, far below any pixel, where pytest.approx's default (1e-6) would let 10 m through.
+GEO_REL = 1e-12
 
 
 def float32_ulp(value):
@@ -49,31 +53,80 @@ def float32_ulp(value):
     return float(np.spacing(np.float32(max(abs(float(value)), np.finfo(np.float32).tiny))))
 
 
+class Float64Model:
+    """A classifier's model and normalisation copied to float64: the reference for any path that
+    evaluates tiles in float32 (engines, classify, exported and imported models, Dask workers)."""
+
+    def __init__(self, classifier):
+        import torch
+
+        self.module = copy.deepcopy(classifier.module).cpu().double().eval()
+        self.mean, self.std = classifier.mean.cpu().double(), classifier.std.cpu().double()
+        self.torch = torch
+
+    def scores_nchw(self, tiles, space):
+        """N×classes float64 scores in `space` for an N×C×H×W tensor in [0, 1]."""
+        torch = self.torch
+        with torch.inference_mode():
+            logits = self.module((tiles.cpu().double() - self.mean) / self.std)
+            if space == "probability":
+                logits = torch.softmax(logits, dim=1)
+            elif space == "log_probability":
+                logits = torch.log_softmax(logits, dim=1)
+            return logits.numpy()
+
+    def scores(self, images_nhwc, space):
+        """The same for N×H×W×C arrays, like Classifier.predict_outputs."""
+        images = np.ascontiguousarray(np.asarray(images_nhwc, dtype=np.float32).transpose(0, 3, 1, 2))
+        return self.scores_nchw(self.torch.from_numpy(images), space)
+
+
+def assert_float32_outputs(outputs, reference, yardstick, what):
+    """Each of `outputs` (name → float32 scores of the tiles `reference` scored in float64) within
+    ROUNDING_MULTIPLE × the float32 error of `yardstick` (the plain torch path's scores of the same
+    tiles) + FLOOR_ULPS ulps of the largest score: two float32 evaluations of one network differ by
+    rounding in other orders (batch size, threads, another runtime), never by more than a few times
+    the rounding itself; a wrong tile, band or weight is orders of magnitude above it."""
+    reference = np.asarray(reference, dtype=np.float64)
+    yardstick_error = float(np.abs(np.asarray(yardstick, dtype=np.float64) - reference).max())
+    bound = ROUNDING_MULTIPLE * yardstick_error + FLOOR_ULPS * float32_ulp(np.abs(reference).max())
+    for name, scores in outputs.items():
+        error = float(np.abs(np.asarray(scores, dtype=np.float64) - reference).max())
+        assert error <= bound, f"{what}: {name} is {error:.3g} from float64, bound {bound:.3g} (torch's own float32 error: {yardstick_error:.3g})"
+
+
+def tile_scores(raster_path, model_path, space="probability"):
+    """(float64, float32) scores, classes × rows × cols like a probability raster, of an 8-bit
+    raster cut into tiles of the model's input size (classify's defaults: no resampling, value/255):
+    the float64 reference and the yardstick for the rasters the pipelines write."""
+    import rasterio
+
+    from aid_xai_plugin.core.ml.classifier import Classifier
+    from aid_xai_plugin.core.ml.model_file import load_model
+
+    classifier = Classifier(load_model(model_path), "cpu")
+    side = classifier.info.input_size
+    with rasterio.open(raster_path) as raster:
+        pixels = raster.read()
+    bands, height, width = pixels.shape
+    rows, cols = height // side, width // side
+    tiles = pixels[:, : rows * side, : cols * side].reshape(bands, rows, side, cols, side).transpose(1, 3, 2, 4, 0).reshape(rows * cols, side, side, bands)
+    tiles = tiles.astype(np.float32) / np.float32(255.0)
+    as_raster = lambda scores: scores.reshape(rows, cols, -1).transpose(2, 0, 1)  # noqa: E731
+    return as_raster(Float64Model(classifier).scores(tiles, space)), as_raster(classifier.predict_outputs(tiles, space))
+
+
 class Float64Painter(BoxPainter):
     """The exact engine's painter with the model and its normalisation in float64: the same masked
     tiles (composed exactly from the float32 tile and background), evaluated without float32 rounding."""
 
     def __init__(self, image_hwc, background_hwc, classifier, batch_size, output_space):
-        import torch
-
         super().__init__(image_hwc, background_hwc, classifier, batch_size, output_space)
-        self.module64 = copy.deepcopy(classifier.module).double().eval()
-        self.mean64, self.std64 = classifier.mean.double(), classifier.std.double()
-        self.torch = torch
+        self.model64 = Float64Model(classifier)
 
     def scores(self, box_lists):
-        torch = self.torch
-        outputs = []
-        with torch.inference_mode():
-            for start in range(0, len(box_lists), self.batch_size):
-                tiles = self.masked_tiles(box_lists[start : start + self.batch_size]).double()
-                logits = self.module64((tiles - self.mean64) / self.std64)
-                if self.output_space == "probability":
-                    logits = torch.softmax(logits, dim=1)
-                elif self.output_space == "log_probability":
-                    logits = torch.log_softmax(logits, dim=1)
-                outputs.append(logits.cpu().numpy())
-        return np.concatenate(outputs)
+        batches = range(0, len(box_lists), self.batch_size)
+        return np.concatenate([self.model64.scores_nchw(self.masked_tiles(box_lists[start : start + self.batch_size]), self.output_space) for start in batches])
 
 
 class Float64ExactEngine(ExactPartitionEngine):
@@ -205,5 +258,31 @@ def assert_efficient(explanation, max_evals):
     values = explanation.values.reshape(-1, explanation.values.shape[-1])
     difference = explanation.output_values - explanation.base_values
     magnitude = np.maximum(np.abs(values).sum(0), np.abs(difference))
-    bound = 2 * np.finfo(np.float64).eps * (len(values) + max_evals) * magnitude
+    bound = efficiency_bound(len(values), max_evals, magnitude)
     np.testing.assert_array_less(np.abs(values.sum(0) - difference), bound + np.finfo(np.float64).tiny)
+
+
+def efficiency_bound(features, max_evals, magnitude):
+    """float64 rounding of shap's efficiency: (features + evaluations) additions and splits, each
+    rounding by at most 2^-52 of the `magnitude` summed."""
+    return 2 * np.finfo(np.float64).eps * (features + max_evals) * magnitude
+
+
+def float32_storage_bound(values):
+    """Rounding of float64 values stored as float32 (a GeoTIFF band), summed back: half a float32 ulp
+    (2^-24 relative) of each value."""
+    return float(np.abs(values).sum(dtype=np.float64)) * 2.0**-24
+
+
+def assert_maps_within_float32_rounding(maps, classifier, tile, indices, settings, what):
+    """Stored SHAP maps of one tile (name → K×H×W, the pipeline's bands: channels summed, float32)
+    against the float64 reference: each channel's value within the engines' bound
+    (`Float64Yardstick.values_bound`), so their sum over C channels within C times it, plus the
+    float32 rounding of storing it (an ulp of the largest value). The maps cover the tile at the
+    model's input size, so no resampling is involved."""
+    yardstick = float64_yardstick(classifier, tile, indices, settings)
+    reference = yardstick.reference.values.sum(axis=2).transpose(2, 0, 1)  # H×W×C×K → K×H×W
+    bound = tile.shape[2] * yardstick.values_bound() + float32_ulp(np.abs(reference).max())
+    for name, stored in maps.items():
+        error = float(np.abs(np.asarray(stored, dtype=np.float64) - reference).max())
+        assert error <= bound, f"{what}: the {name} map is {error:.3g} from float64, bound {bound:.3g} (shap's own values: {yardstick.values_error:.3g})"
