@@ -9,9 +9,11 @@ scripts run from the repository root put this folder on sys.path first:
     from helpers import random_net_model_file  # noqa: E402
 """
 
+import functools
 import json
 import os
 import subprocess
+import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QGIS_PROCESS = os.path.join(ROOT, "bin", "qgis_process")
@@ -165,13 +167,40 @@ def create_georeferenced_tiff(path, width, height, bands, geotransform, crs, dat
     return dataset
 
 
+# --- limits that end a hung test, scaled to this machine's speed now ----------------------------
+
+# A fixed pure-Python workload took this long (best of 3) on the machine the limits below were set on,
+# a 2-core Zen 3 running one other job. The limits only end hangs: each is 20-60× what the run takes
+# there, and hang_limit() stretches it by how much slower this machine is when the tests start.
+REFERENCE_WORKLOAD_SECONDS = 0.18
+
+
+@functools.lru_cache(maxsize=None)
+def slowness():
+    """How many times slower than the reference machine this one is now (never below 1): a slower CPU,
+    or other jobs on its cores, both stretch every run alike."""
+
+    def workload():
+        start = time.perf_counter()
+        sum(value * value for value in range(1_000_000))
+        return time.perf_counter() - start
+
+    return max(1.0, min(workload() for _ in range(3)) / REFERENCE_WORKLOAD_SECONDS)
+
+
+def hang_limit(seconds):
+    """`seconds` (set on the reference machine) stretched to this one's speed."""
+    return seconds * slowness()
+
+
 # --- subprocesses that answer in JSON ----------------------------------------------------------
 
 
 def run_qgis_process(*args, env=None, timeout=600):
-    """Run bin/qgis_process with `args`; returns the CompletedProcess (text)."""
+    """Run bin/qgis_process with `args`; returns the CompletedProcess (text). `timeout`: a hang limit
+    in reference-machine seconds (hang_limit)."""
     return subprocess.run(
-        [QGIS_PROCESS, *args], capture_output=True, text=True, env=env or os.environ.copy(), timeout=timeout, stdin=subprocess.DEVNULL
+        [QGIS_PROCESS, *args], capture_output=True, text=True, env=env or os.environ.copy(), timeout=hang_limit(timeout), stdin=subprocess.DEVNULL
     )
 
 

@@ -15,6 +15,7 @@ import subprocess
 
 import pytest
 from conftest import ROOT
+from helpers import hang_limit
 
 OUT = os.path.join(ROOT, "build", "desktop")
 SESSION = os.path.join(ROOT, "tests", "desktop", "desktop_session.py")
@@ -71,7 +72,7 @@ def session(tmp_path_factory, synthetic_model):
         "xvfb-run", "-a", "-s", "-screen 0 1280x1024x24",
         "qgis", "--profiles-path", str(profiles), "--nologo", "--noversioncheck", "--code", SESSION,
     ]  # fmt: skip
-    completed = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=240, stdin=subprocess.DEVNULL)
+    completed = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=hang_limit(240), stdin=subprocess.DEVNULL)
     with open(os.path.join(OUT, "qgis_output.txt"), "w", encoding="utf-8") as handle:
         handle.write(f"exit status {completed.returncode}\n--- stdout\n{completed.stdout}\n--- stderr\n{completed.stderr}")
     path = os.path.join(OUT, "session.json")

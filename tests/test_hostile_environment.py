@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 import pytest
-from helpers import ROOT
+from helpers import ROOT, hang_limit
 from osgeo import gdal
 
 from aid_xai_plugin.core.common.atomic import atomic_output, remove_stale_temporaries
@@ -60,7 +60,7 @@ def runner_env():
 
 
 def run_runner(*args, timeout=300, **kwargs):
-    return subprocess.run(runner_command(*args, **kwargs), capture_output=True, text=True, env=runner_env(), timeout=timeout, cwd=ROOT)
+    return subprocess.run(runner_command(*args, **kwargs), capture_output=True, text=True, env=runner_env(), timeout=hang_limit(timeout), cwd=ROOT)
 
 
 def start_runner(*args, **kwargs):
@@ -78,7 +78,7 @@ def partial_files(folder):
 
 def wait_for_partial(folder, process, timeout=120):
     """Wait until the run has a temporary file in `folder` (it is writing), then a little longer."""
-    deadline = time.time() + timeout
+    deadline = time.time() + hang_limit(timeout)
     while time.time() < deadline:
         if partial_files(folder):
             time.sleep(0.5)
@@ -226,7 +226,7 @@ def test_two_runs_writing_the_same_outputs_end_with_one_complete_run_per_file(sm
     for attempt in range(3):
         runs = [start_runner(small, synthetic_model, output_set(str(shared)), options) for options in settings]
         for run in runs:
-            stdout, stderr = run.communicate(timeout=300)
+            stdout, stderr = run.communicate(timeout=hang_limit(300))
             assert run.returncode == 0, stderr[-2000:]
         paths = output_set(str(shared))
         final = (raster_fingerprint(paths[0]), raster_fingerprint(paths[1]), layer_fingerprint(paths[2]))
@@ -266,7 +266,7 @@ def test_a_killed_run_leaves_no_output_and_the_next_run_removes_its_temporaries(
     run = start_runner(large, synthetic_model, paths, LONG_RUN)
     left = wait_for_partial(str(tmp_path), run)
     run.send_signal(signal_number)
-    run.communicate(timeout=60)
+    run.communicate(timeout=hang_limit(60))
     assert run.returncode == -signal_number
     assert not any(os.path.exists(path) for path in paths)  # nothing at the output paths
     left = partial_files(tmp_path)
@@ -289,7 +289,7 @@ def test_a_running_writers_temporary_is_never_removed(small, large, synthetic_mo
         assert long_run.poll() is None
     finally:
         long_run.kill()
-        long_run.communicate(timeout=60)
+        long_run.communicate(timeout=hang_limit(60))
     assert remove_stale_temporaries(long_paths[0]) and remove_stale_temporaries(long_paths[2])  # its writer is gone now
     assert not [name for name in partial_files(tmp_path) if "classes" in name or "tiles" in name]
 

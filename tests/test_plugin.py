@@ -6,6 +6,7 @@ import sys
 import zipfile
 
 from conftest import QGIS_PROCESS, ROOT, run_qgis_process
+from helpers import hang_limit
 
 ALGORITHMS = {"train", "evaluate", "import_model", "export_onnx", "classify", "explain", "explanation_quality", "synthetic_scenes", "synthetic_mosaic"}
 
@@ -77,7 +78,7 @@ def _bare_qgis_environment(tmp_path, plugin_path):
 
 
 def _qgis_process_bin(env, *args):
-    return subprocess.run(["/usr/bin/qgis_process.bin", *args], capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL, timeout=300)
+    return subprocess.run(["/usr/bin/qgis_process.bin", *args], capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL, timeout=hang_limit(300))
 
 
 def test_without_torch_the_provider_loads_and_runs_fail_with_the_install_command(tmp_path):

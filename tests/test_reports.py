@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 from conftest import ROOT
-from helpers import last_line_json
+from helpers import hang_limit, last_line_json
 
 from aid_xai_plugin.core.explain.engine import ExplainSettings
 from aid_xai_plugin.core.pipelines.steps import ExplainedTile
@@ -95,7 +95,7 @@ def test_a_cancelled_report_leaves_nothing(tmp_path):
 def _run_python(script):
     """Run `script` in a fresh interpreter (imports of this test process don't leak in); its last stdout line as JSON."""
     env = dict(os.environ, PYTHONPATH=ROOT, MPLBACKEND="svg")  # a backend that Agg is not, so a switch would show
-    completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, env=env, timeout=hang_limit(300))
     assert completed.returncode == 0, completed.stderr[-3000:]
     return last_line_json(completed.stdout)
 
