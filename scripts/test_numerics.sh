@@ -3,7 +3,8 @@
 # export/import round trips, Dask equality) again under other kernel choices of this machine, as if
 # on other CPUs: ATen's vector width, oneDNN's instruction set and the thread count. Four runs of an
 # orthogonal array: each setting appears twice, and every pair of settings meets in one run. Each run
-# first prints what torch really uses (an unknown value would be ignored silently).
+# first prints what torch really uses (an unknown value would be ignored silently). Arguments, if
+# any, narrow the test paths (default: tests).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 python="${PYTHON:-.venv/bin/python}"
@@ -17,10 +18,10 @@ while read -r aten isa threads; do
 import torch
 print(f"torch {torch.__version__}: ATen capability {torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} threads")
 with torch.inference_mode():
-    torch.nn.Conv2d(8, 8, 3)(torch.rand(1, 8, 16, 16))
+    torch.nn.Conv2d(64, 64, 3)(torch.rand(4, 64, 32, 32))  # large enough for oneDNN on one thread
 PY
   start=$SECONDS
-  if "$python" -m pytest -q -p no:cacheprovider -m numerics tests; then result=passed; else result=FAILED; status=1; fi
+  if "$python" -m pytest -q -p no:cacheprovider -m numerics "${@:-tests}"; then result=passed; else result=FAILED; status=1; fi
   summary+="$settings: $result in $((SECONDS - start)) s"$'\n'
 done <<'RUNS'
 default SSE41 1
