@@ -10,6 +10,10 @@ cd "$(dirname "$0")/.."
 python="${PYTHON:-.venv/bin/python}"
 status=0
 summary=""
+# the float64 references do not depend on these settings: the first run computes them, the others reuse them
+AID_XAI_FLOAT64_CACHE="$(mktemp -d)"
+export AID_XAI_FLOAT64_CACHE
+trap 'rm -rf "$AID_XAI_FLOAT64_CACHE"' EXIT
 while read -r aten isa threads; do
   settings="ATEN_CPU_CAPABILITY=$aten ONEDNN_MAX_CPU_ISA=$isa threads=$threads"
   echo "== $settings"
