@@ -238,8 +238,9 @@ def assert_on_source_grid(source_gt, output_gt, scale=(1, 1)):
     sx, sy = scale
     expected = (source_gt[1] * sx, source_gt[2] * sy, source_gt[4] * sx, source_gt[5] * sy)
     # float64: the output's pixel size may come from an extent divided by a pixel count rather than
-    # this product, a few 2^-52 apart; 1e-9 relative is still a billionth of a pixel
-    np.testing.assert_allclose((output_gt[1], output_gt[2], output_gt[4], output_gt[5]), expected, rtol=1e-9, atol=0)
+    # this product, a few 2^-52 apart; 1e-9 relative is still a billionth of a pixel (1e-12 absolute
+    # for the zero rotation terms)
+    np.testing.assert_allclose((output_gt[1], output_gt[2], output_gt[4], output_gt[5]), expected, rtol=1e-9, atol=1e-12)
     return int(round(px)), int(round(py))
 
 
