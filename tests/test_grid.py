@@ -168,12 +168,13 @@ def test_extent_on_a_south_up_raster_selects_the_rows_it_covers():
 @pytest.mark.parametrize("geotransform", [ROTATED, SOUTH_UP], ids=["rotated", "south-up"])
 def test_footprints_and_cells_are_affine_images_of_pixel_corners(geotransform):
     grid = make_grid(geotransform, (40, 30), (6, 6), (4, 4))
+    tolerance = coordinate_tolerance(geotransform, (40, 30))
     for tile in grid.tiles():
-        assert_points_close(grid.footprint(tile), rectangle(geotransform, *tile.window), 1e-9)
+        assert_points_close(grid.footprint(tile), rectangle(geotransform, *tile.window), tolerance)
     cells = grid.cell_geotransform()
     for row, col in [(0, 0), (2, 5), (grid.rows - 1, grid.cols - 1)]:
         block = (1 + 4 * col, 1 + 4 * row, 4, 4)  # offset ⌊(6 − 4) / 2⌋ = 1 inside the tile
-        assert_points_close(rectangle(cells, col, row, 1, 1), rectangle(geotransform, *block), 1e-9)
+        assert_points_close(rectangle(cells, col, row, 1, 1), rectangle(geotransform, *block), tolerance)
 
 
 # ---- tile size in map units and metres
