@@ -312,7 +312,7 @@ def test_overlapping_tiles_blend_or_overwrite_and_the_report_keeps_the_least_con
     written = {}
     for mode in ("last", "blend"):
         outputs = ExplainOutputs(shap_raster=str(tmp_path / f"{mode}.tif"), tile_table=str(tmp_path / f"{mode}.gpkg"), report=str(tmp_path / f"{mode}.html"), overlap=mode, report_tiles=4)
-        summary = explain_raster(path, synthetic_model, options, ExplainRequest(top_k=1), settings, outputs, engine="fast")
+        summary = explain_raster(path, synthetic_model, options, ExplainRequest(class_names=["StorageTank"]), settings, outputs, engine="fast")
         assert summary.explained == 15
         with rasterio.open(outputs.shap_raster) as raster:
             assert (raster.width, raster.height) == (192, 128) and raster.tags()["AIDXAI_OVERLAP"] == mode
@@ -333,6 +333,26 @@ def test_overlapping_tiles_blend_or_overwrite_and_the_report_keeps_the_least_con
     np.testing.assert_array_equal(written["blend"][:32, :32], written["last"][:32, :32])  # one tile only
     assert np.abs(written["blend"][32:96, 32:160] - written["last"][32:96, 32:160]).max() > 0
     assert not any(name.startswith(".") for name in os.listdir(tmp_path))  # no spool or partial file left
+
+
+def test_blending_top_k_ranks_of_overlapping_tiles_is_refused(mosaic, synthetic_model, tmp_path):
+    """Tiles at half a tile's stride straddle scenes of different classes, so rank 1 is another class
+    in neighbouring tiles: blending those bands would average them into a meaningless value."""
+    from aid_xai_plugin.core.common.errors import AidXaiError
+
+    path, truth = mosaic
+    with rasterio.open(path) as raster:
+        left, top = raster.bounds.left, raster.bounds.top
+    options = TilingOptions(stride=32, extent=(left, top - 64 * 2.0, left + 128 * 2.0, top))
+    settings = ExplainSettings(masker="blur(16,16)", max_evals=40, batch_size=64)
+    assert len({scene["class_name"] for scene in truth if scene["row"] == 0 and scene["col"] < 2}) == 2  # two classes under the tiles
+    shap_path = tmp_path / "ranks.tif"
+    with pytest.raises(AidXaiError, match="with TOP_K each tile's band 'rank k' holds its own k-th class"):
+        explain_raster(path, synthetic_model, options, ExplainRequest(top_k=1), settings, ExplainOutputs(shap_raster=str(shap_path)), engine="fast")
+    assert not shap_path.exists() and os.listdir(tmp_path) == []
+    # with `last` each pixel comes from one tile, so its rank-1 value is that tile's class's
+    explain_raster(path, synthetic_model, options, ExplainRequest(top_k=1), settings, ExplainOutputs(shap_raster=str(shap_path), overlap="last"), engine="fast")
+    assert shap_path.exists()
 
 
 def test_the_demos_configuration_shows_structure_on_every_explained_tile(aid_xai_provider, mosaic, synthetic_model, tmp_path):

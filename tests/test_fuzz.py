@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from osgeo import gdal, osr
 
 from aid_xai_plugin.core.common.errors import AidXaiError
+from aid_xai_plugin.core.data.synthetic import SYNTHETIC_CLASSES
 from aid_xai_plugin.core.explain.engine import ExplainSettings
 from aid_xai_plugin.core.pipelines.classify import CLASS_NODATA, PROBABILITY_NODATA, ClassifyOutputs, classify_raster
 from aid_xai_plugin.core.pipelines.explain import SHAP_NODATA, ExplainOutputs, ExplainRequest, explain_raster
@@ -330,7 +331,9 @@ def run_case(work, synthetic_model, spec, options, operation, explain_settings=N
             outputs = ExplainOutputs(shap_raster=os.path.join(out, "shap.tif"), tile_table=os.path.join(out, "table.gpkg"))
             paths = [outputs.shap_raster, outputs.tile_table]
             try:
-                result = explain_raster(raster, synthetic_model, options, ExplainRequest(tile_selector=first_tiles(2), top_k=2), explain_settings, outputs, engine="fast", device="cpu")
+                # two named classes: overlapping tiles blend only for fixed classes (top-k ranks are refused)
+                request = ExplainRequest(tile_selector=first_tiles(2), class_names=list(SYNTHETIC_CLASSES[:2]))
+                result = explain_raster(raster, synthetic_model, options, request, explain_settings, outputs, engine="fast", device="cpu")
             except AidXaiError as error:
                 expect_clear_error(error, out, paths, operation)
                 return

@@ -90,6 +90,25 @@ def to_source_pixels(map_model, tile_h, tile_w):
     return np.tensordot(spread_rows, cols, axes=(1, 1)).transpose(0, 2, 1)  # two products, not one S⁴ einsum
 
 
+def check_no_blended_ranks(grid, tiles):
+    """In TOP_K mode band "rank k" holds each tile's own k-th class, so blending overlapping tiles
+    would average different classes into one pixel: a map that means nothing. Refused, naming the
+    two ways that do mean something."""
+    reach_x, reach_y = -(-grid.tile_w // grid.stride_x), -(-grid.tile_h // grid.stride_y)  # grid steps a tile spans
+    if reach_x == 1 and reach_y == 1:
+        return
+    positions = {(tile.row, tile.col) for tile in tiles}
+    for row, col in positions:
+        for step_y in range(reach_y):
+            for step_x in range(-reach_x + 1, reach_x):
+                if (step_y, step_x) > (0, 0) and (row + step_y, col + step_x) in positions:
+                    raise AidXaiError(
+                        "OVERLAP=blend averages overlapping tiles per pixel, but with TOP_K each tile's band 'rank k' holds its own k-th class, "
+                        "so neighbours' different classes would be mixed into one value. Name the classes to map with CLASSES (blending then "
+                        "averages one class), or set OVERLAP=last, or a STRIDE of at least the tile size."
+                    )
+
+
 def tiles_to_explain(source, request):
     """[(tile, true label)] for the tiles the request selects."""
     grid = source.grid
@@ -148,6 +167,8 @@ def explain_raster(raster_path, model_path, options, request, settings, outputs,
         # the class differs per tile: the band says where to find it
         band_names = [f"rank {rank} (each tile's class: tile table, rank = {rank})" for rank in range(1, min(request.top_k, len(names)) + 1)]
     tiles_and_labels = tiles_to_explain(source, request)
+    if fixed_indices is None and outputs.overlap == "blend":
+        check_no_blended_ranks(grid, [tile for tile, _ in tiles_and_labels])
     job = ExplainJob(source.inputs, model_path, classifier.device, engine, settings, fixed_indices, len(band_names))
     check_tile_budget(len(tiles_and_labels), seconds_per_tile(classifier, settings, engine), settings.max_evals, request.max_tiles, progress)
 
