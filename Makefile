@@ -38,7 +38,7 @@ demo: setup
 	$(VENV)/bin/python scripts/demo.py --out $(ROOT)/demo_output
 
 test: setup
-	$(VENV)/bin/python -m pytest -q --durations=10 tests
+	$(VENV)/bin/python -m pytest -q --durations=15 tests
 
 # The floating-point tests again under other CPU kernels (ATen vector width, oneDNN ISA, 1/2 threads).
 test-numerics: setup

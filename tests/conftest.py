@@ -3,6 +3,7 @@ trained once per session on synthetic scenes. The qgis_process runners live in h
 the benchmarks and the demo) and are re-exported here."""
 
 import os
+from collections import defaultdict
 
 import pytest
 from osgeo import gdal
@@ -59,3 +60,19 @@ def synthetic_model(tmp_path_factory, synthetic_dataset):
     path = str(tmp_path_factory.mktemp("model") / "synthetic.aidx.pt")
     train_model(TrainingConfig(dataset=synthetic_dataset, output=path, input_size=64, epochs=6, batch_size=16, seed=0, augment=True))
     return path
+
+
+_SECONDS_PER_FILE = defaultdict(float)
+
+
+def pytest_runtest_logreport(report):
+    _SECONDS_PER_FILE[report.location[0]] += report.duration  # set-up, call and teardown alike
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The slowest test files, whole (pytest's --durations lists single tests): where CI's time goes."""
+    slowest = sorted(_SECONDS_PER_FILE.items(), key=lambda item: -item[1])[:5]
+    if slowest:
+        terminalreporter.write_sep("=", "slowest test files")
+        for path, seconds in slowest:
+            terminalreporter.write_line(f"{seconds:8.1f} s  {path}")
