@@ -355,6 +355,56 @@ def test_blending_top_k_ranks_of_overlapping_tiles_is_refused(mosaic, synthetic_
     assert shap_path.exists()
 
 
+def _damaged_copies(path, folder):
+    """The mosaic cut to 360 px wide (the last tile column reaches 24 px past it), once with nodata 0
+    and a zeroed hole, once with an alpha band that hides the same hole."""
+    from osgeo import gdal
+
+    hole = (slice(20, 44), slice(270, 300))  # rows, columns: inside tile (0, 4)
+    source = gdal.Open(path)
+    pixels = source.ReadAsArray(0, 0, 360, source.RasterYSize)
+    pixels[:, hole[0], hole[1]] = 0
+    alpha = np.full(pixels.shape[1:], 255, np.uint8)
+    alpha[hole] = 0
+    geotransform, projection = source.GetGeoTransform(), source.GetProjection()
+    copies = {}
+    for kind, bands in (("nodata", list(pixels)), ("alpha", list(pixels) + [alpha])):
+        copies[kind] = str(folder / f"{kind}.tif")
+        target = gdal.GetDriverByName("GTiff").Create(copies[kind], 360, pixels.shape[1], len(bands), gdal.GDT_Byte)
+        target.SetGeoTransform(geotransform)
+        target.SetProjection(projection)
+        for number, band in enumerate(bands, start=1):
+            target.GetRasterBand(number).WriteArray(band)
+            if kind == "nodata":
+                target.GetRasterBand(number).SetNoDataValue(0)
+        if kind == "alpha":
+            target.GetRasterBand(4).SetColorInterpretation(gdal.GCI_AlphaBand)
+        target = None
+    return copies
+
+
+def test_invalid_and_outside_pixels_are_nodata_and_the_map_ends_at_the_raster_edge(mosaic, synthetic_model, tmp_path):
+    """Pixels the model saw as 0 because they are nodata, hidden by alpha or past the raster's edge
+    explain no image: the SHAP raster holds nodata exactly where GDAL's own mask says the source
+    pixel is invalid, a value everywhere else, and ends where the raster ends."""
+    path, _ = mosaic
+    settings = ExplainSettings(masker="blur(16,16)", max_evals=60, batch_size=64)
+    for kind, damaged in _damaged_copies(path, tmp_path).items():
+        with rasterio.open(damaged) as raster:
+            left, top, right = raster.bounds.left, raster.bounds.top, raster.bounds.right
+            invalid = (raster.read_masks([1, 2, 3]) == 0).any(axis=0)[:64, 256:]
+        assert 0 < invalid.sum() < invalid.size and not invalid[:, 64:].any()  # the hole, in tile (0, 4)
+        shap_path = tmp_path / f"{kind}_shap.tif"
+        options = TilingOptions(bands="1,2,3", extent=(left + 256 * 2.0, top - 64 * 2.0, right, top))
+        summary = explain_raster(damaged, synthetic_model, options, ExplainRequest(class_names=["StorageTank"]), settings, ExplainOutputs(shap_raster=str(shap_path)), engine="fast")
+        assert summary.explained == 2  # tile (0, 4) with its hole and the edge tile (0, 5), 40 of 64 columns inside
+        with rasterio.open(shap_path) as shap_raster:
+            assert shap_raster.bounds.right == pytest.approx(right, rel=GEO_REL) and shap_raster.width == 360 - 256
+            written = shap_raster.read(1)
+        assert (written[invalid] == -9999.0).all(), kind
+        assert np.isfinite(written[~invalid]).all() and (written[~invalid] != -9999.0).all(), kind
+
+
 def test_the_demos_configuration_shows_structure_on_every_explained_tile(aid_xai_provider, mosaic, synthetic_model, tmp_path):
     """`make demo`'s explain settings with the algorithm's default output space (logits): every
     explained tile and rank has a map with visible spread, where probabilities left most blank."""

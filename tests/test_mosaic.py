@@ -19,14 +19,15 @@ def tile_windows(width, height, size, stride):
     return [(x, y, size, size) for y in range(0, height - size + 1, stride) for x in range(0, width - size + 1, stride)]
 
 
-def mosaic_to_file(path, size, windows, maps, bands=1, mode="blend", order=None, block_size=256):
-    """Write `maps` (one h×w×bands array or None per window) through a TileMosaic into a real
-    GeoTIFF and read it back; returns (array bands×H×W, most blocks held open at once)."""
+def mosaic_to_file(path, size, windows, maps, bands=1, mode="blend", order=None, block_size=256, valid=None):
+    """Write `maps` (one h×w×bands array or None per window; `valid`: one h×w mask or None per window)
+    through a TileMosaic into a real GeoTIFF and read it back; returns (array bands×H×W, most blocks
+    held open at once)."""
     most_open = 0
     with gdal_exceptions(), GeoTiffSink(str(path), size[0], size[1], bands, gdal.GDT_Float32, GEOTRANSFORM, "", NODATA) as sink:
         mosaic = TileMosaic(sink, size, windows, bands, NODATA, mode, block_size=block_size, flush=sink.flush)
         for index in order if order is not None else range(len(windows)):
-            mosaic.add(windows[index], maps[index])
+            mosaic.add(windows[index], maps[index], None if valid is None else valid[index])
             most_open = max(most_open, len(mosaic.open))
         mosaic.close()
     with gdal_exceptions():
@@ -116,6 +117,23 @@ def test_skipped_tiles_leave_nodata_and_blocks_are_freed_as_they_finish(tmp_path
     assert (result[0, 32:, 32:] != NODATA).all()
     # in grid order only about two rows of blocks wait for tiles at a time (16 blocks per row here)
     assert most_open <= 2 * (1024 // 64) + 2
+
+
+def test_invalid_pixels_stay_nodata_and_tiles_may_reach_past_the_edge(tmp_path):
+    """A nodata hole masked in every tile over it (validity belongs to the source pixel), and edge
+    tiles reaching 20 px past a 140 × 100 output (blocks of 32: the last block column is partial)."""
+    windows = [(x, y, 64, 64) for y in (0, 32, 56) for x in (0, 32, 64, 96)]
+    maps = field_tiles(windows)
+    hole = np.zeros((120, 160), bool)
+    hole[40:50, 70:90] = True
+    valid = [~hole[y : y + h, x : x + w] for x, y, w, h in windows]
+    for mode in ("blend", "last"):
+        result, _ = mosaic_to_file(tmp_path / f"{mode}.tif", (140, 100), windows, maps, mode=mode, block_size=32, valid=valid)
+        assert (result[0][hole[:100, :140]] == NODATA).all()
+        assert (result[0][~hole[:100, :140]] != NODATA).all()
+        if mode == "last":  # outside the hole each pixel is the last covering tile's value
+            x, y, w, h = windows[-1]
+            np.testing.assert_array_equal(result[0, y:, x:], maps[-1][: 100 - y, : 140 - x, 0])
 
 
 def test_far_apart_tiles_make_a_small_sparse_file(tmp_path):

@@ -35,6 +35,7 @@ def _tile(seed, size=32, bands=3, indices=(0, 1), probabilities=None, outputs=No
         base_values=np.asarray(bases if bases is not None else [0.5] * count),
         probabilities=np.asarray(probabilities if probabilities is not None else [0.5] * count),
         margin=margin,
+        valid=np.ones((size, size), bool),
     )
 
 
@@ -107,7 +108,7 @@ import numpy as np
 from aid_xai_plugin.core.explain.engine import ExplainSettings
 from aid_xai_plugin.core.pipelines.steps import ExplainedTile
 from aid_xai_plugin.core.reports.explanation_report import ExplanationReport
-tile = ExplainedTile(np.full((16, 16, 3), 0.5, np.float32), np.ones((16, 16, 2)), np.array([0, 1]), np.array([1.0, 0.5]), np.array([0.5, 0.5]), np.array([0.6, 0.4]), 0.2)
+tile = ExplainedTile(np.full((16, 16, 3), 0.5, np.float32), np.ones((16, 16, 2)), np.array([0, 1]), np.array([1.0, 0.5]), np.array([0.5, 0.5]), np.array([0.6, 0.4]), 0.2, np.ones((16, 16), bool))
 with ExplanationReport({str(path)!r}, ["a", "b"], ExplainSettings(), "fast") as report:
     report.add(0, 0, 0, tile)
 """

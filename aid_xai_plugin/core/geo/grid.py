@@ -70,12 +70,13 @@ class TileGrid:
         x0, y0 = self.pixel_to_map(self.window[0] + off_x, self.window[1] + off_y)
         return (x0, g[1] * self.stride_x, g[2] * self.stride_y, y0, g[4] * self.stride_x, g[5] * self.stride_y)
 
-    def covering_window(self, tiles=None):
-        """(x, y, width, height) in source pixels of the smallest window holding `tiles` (default all)."""
-        if tiles is None:
-            return (self.window[0], self.window[1], *self.pixel_extent_size)
+    def covering_window(self, tiles):
+        """(x, y, width, height) in source pixels of the smallest window holding `tiles`' pixels inside
+        the raster (the last row/column of tiles may reach past it: no output pixel lies there)."""
         x0, y0 = min(t.window[0] for t in tiles), min(t.window[1] for t in tiles)
-        return (x0, y0, max(t.window[0] for t in tiles) + self.tile_w - x0, max(t.window[1] for t in tiles) + self.tile_h - y0)
+        x1 = min(max(t.window[0] for t in tiles) + self.tile_w, self.window[0] + self.window[2])
+        y1 = min(max(t.window[1] for t in tiles) + self.tile_h, self.window[1] + self.window[3])
+        return (x0, y0, x1 - x0, y1 - y0)
 
     def window_geotransform(self, window):
         """Geotransform of an output on the source's own pixel grid whose pixel (0, 0) is `window`'s top-left."""

@@ -4,7 +4,8 @@ Tiles may overlap (stride < tile size). In `blend` mode every source pixel gets 
 the values of the tiles covering it, each tile weighted by a smooth window that is largest at its
 centre and falls towards (never to) zero at its edges, so a whole-scene map has no seams at tile
 edges; a pixel covered by one tile keeps that tile's value exactly. In `last` mode the tile added
-last wins, as a plain overwrite would.
+last wins, as a plain overwrite would. Pixels a tile marks invalid (nodata, alpha, outside the
+raster) take no value from it, so they stay nodata; a tile window may reach past the output's edge.
 
 Memory does not grow with the number of tiles or the size of the raster: the mosaic knows up front
 which tiles will touch each output block, keeps accumulators only for blocks still waiting for a
@@ -55,20 +56,24 @@ class TileMosaic:
     def _blocks(self, window):
         x, y, w, h = window
         size = self.block_size
-        return [(row, col) for row in range(y // size, (y + h - 1) // size + 1) for col in range(x // size, (x + w - 1) // size + 1)]
+        bottom, right = min(y + h, self.height), min(x + w, self.width)
+        return [(row, col) for row in range(y // size, (bottom - 1) // size + 1) for col in range(x // size, (right - 1) // size + 1)]
 
     def _block_window(self, block):
         row, col = block
         x, y = col * self.block_size, row * self.block_size
         return x, y, min(self.block_size, self.width - x), min(self.block_size, self.height - y)
 
-    def add(self, window, values):
-        """`values`: h×w×K map for the tile at `window` (x, y, w, h), or None for a skipped tile."""
+    def add(self, window, values, valid=None):
+        """`values`: h×w×K map for the tile at `window` (x, y, w, h), or None for a skipped tile;
+        `valid`: h×w bool, False where the tile has no value (default: valid everywhere)."""
         x, y, w, h = window
-        if values is not None and self.mode == "blend":
-            weights = self._weights.get((h, w))
+        if values is not None:
+            weights = np.ones((h, w)) if self.mode == "last" else self._weights.get((h, w))
             if weights is None:
                 weights = self._weights[(h, w)] = tile_weights(h, w)
+            if valid is not None:
+                weights = weights * valid
         finished = 0
         for block in self._blocks(window):
             if values is not None:
@@ -79,13 +84,14 @@ class TileMosaic:
                 top, bottom, left, right = max(y, by), min(y + h, by + bh), max(x, bx), min(x + w, bx + bw)
                 part = np.moveaxis(values[top - y : bottom - y, left - x : right - x], -1, 0).astype(np.float64)
                 target = (slice(None), slice(top - by, bottom - by), slice(left - bx, right - bx))
+                weight = weights[top - y : bottom - y, left - x : right - x]
                 if self.mode == "blend":
-                    weight = weights[top - y : bottom - y, left - x : right - x]
                     sums[target] += weight * part
                     total[target[1:]] += weight
                 else:
-                    sums[target] = part
-                    total[target[1:]] = 1.0
+                    keep = weight > 0
+                    sums[target][:, keep] = part[:, keep]
+                    total[target[1:]][keep] = 1.0
             self.waiting[block] -= 1
             if self.waiting[block] == 0:
                 self._finish(block)

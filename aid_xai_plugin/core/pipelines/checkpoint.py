@@ -3,9 +3,9 @@ can resume: re-running the same command computes only the missing tiles.
 
 The checkpoint is a hidden folder next to the first output, holding one file per finished tile
 (written under a temporary name and renamed, so a kill never leaves a half tile) and the run's key:
-a digest of the input raster (path, size, modification time), the model's SHA-256 and every setting
-that changes values. A run with another key discards the folder instead of reusing stale tiles; a
-completed run removes it.
+a digest of the input raster (path, size, modification time), the model's SHA-256, the plugin's and
+torch's versions and every setting that changes values. A run with another key discards the folder
+instead of reusing stale tiles; a completed run removes it.
 """
 
 import hashlib
@@ -17,17 +17,22 @@ import numpy as np
 
 from .steps import ExplainedTile
 
-_ARRAYS = ("image", "values", "class_indices", "output_values", "base_values", "probabilities")
+_ARRAYS = ("image", "values", "class_indices", "output_values", "base_values", "probabilities", "valid")
 
 
 def run_key(raster_path, model_sha256, *settings):
-    """A digest of what decides the run's values; `settings` are JSON-able or have `tolist()`."""
+    """A digest of what decides the run's values and how tiles are stored: the plugin's version (its
+    engines and tile format) and torch's (its kernels) too; `settings` are JSON-able or have `tolist()`."""
+    import torch
+
+    from .. import __version__
+
     path = os.path.abspath(raster_path)
     identity = [path]
     if os.path.exists(path):
         status = os.stat(path)
         identity += [status.st_size, status.st_mtime_ns]
-    text = json.dumps([identity, model_sha256, *settings], sort_keys=True, default=lambda value: value.tolist() if hasattr(value, "tolist") else repr(value))
+    text = json.dumps([identity, model_sha256, __version__, torch.__version__, sorted(_ARRAYS), *settings], sort_keys=True, default=lambda value: value.tolist() if hasattr(value, "tolist") else repr(value))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 

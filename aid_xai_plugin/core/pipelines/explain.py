@@ -6,8 +6,11 @@ pixel grid: each tile's channel-summed map is spread over the tile's source pixe
 (each model-input pixel's value is divided among the source pixels it covers in proportion to the
 shared area). That mapping is exact when tile size = model input size, and it preserves sums.
 
+Source pixels the model saw as 0 because they are invalid (nodata, alpha, outside the raster) are
+nodata in the SHAP raster, which ends at the raster's edge: a value there would explain no image.
 Without overlap, per tile and class Σ(SHAP raster over the tile) = f(x) − f(masked base) (SHAP's
-efficiency) is checkable from the written file; the tile table always holds each tile's exact sum.
+efficiency) is checkable from the written file for tiles without invalid pixels; the tile table
+always holds each tile's exact sum.
 With overlapping tiles (stride < tile size) the tiles' maps are combined per source pixel by the
 mosaic (`geo/mosaic.py`): `blend` (a weighted mean, seamless) or `last` (the later tile overwrites).
 """
@@ -213,9 +216,9 @@ def explain_raster(raster_path, model_path, options, request, settings, outputs,
                 if progress:
                     progress.log(f"The {engine} engine evaluates this model another way because {fallback_reason}.")
             on_source = to_source_pixels(result.values, h, w).astype(np.float32)
-            style_scale = max(style_scale, float(np.percentile(np.abs(on_source), 99)))
+            style_scale = max(style_scale, float(np.percentile(np.abs(on_source[result.valid]), 99)))
             if mosaic is not None:
-                mosaic.add((x - window[0], y - window[1], w, h), on_source)
+                mosaic.add((x - window[0], y - window[1], w, h), on_source, result.valid)
             if table is not None:
                 for rank, class_index in enumerate(result.class_indices):
                     output, base = float(result.output_values[rank]), float(result.base_values[rank])

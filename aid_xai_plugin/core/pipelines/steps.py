@@ -92,6 +92,7 @@ class ExplainedTile:
     base_values: np.ndarray  # K: f(fully masked tile) in the output space
     probabilities: np.ndarray  # K: the explained classes' probabilities
     margin: float  # p1 − p2 of the tile (low = the model is unsure)
+    valid: np.ndarray  # h×w bool: the source pixels inside the raster and not masked (nodata, alpha)
     fallback_reason: str = None
 
 
@@ -108,7 +109,8 @@ class TileExplainer:
 
     def __call__(self, window, progress=None):
         """(ExplainedTile or None, fraction of valid source pixels)."""
-        image, fraction = self.reader.read(window)
+        image, valid = self.reader.read_masked(window)
+        fraction = float(valid.mean())
         if image is None:
             return None, fraction
         job = self.job
@@ -122,4 +124,4 @@ class TileExplainer:
             result = self.engine.explain(image, self.classifier, indices, settings, progress)
         values = result.values.sum(axis=2)
         margin = float(confidence(probabilities)[0][0])
-        return ExplainedTile(image, values, indices, result.output_values, result.base_values, probabilities[0][indices], margin, result.fallback_reason), fraction
+        return ExplainedTile(image, values, indices, result.output_values, result.base_values, probabilities[0][indices], margin, valid, result.fallback_reason), fraction

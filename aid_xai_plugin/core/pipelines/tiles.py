@@ -52,15 +52,21 @@ class TileReader:
         self.dataset = dataset if dataset is not None else open_raster(inputs.raster_path)
 
     def model_input(self, window):
-        """(model-input image size×size×C in [0, 1], fraction of valid source pixels)."""
+        """(model-input image size×size×C in [0, 1], valid source pixels h×w bool)."""
         image, valid = read_tile(self.dataset, list(self.inputs.bands), window, self.inputs.scaling)
-        return resize_to_input(image, self.inputs.input_size), float(valid.mean())
+        return resize_to_input(image, self.inputs.input_size), valid
+
+    def read_masked(self, window):
+        """(image, valid source pixels); the image is None when the tile has too few valid pixels to use."""
+        image, valid = self.model_input(window)
+        fraction = float(valid.mean())
+        usable = fraction >= self.inputs.min_valid_fraction and fraction > 0
+        return (image if usable else None), valid
 
     def read(self, window):
-        """(image, valid fraction); the image is None when the tile has too few valid pixels to use."""
-        image, fraction = self.model_input(window)
-        usable = fraction >= self.inputs.min_valid_fraction and fraction > 0
-        return (image if usable else None), fraction
+        """(image or None as in read_masked, fraction of valid source pixels)."""
+        image, valid = self.read_masked(window)
+        return image, float(valid.mean())
 
     def drop_cache(self):
         """Forget the source blocks GDAL cached (tiles come row by row: rows above are done)."""
