@@ -174,15 +174,16 @@ def test_models_torch_fx_cannot_trace_fall_back_to_the_exact_engine():
 # --- incremental evaluations against full ones ------------------------------------------------
 
 
-@pytest.mark.parametrize("family, shape", [("resnet18", (64, 57, 3)), ("mobilenet_v3_large", (61, 64, 3)), ("convnext_tiny", (64, 64, 3)), ("zoo", (45, 37, 2))])
-def test_every_incremental_evaluation_equals_a_full_one(family, shape):
+# convnext_tiny's float64 evaluations are the suite's slowest (~0.1 s each here): half the evaluations
+@pytest.mark.parametrize("family, shape, max_evals", [("resnet18", (64, 57, 3), 3000), ("mobilenet_v3_large", (61, 64, 3), 3000), ("convnext_tiny", (64, 64, 3), 1500), ("zoo", (45, 37, 2), 3000)])
+def test_every_incremental_evaluation_equals_a_full_one(family, shape, max_evals):
     """Run shap's traversal with the region evaluator and check every batch of its outputs against
     float64 evaluations of the same masked tiles (the original module, unfolded): each is within
     ROUNDING_MULTIPLE × the float32 error of shap's own full evaluations of those tiles (+ the floor)."""
     classifier = family_classifier(family, *shape)
     tile = random_tile(shape, seed=5)
     image, background = tile_and_background(tile, ExplainSettings(masker="blur(9,9)"))
-    plan = make_plan(classifier.module, *shape, 3000, "cpu")
+    plan = make_plan(classifier.module, *shape, max_evals, "cpu")
     classes = np.arange(NUM_CLASSES)
     evaluator = RegionEvaluator(plan, image, background, classifier, classes, "logit")
     painter = BoxPainter(image, background, classifier, 64, "logit")
@@ -199,8 +200,8 @@ def test_every_incremental_evaluation_equals_a_full_one(family, shape):
         errors["shap"].append(np.abs(painter.scores(box_lists) - expected).max())
         return outputs, states
 
-    owen_node_values(checking, root, (base, state), full, 3000, 128, np.random.RandomState(0))
-    assert len(errors["fast"]) >= 2000 // 128
+    owen_node_values(checking, root, (base, state), full, max_evals, 128, np.random.RandomState(0))
+    assert len(errors["fast"]) >= (2 * max_evals // 3) // 128  # the traversal ran: most evaluations were checked
     bound = ROUNDING_MULTIPLE * max(errors["shap"]) + FLOOR_ULPS * float32_ulp(np.abs(full).max())
     assert max(errors["fast"]) <= bound, f"incremental evaluations {max(errors['fast']):.3g} from float64, full float32 ones {max(errors['shap']):.3g}"
     assert 1.0 < evaluator.flop_bound()
@@ -232,8 +233,8 @@ def assert_fast_matches_shap(classifier, tile, indices, settings, engine):
         ("mobilenet_v3_large", (7, 9, 3), "0", 4000, 1, False),
         ("efficientnet_b0", (32, 32, 3), "0.25", 700, 4, True),
         ("efficientnet_b0", (9, 7, 3), "0.5", 4000, 4, False),
-        ("convnext_tiny", (64, 61, 3), "blur(64,61)", 1500, 1, True),
-        ("convnext_tiny", (64, 64, 3), "0", 3000, 4, True),
+        ("convnext_tiny", (64, 61, 3), "blur(64,61)", 800, 1, True),  # convnext: the slowest float64 evaluations
+        ("convnext_tiny", (64, 64, 3), "0", 1500, 4, True),
         ("zoo", (7, 9, 2), "blur(5,5)", 4000, 4, True),  # two bands
         ("zoo", (40, 36, 3), "0.5", 900, 1, True),
     ],
