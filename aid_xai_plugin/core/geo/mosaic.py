@@ -69,9 +69,9 @@ class TileMosaic:
         `valid`: h×w bool, False where the tile has no value (default: valid everywhere)."""
         x, y, w, h = window
         if values is not None:
-            weights = np.ones((h, w)) if self.mode == "last" else self._weights.get((h, w))
+            weights = self._weights.get((h, w))
             if weights is None:
-                weights = self._weights[(h, w)] = tile_weights(h, w)
+                weights = self._weights[(h, w)] = tile_weights(h, w) if self.mode == "blend" else np.ones((h, w))
             if valid is not None:
                 weights = weights * valid
         finished = 0

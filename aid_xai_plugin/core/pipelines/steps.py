@@ -109,8 +109,7 @@ class TileExplainer:
 
     def __call__(self, window, progress=None):
         """(ExplainedTile or None, fraction of valid source pixels)."""
-        image, valid = self.reader.read_masked(window)
-        fraction = float(valid.mean())
+        image, valid, fraction = self.reader.read_masked(window)
         if image is None:
             return None, fraction
         job = self.job

@@ -57,16 +57,17 @@ class TileReader:
         return resize_to_input(image, self.inputs.input_size), valid
 
     def read_masked(self, window):
-        """(image, valid source pixels); the image is None when the tile has too few valid pixels to use."""
+        """(image, valid source pixels, their fraction); the image is None when the tile has too few
+        valid pixels to use."""
         image, valid = self.model_input(window)
         fraction = float(valid.mean())
         usable = fraction >= self.inputs.min_valid_fraction and fraction > 0
-        return (image if usable else None), valid
+        return (image if usable else None), valid, fraction
 
     def read(self, window):
         """(image or None as in read_masked, fraction of valid source pixels)."""
-        image, valid = self.read_masked(window)
-        return image, float(valid.mean())
+        image, _, fraction = self.read_masked(window)
+        return image, fraction
 
     def drop_cache(self):
         """Forget the source blocks GDAL cached (tiles come row by row: rows above are done)."""
