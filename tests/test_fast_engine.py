@@ -199,6 +199,7 @@ def test_inpaint_is_delegated_to_shap():
         (64, "top1", "0.5", 3000, 64),
         (64, [5, 0, 3], "blur(8,8)", 1500, 32),
         (96, "top4", "blur(96,96)", 2500, 128),
+        (36, "top4", "blur(36,36)", 2000, 64),  # 36 = 4·8 + 4: boxes in the last 4 rows/columns reach no cell
     ],
 )
 def test_fast_engine_matches_shap_on_net(size, classes, masker, max_evals, batch_size):

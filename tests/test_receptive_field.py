@@ -58,18 +58,26 @@ def test_affected_cells_are_exactly_those_whose_field_meets_the_box(net256):
 
 
 @pytest.mark.numerics
-def test_incremental_updates_match_full_evaluations():
-    classifier = random_net_classifier(96, 6, seed=1, mean=0.45, std=0.25)
-    module = classifier.module
-    tile = random_tile((96, 96, 3))
+@pytest.mark.parametrize("size", [96, 100, 250])
+def test_incremental_updates_match_full_evaluations(size):
+    """At 100 and 250 px (not multiples of Net's 8 px jump) the last rows and columns lie in no
+    cell's field: boxes there change no feature (before, they reached the front as windows too small
+    for its convolutions and crashed the explanation), and boxes across that strip change only the
+    cells they meet."""
+    classifier = random_net_classifier(size, 6, seed=1, mean=0.45, std=0.25)
+    tile = random_tile((size, size, 3))
     background = masked_background(tile, "blur(9,9)")
-    split = split_model(module, 96, 96, 3)
+    split = split_model(classifier.module, size, size, 3)
     evaluator = IncrementalEvaluator(WindowedLinear(split), tile, background, classifier, np.arange(6), "probability")
-    root = (0, 96, 0, 96, 0, 3)
+    root = (0, size, 0, size, 0, 3)
     (_, state), _ = evaluator.start(root)
-    context = ((0, 48, 0, 96, 0, 3), None)  # the top half revealed
-    context_state = evaluator([(None, state, context[0], (48, 96, 0, 96, 0, 3))])[1][0]
-    boxes = [(60, 64, 10, 14, 0, 3), (90, 96, 90, 96, 1, 2), (48, 56, 40, 41, 0, 3), (0, 96, 48, 96, 0, 3)]
+    half = size // 2
+    context = ((0, half, 0, size, 0, 3), None)  # the top half revealed
+    context_state = evaluator([(None, state, context[0], (half, size, 0, size, 0, 3))])[1][0]
+    unseen = split.rows.cells * 8 + 16  # the first row no cell's 24 px field reaches
+    boxes = [(60, 64, 10, 14, 0, 3), (90, 96, 90, 96, 1, 2), (48, 56, 40, 41, 0, 3), (0, size, half, size, 0, 3)]
+    if unseen < size:
+        boxes += [(unseen, size, 0, size, 0, 3), (half, size, unseen, size, 1, 3), (unseen - 3, size, unseen - 3, size, 0, 3)]
     outputs, states = evaluator([(context, context_state, box, box) for box in boxes])  # (the sibling doesn't matter here)
     composed = []
     for box in boxes:
@@ -81,6 +89,11 @@ def test_incremental_updates_match_full_evaluations():
     # float32 both, summed in other orders: each within 4× plain torch's error against float64
     assert_float32_outputs({"incremental": outputs}, Float64Model(classifier).scores(np.stack(composed), "probability"), expected, "incremental updates")
     assert len(states) == len(boxes) and states[0].dtype == torch.float32
+    context_outputs = evaluator([(None, state, context[0], None)])[0][0]
+    for box, output, box_state in zip(boxes, outputs, states):
+        if box[0] >= unseen or box[2] >= unseen:  # changes no feature: exactly the context's
+            np.testing.assert_array_equal(box_state.numpy(), context_state.numpy())
+            np.testing.assert_array_equal(output, context_outputs)
 
 
 class Residual(nn.Module):

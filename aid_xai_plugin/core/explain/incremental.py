@@ -129,10 +129,13 @@ class IncrementalEvaluator:
         """Outputs (N×K) and states of the contexts `visible + box` for (visible, state, box) requests."""
         torch = self.torch
         rows, cols = self.split.rows, self.split.cols
-        full, groups = [], {}
+        full, unseen, groups = [], [], {}
         for position, (visible, state, box, _) in enumerate(requests):
             row_cells = rows.affected_cells(box[0], box[1])
             col_cells = cols.affected_cells(box[2], box[3])
+            if row_cells[1] <= row_cells[0] or col_cells[1] <= col_cells[0]:
+                unseen.append(position)  # in the border strip no cell's field reaches (input size not a multiple of the jump)
+                continue
             row_span, col_span = rows.input_span(*row_cells), cols.input_span(*col_cells)
             window_area = (row_span[1] - row_span[0]) * (col_span[1] - col_span[0])
             if 2 * window_area >= self.height * self.width:
@@ -143,6 +146,8 @@ class IncrementalEvaluator:
 
         states = torch.empty((len(requests), self.outputs), dtype=self.split.first_linear.weight.dtype, device=self.device)
         with torch.inference_mode():
+            for position in unseen:  # the box changes no feature: the context's state is exact
+                states[position] = requests[position][1]
             if full:
                 states[full] = self.full_states([(requests[i][2], requests[i][0]) for i in full])
             for (row_count, col_count), members in groups.items():
