@@ -105,6 +105,28 @@ def test_training_from_initial_weights_through_the_recipe(synthetic_dataset, tmp
     assert provenance["init_weights"] == "start.pth" and provenance["optimizer"] == "sgd" and provenance["freeze_epochs"] == 1
 
 
+def test_a_frozen_backbone_keeps_its_batchnorm_statistics(synthetic_dataset, tmp_path):
+    """During FREEZE_EPOCHS only the head learns: the backbone's BatchNorm running statistics (which
+    train mode would move towards this data set) stay the initial weights' exactly."""
+    with torch.random.fork_rng():
+        torch.manual_seed(5)
+        source = build_torchvision_model("resnet18", num_classes=1000)
+        for module in source.modules():  # statistics unlike the synthetic scenes', so any update shows
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-1.0, 1.0)
+                module.running_var.uniform_(0.5, 2.0)
+    weights = str(tmp_path / "start.pth")
+    torch.save(source.state_dict(), weights)
+    config = TrainingConfig(dataset=synthetic_dataset, output=str(tmp_path / "m.aidx.pt"), architecture="resnet18", init_weights=weights, input_size=32, epochs=1, batch_size=32, freeze_epochs=1)
+    train_model(config)
+    trained = load_model(config.output).module.state_dict()
+    statistics = [name for name in trained if name.endswith(("running_mean", "running_var", "num_batches_tracked"))]
+    assert len(statistics) == 60  # resnet18's 20 BatchNorm layers
+    for name in statistics:
+        torch.testing.assert_close(trained[name], source.state_dict()[name], rtol=0, atol=0, msg=name)
+    assert trained["fc.weight"].shape[0] == 6  # the head is the synthetic scenes' own, trained from random
+
+
 def test_cosine_schedule_warms_up_then_decays_to_zero():
     config = TrainingConfig(dataset="", output="", epochs=10, learning_rate=0.1, schedule="cosine", warmup_epochs=2)
     # float64 formulas: the warm-up starts 1e-3 epochs in (so the first step moves), the cosine is

@@ -31,7 +31,7 @@ def _select(row, col, truth):
 
     def selector(corners):
         xs, ys = zip(*corners)
-        return (min(xs), min(ys), max(xs), max(ys)) == pytest.approx(bounds, rel=GEO_REL), "truth"
+        return [(0, "truth", None)] if (min(xs), min(ys), max(xs), max(ys)) == pytest.approx(bounds, rel=GEO_REL) else []
 
     return selector
 
@@ -274,7 +274,7 @@ def test_bad_explain_inputs(mosaic, synthetic_model, tmp_path):
     with pytest.raises(AidXaiError, match="MASKER"):
         explain_raster(path, synthetic_model, TilingOptions(), ExplainRequest(), ExplainSettings(masker="sharpen"), outputs, engine="shap")
     with pytest.raises(AidXaiError, match="No tile"):
-        explain_raster(path, synthetic_model, TilingOptions(), ExplainRequest(tile_selector=lambda corners: (False, "")), SETTINGS, outputs, engine="shap")
+        explain_raster(path, synthetic_model, TilingOptions(), ExplainRequest(tile_selector=lambda corners: []), SETTINGS, outputs, engine="shap")
     assert not os.path.exists(outputs.shap_raster)
 
 

@@ -90,7 +90,7 @@ def test_an_imported_model_is_explained_with_full_evaluations(synthetic_model, d
     import_model(onnx_path, imported)
     options = TilingOptions(extent=None)
     settings = ExplainSettings(masker="blur(16,16)", max_evals=40, batch_size=64)
-    request = ExplainRequest(top_k=1, tile_selector=lambda corners: (corners[0][0] < 500000.0 + 128.0 and corners[0][1] > 5600000.0 - 1.0, ""))
+    request = ExplainRequest(top_k=1, tile_selector=lambda corners: [(0, "", None)] if corners[0][0] < 500000.0 + 128.0 and corners[0][1] > 5600000.0 - 1.0 else [])
     result = explain_raster(demo_mosaic, imported, options, request, settings, ExplainOutputs(shap_raster=str(tmp_path / "onnx.tif")), engine="fast")
     reference = explain_raster(demo_mosaic, synthetic_model, options, request, settings, ExplainOutputs(shap_raster=str(tmp_path / "torch.tif")), engine="exact")
     assert result.explained == reference.explained == 1 and "traced" in result.fallback_reason

@@ -48,7 +48,7 @@ def _select(truth, *positions):
     def selector(corners):
         xs, ys = zip(*corners)
         name = scenes.get(tuple(round(v, 6) for v in (min(xs), min(ys), max(xs), max(ys))))
-        return name is not None, name or ""
+        return [(0, name, None)] if name is not None else []
 
     return selector
 

@@ -44,6 +44,48 @@ def test_a_small_drawn_extent_selects_the_same_tile_in_classify_and_explain(aid_
         assert tuple(classes.bounds) == pytest.approx(tuple(scene["bounds"]), rel=GEO_REL)
 
 
+def test_a_point_picks_one_tile_on_edges_corners_and_overlaps(aid_xai_provider, mosaic, synthetic_model, tmp_path):
+    """A point on the corner four tiles share, one on an edge two share, and one inside half-stride
+    tiles that overlap it four times: each picks the one tile it touches whose centre is nearest (the
+    first in grid order among equals), as the help says, not every tile it touches; a polygon still
+    picks every tile whose centre it contains."""
+    import processing
+
+    from aid_xai_plugin.core.geo.vector import write_polygons
+
+    path, truth = mosaic
+    bounds = {(s["row"], s["col"]): s["bounds"] for s in truth}
+    x0, _, _, y1 = bounds[0, 0]  # the mosaic's top-left corner; scenes are 128 m
+    points = {"corner": (x0 + 128.0, y1 - 128.0), "edge": (x0 + 3 * 128.0, y1 - 40.0), "inside": (x0 + 200.0, y1 - 70.0)}
+    features = str(tmp_path / "points.gpkg")
+    layer = ogr.GetDriverByName("GPKG").CreateDataSource(features)
+    srs = ogr.osr.SpatialReference()
+    srs.ImportFromEPSG(32633)
+    points_layer = layer.CreateLayer("points", srs, ogr.wkbPoint)
+    points_layer.CreateField(ogr.FieldDefn("label", ogr.OFTString))
+    for name, (x, y) in points.items():
+        feature = ogr.Feature(points_layer.GetLayerDefn())
+        feature["label"] = name
+        feature.SetGeometry(ogr.CreateGeometryFromWkt(f"POINT ({x} {y})"))
+        points_layer.CreateFeature(feature)
+    layer = None
+
+    def explained(stride, features, name):
+        parameters = {"INPUT": path, "MODEL": synthetic_model, "FEATURES": features, "LABEL_FIELD": "label", "TOP_K": 1, "MAX_EVALS": 40, "ENGINE": "exact", "STRIDE": stride, "OVERLAP": "last",
+                      "OUTPUT": str(tmp_path / f"{name}.tif"), "OUTPUT_TABLE": str(tmp_path / f"{name}.gpkg"), "OUTPUT_REPORT": ""}
+        processing.run("aid_xai:explain", parameters)
+        dataset = ogr.Open(str(tmp_path / f"{name}.gpkg"))
+        return sorted((f["label"], f["row"], f["col"]) for f in dataset.GetLayer(0))
+
+    # 64 px tiles (128 m), no overlap: the corner's four tiles are equally near, the edge's two too
+    assert explained(None, features, "abutting") == [("corner", 0, 0), ("edge", 0, 2), ("inside", 0, 1)]
+    # stride 32 px (64 m): centres every 64 m; "inside" (200, −70) is nearest the centre (192, −64) of tile (0, 2)
+    assert explained(32, features, "overlapping") == [("corner", 1, 1), ("edge", 0, 5), ("inside", 0, 2)]
+    polygon = str(tmp_path / "polygon.gpkg")
+    write_polygons(polygon, "EPSG:32633", [("label", str)], [(("area",), (x0 + 100.0, y1 - 70.0, x0 + 200.0, y1 - 50.0))])
+    assert explained(32, polygon, "polygon") == [("area", 0, 1), ("area", 0, 2)]
+
+
 def test_explain_refuses_more_tiles_than_max_tiles_before_writing_anything(aid_xai_provider, mosaic, synthetic_model, tmp_path):
     from qgis.core import QgsApplication, QgsProcessingContext, QgsProcessingException, QgsProcessingFeedback
 

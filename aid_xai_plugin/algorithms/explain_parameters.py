@@ -64,8 +64,9 @@ def masker_spec(algorithm, parameters, context):
 
 
 def tile_selector(algorithm, parameters, context, layer):
-    """A function footprint → (selected, label) over FEATURES, in the raster's CRS, or None: points
-    pick the tile under them, polygons the tiles whose centre they contain."""
+    """A function footprint → [(feature id, label, distance)] over FEATURES, in the raster's CRS, or
+    None: a polygon selects the tiles whose centre it contains (distance None); a point is a candidate
+    of every tile it touches, at its distance from the tile's centre, and the core keeps the nearest."""
     if not parameters.get("FEATURES"):
         return None
     source = algorithm.parameterAsSource(parameters, "FEATURES", context)
@@ -88,14 +89,14 @@ def tile_selector(algorithm, parameters, context, layer):
     def select(corners):
         footprint = QgsGeometry.fromPolygonXY([[QgsPointXY(x, y) for x, y in corners]])
         centre = footprint.centroid()
-        for fid in index.intersects(footprint.boundingBox()):
+        hits = []
+        for fid in sorted(index.intersects(footprint.boundingBox())):
             geometry = geometries[fid]
             if geometry.type() == POINT_GEOMETRY:
-                hit = footprint.intersects(geometry)
-            else:
-                hit = geometry.contains(centre)
-            if hit:
-                return True, labels[fid]
-        return False, ""
+                if footprint.intersects(geometry):
+                    hits.append((fid, labels[fid], geometry.distance(centre)))
+            elif geometry.contains(centre):
+                hits.append((fid, labels[fid], None))
+        return hits
 
     return select

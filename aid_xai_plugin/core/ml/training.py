@@ -226,6 +226,8 @@ def _train(config, progress):
         for name, parameter in model.named_parameters():
             parameter.requires_grad_(not frozen or name.startswith(head))
         model.train()
+        if frozen:
+            keep_frozen_normalisation(model, head)
         train_loss, train_correct, seen = 0.0, 0, 0
         for batch_index, (images, targets) in enumerate(train_loader):
             progress.check_cancel()
@@ -383,6 +385,16 @@ def _with_weights(model, weights):
     return best
 
 
+def keep_frozen_normalisation(model, head):
+    """A frozen backbone's normalisation layers in eval mode: in train mode BatchNorm would still move
+    its running statistics towards this data set while the weights stay frozen."""
+    import torch
+
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and not f"{name}.".startswith(head):
+            module.eval()
+
+
 TRAINING_STATE_FORMAT = "aid-xai-training-state"
 # What must match for a run to continue another: the data, the model and the recipe (not the epoch count)
 RESUME_KEYS = ("dataset", "architecture", "input_size", "validation_fraction", "batch_size", "learning_rate", "optimizer", "schedule", "warmup_epochs", "weight_decay", "label_smoothing", "freeze_epochs", "balanced_sampling", "seed", "augment", "init_weights")
@@ -404,7 +416,9 @@ def save_training_state(path, config, model, optimizer, generators, state, class
         "model": {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()},
         "optimizer": optimizer.state_dict(),
         "best_weights": state.best_weights,
-        "torch_rng": torch.get_rng_state(),  # dropout draws from it: a resumed run continues the same draws
+        # dropout draws from the generator of the device it runs on: a resumed run continues the same draws
+        "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         "generators": {name: generator.get_state() for name, generator in generators.items()},
         "progress": json.dumps({"history": state.history, "best_macro_f1": state.best_macro_f1, "best_epoch": state.best_epoch, "best_scores": state.best_scores, "seconds_before": state.seconds_before, "improved_epoch": state.improved_epoch}),
     }
@@ -437,7 +451,10 @@ def resume_training(path, config, model, optimizer, generators, class_names, pro
         )
     model.load_state_dict(payload["model"])
     optimizer.load_state_dict(payload["optimizer"])
-    torch.set_rng_state(payload["torch_rng"])  # inside train_model's fork_rng: the process's own state is untouched
+    torch.set_rng_state(payload["torch_rng"])  # inside train_model's fork_rng: the process's own states are untouched
+    cuda_states = payload.get("cuda_rng") or []
+    if cuda_states and torch.cuda.is_available() and len(cuda_states) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda_states)
     for name, generator in generators.items():
         generator.set_state(payload["generators"][name])
     saved = json.loads(payload["progress"])

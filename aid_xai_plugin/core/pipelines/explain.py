@@ -113,18 +113,26 @@ def check_no_blended_ranks(grid, tiles):
 
 
 def tiles_to_explain(source, request):
-    """[(tile, true label)] for the tiles the request selects."""
+    """[(tile, true label)] for the tiles the request selects, in grid order. The selector gives each
+    tile footprint its (feature, label, distance) hits: a polygon's (distance None) select the tile;
+    a point selects only the tile it touches whose centre is nearest (on a shared edge or corner, or
+    where tiles overlap, it touches several), the first in grid order among equals."""
     grid = source.grid
     if request.tile_selector is None:
         return [(tile, "") for tile in grid.tiles()]
-    chosen = []
+    chosen = {}  # tile index → (tile, label)
+    nearest = {}  # point feature → (distance, tile, label)
     for tile in grid.tiles():
-        selected, label = request.tile_selector(grid.footprint(tile))
-        if selected:
-            chosen.append((tile, label))
+        for feature, label, distance in request.tile_selector(grid.footprint(tile)):
+            if distance is None:
+                chosen.setdefault(tile.index, (tile, label))
+            elif feature not in nearest or distance < nearest[feature][0]:
+                nearest[feature] = (distance, tile, label)
+    for _, tile, label in nearest.values():
+        chosen.setdefault(tile.index, (tile, label))
     if not chosen:
         raise AidXaiError("No tile lies under the chosen features; choose features over the raster (and inside the extent).")
-    return chosen
+    return [chosen[index] for index in sorted(chosen)]
 
 
 def check_settings(settings):
