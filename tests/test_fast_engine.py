@@ -228,6 +228,20 @@ def test_fast_engine_matches_shap_on_other_cnns(shape, masker, max_evals, batch_
         assert np.abs(np.diff(fast.values, axis=2)).max() > 0
 
 
+def test_the_tile_budget_prices_the_evaluation_the_fast_engine_will_run():
+    """The automatic MAX_TILES limit prices a tile by what the fast engine will really do: Net's
+    windowed front, a planned model's expected FLOP share, shap's cost where only shap can mask
+    (and the exact engine's for models it can't analyse: test_region_engine)."""
+    settings = ExplainSettings(masker="blur(8,8)", max_evals=1000)
+    engine = FastPartitionEngine()
+    assert engine.cost_per_evaluation(net_classifier(64), (64, 64, 3), settings) == 0.1
+    planned = engine.cost_per_evaluation(tiny_classifier(3), (64, 48, 3), settings)
+    assert planned == engine._prepared.plan.expected_fraction and 0.0 < planned < 1.0
+    inpainting = ExplainSettings(masker="inpaint_telea", max_evals=1000)
+    assert engine.cost_per_evaluation(net_classifier(64), (64, 64, 3), inpainting) == ShapPartitionEngine().cost_per_evaluation(None, (64, 64, 3), inpainting) == 2.0
+    assert ExactPartitionEngine().cost_per_evaluation(None, (64, 64, 3), settings) == 1.0
+
+
 def test_engine_by_name():
     assert isinstance(engine_by_name("fast"), FastPartitionEngine)
     assert isinstance(engine_by_name("Exact"), ExactPartitionEngine)

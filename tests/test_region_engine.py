@@ -165,8 +165,10 @@ def test_models_torch_fx_cannot_trace_fall_back_to_the_exact_engine():
     torch.manual_seed(0)
     classifier = in_memory_classifier(Branching().eval(), 0, NUM_CLASSES, 3, mean=0.45, std=0.25)
     tile = random_tile((9, 11, 3))
-    explanation = FastPartitionEngine().explain(tile, classifier, [0, 1], ExplainSettings(masker="blur(3,3)", max_evals=120, batch_size=16))
+    settings = ExplainSettings(masker="blur(3,3)", max_evals=120, batch_size=16)
+    explanation = FastPartitionEngine().explain(tile, classifier, [0, 1], settings)
     assert "can't be traced with torch.fx" in explanation.fallback_reason
+    assert FastPartitionEngine().cost_per_evaluation(classifier, tile.shape, settings) == 1.0  # MAX_TILES prices it as exact
     with pytest.raises(CannotSplit, match="can't be traced"):
         make_plan(classifier.module, 9, 11, 3, 120, "cpu")
 

@@ -63,13 +63,19 @@ class BoxPainter:
         return np.concatenate(outputs).astype(np.float64)
 
 
+def needs_shap_masking(masker):
+    """Inpainting depends on the whole mask at once, so there is no box-painting shortcut: only shap
+    masks with it."""
+    mask_value = masker_value(masker)
+    return isinstance(mask_value, str) and mask_value.startswith("inpaint")
+
+
 def tile_and_background(image_hwc, settings):
     """The tile as float32 and its masked background, or None for inpainting maskers (shap only)."""
-    mask_value = masker_value(settings.masker)
-    if isinstance(mask_value, str) and mask_value.startswith("inpaint"):
-        return None  # inpainting depends on the whole mask at once, so there is no box-painting shortcut
+    if needs_shap_masking(settings.masker):
+        return None
     image_hwc = np.asarray(image_hwc, dtype=np.float32)
-    return image_hwc, masked_background(image_hwc, mask_value)
+    return image_hwc, masked_background(image_hwc, masker_value(settings.masker))
 
 
 def explanation_from_nodes(node_values, root, image_hwc, base_all, full_all, indices):

@@ -69,3 +69,8 @@ class ExplanationEngine:
         """Return a TileExplanation for `image_hwc` and the outputs `class_indices`; `progress` (a
         core Progress) gets the fraction of `max_evals` spent and may cancel between model calls."""
         raise NotImplementedError
+
+    def cost_per_evaluation(self, classifier, shape, settings):
+        """Model time of one evaluation on an H×W×C `shape` tile, relative to a full model call: what
+        the automatic MAX_TILES limit prices a tile at."""
+        return 1.0

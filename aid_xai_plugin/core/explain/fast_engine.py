@@ -20,7 +20,7 @@ import dataclasses
 
 import numpy as np
 
-from .box_painter import explanation_from_nodes, tile_and_background
+from .box_painter import explanation_from_nodes, needs_shap_masking, tile_and_background
 from .engine import ExplanationEngine
 from .exact_engine import ExactPartitionEngine
 from .incremental import IncrementalEvaluator, WindowedLinear
@@ -28,7 +28,11 @@ from .partition import owen_node_values
 from .receptive_field import CannotSplit, split_model
 from .region_evaluator import RegionEvaluator
 from .region_plan import make_plan
-from .shap_engine import explained_by_shap
+from .shap_engine import ShapPartitionEngine, explained_by_shap
+
+# Model time per evaluation of Net-like models' windowed front and first-Linear update, relative to a
+# full call (measured 17–41× faster than shap, which spends 2 full calls' time per evaluation)
+WINDOWED_COST = 0.1
 
 
 @dataclasses.dataclass
@@ -61,6 +65,18 @@ class FastPartitionEngine(ExplanationEngine):
                 except CannotSplit as reason:
                     self._prepared = _PreparedModel(key, cannot_split=str(reason))
         return self._prepared
+
+    def cost_per_evaluation(self, classifier, shape, settings):
+        """As the evaluation this tile shape will really take: the windowed front, the plan's expected
+        FLOP share, or the engine it falls back to."""
+        if needs_shap_masking(settings.masker):
+            return ShapPartitionEngine().cost_per_evaluation(classifier, shape, settings)
+        prepared = self._prepare(classifier.module, shape, settings.max_evals, classifier.device)
+        if prepared.windowed is not None:
+            return WINDOWED_COST
+        if prepared.plan is not None:
+            return prepared.plan.expected_fraction
+        return ExactPartitionEngine().cost_per_evaluation(classifier, shape, settings)
 
     def plan_summary(self):
         """How the last prepared model is evaluated, in one line (for logs and benchmarks)."""

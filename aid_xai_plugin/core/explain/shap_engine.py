@@ -10,6 +10,9 @@ from .engine import ExplanationEngine, TileExplanation, shap_image_masker
 class ShapPartitionEngine(ExplanationEngine):
     name = "shap"
 
+    def cost_per_evaluation(self, classifier, shape, settings):
+        return 2.0  # its masking and bookkeeping per evaluation come on top of the model call
+
     def explain(self, image_hwc, classifier, class_indices, settings, progress=None):
         import shap
 

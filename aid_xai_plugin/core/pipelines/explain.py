@@ -23,6 +23,7 @@ import numpy as np
 
 from ..common.errors import AidXaiError
 from ..explain.engine import masker_value
+from ..explain.registry import engine_by_name
 from ..ml.classifier import check_output_space
 from ..geo.gdal_context import raising_gdal_errors
 from ..geo.mosaic import OVERLAP_MODES, TileMosaic
@@ -181,7 +182,8 @@ def explain_raster(raster_path, model_path, options, request, settings, outputs,
     if fixed_indices is None and outputs.overlap == "blend":
         check_no_blended_ranks(grid, [tile for tile, _ in tiles_and_labels])
     job = ExplainJob(source.inputs, model_path, classifier.device, engine, settings, fixed_indices, len(band_names))
-    check_tile_budget(len(tiles_and_labels), seconds_per_tile(classifier, settings, engine), settings.max_evals, request.max_tiles, progress)
+    local_engine = engine_by_name(engine)  # analyses the model once: for the estimate and the tiles explained here
+    check_tile_budget(len(tiles_and_labels), seconds_per_tile(classifier, settings, local_engine), settings.max_evals, request.max_tiles, progress)
 
     windows = [tile.window for tile, _ in tiles_and_labels]
     window = grid.covering_window([tile for tile, _ in tiles_and_labels])
@@ -211,7 +213,7 @@ def explain_raster(raster_path, model_path, options, request, settings, outputs,
             table = sinks.enter_context(PolygonWriter(outputs.tile_table, source.projection, TILE_TABLE_FIELDS))
         if outputs.report:
             report = sinks.enter_context(ExplanationReport(outputs.report, names, settings, engine, outputs.report_tiles))
-        for tile, label, result, fraction in _explained_tiles(source, job, tiles_and_labels, checkpoint, progress, execution, dask or DaskSettings()):
+        for tile, label, result, fraction in _explained_tiles(source, job, local_engine, tiles_and_labels, checkpoint, progress, execution, dask or DaskSettings()):
             x, y, w, h = tile.window
             if result is None:
                 if mosaic is not None:
@@ -243,7 +245,7 @@ def explain_raster(raster_path, model_path, options, request, settings, outputs,
     return ExplainResult(explained, len(tiles_and_labels), style_scale, band_names, names, settings.output_space, fallback_reason)
 
 
-def _explained_tiles(source, job, tiles_and_labels, checkpoint, progress, execution, dask):
+def _explained_tiles(source, job, engine, tiles_and_labels, checkpoint, progress, execution, dask):
     """Yield (tile, label, ExplainedTile or None, valid fraction) in order: from the checkpoint when
     an interrupted run finished the tile, else computed here or on the cluster (and checkpointed)."""
     count = len(tiles_and_labels)
@@ -252,7 +254,7 @@ def _explained_tiles(source, job, tiles_and_labels, checkpoint, progress, execut
         progress.log(f"Resuming an interrupted run: {count - len(missing)} of {count} tile(s) reused from its checkpoint, {len(missing)} to explain.")
 
     def computed_locally():
-        explain_tile = TileExplainer(job, source.classifier, source.reader)
+        explain_tile = TileExplainer(job, source.classifier, source.reader, engine)
         positions = {tile.index: number for number, (tile, _) in enumerate(tiles_and_labels)}
         for tile, _ in missing:
             number = positions[tile.index]
@@ -289,21 +291,19 @@ def explain_on_worker(key, job, threads, window):
     return step_for(key, job, TileExplainer, threads)(window)
 
 
-# Model time per evaluation the engines spend beyond (shap: its bookkeeping) or below (fast: only
-# the features near each revealed box are recomputed; measured 17-41× faster than shap) a full call.
-ENGINE_COST = {"shap": 2.0, "exact": 1.0, "fast": 0.1}
 AUTOMATIC_TILE_BUDGET_S = 3600.0
 
 
 def seconds_per_tile(classifier, settings, engine):
-    """Time one model batch and extrapolate to one tile's MAX_EVALS evaluations with this engine."""
+    """Time one model batch and extrapolate to one tile's MAX_EVALS evaluations as `engine` will
+    evaluate them (a fast engine that falls back is priced as what it falls back to)."""
     size, bands = classifier.info.input_size, classifier.info.num_bands
     probe = np.random.default_rng(0).random((min(settings.batch_size, 32), size, size, bands), dtype=np.float32)
     classifier.predict_probabilities(probe[:1], batch_size=1)  # warm-up: first calls pay set-up costs
     start = time.perf_counter()
     classifier.predict_probabilities(probe, batch_size=len(probe))
     per_eval = (time.perf_counter() - start) / len(probe)
-    return settings.max_evals * per_eval * ENGINE_COST.get(engine, 1.0)
+    return settings.max_evals * per_eval * engine.cost_per_evaluation(classifier, (size, size, bands), settings)
 
 
 def check_tile_budget(tile_count, per_tile, max_evals, max_tiles, progress=None):

@@ -101,9 +101,9 @@ class TileExplainer:
     few valid pixels. Opens the raster, model and engine named by the job unless this process
     already holds them (pass them in to share)."""
 
-    def __init__(self, job, classifier=None, reader=None):
+    def __init__(self, job, classifier=None, reader=None, engine=None):
         self.job = job
-        self.engine = engine_by_name(job.engine)
+        self.engine = engine or engine_by_name(job.engine)
         self.classifier = classifier or Classifier(load_model(job.model_path), job.device)
         self.reader = reader or TileReader(job.inputs)
 
