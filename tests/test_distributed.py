@@ -207,3 +207,21 @@ def test_other_settings_never_reuse_stale_tiles(scene, tmp_path):
     logs = []
     explain(scene, tmp_path, "changed", Progress(log=logs.append))  # max_evals 150, not 40
     assert any("are not reused" in line for line in logs) and not any("reused from its checkpoint" in line for line in logs)
+
+
+def test_a_worker_that_reads_another_model_refuses_the_job(tmp_path):
+    """The model file is replaced once this process has loaded it and the cluster is up, before any
+    worker opens it (as a worker machine with an older copy would see it): the workers compare its
+    SHA-256 with the run's and refuse, naming both; nothing is left at the output path."""
+    raster, model = str(tmp_path / "mosaic.tif"), str(tmp_path / "net.aidx.pt")
+    make_scene_mosaic(raster, rows=1, cols=2, scene_px=64, seed=5)
+    random_net_model_file(model, 64, list(SYNTHETIC_CLASSES), seed=0)
+
+    def replace_the_model(line):
+        if line.startswith("Dask: local cluster"):
+            random_net_model_file(model, 64, list(SYNTHETIC_CLASSES), seed=1)
+
+    outputs = ExplainOutputs(str(tmp_path / "shap.tif"))
+    with pytest.raises(AidXaiError, match=r"Dask worker .* reads another model at '.*net\.aidx\.pt' \(SHA-256 [0-9a-f]{12}…\) than the run loaded \([0-9a-f]{12}…\)"):
+        explain_raster(raster, model, TilingOptions(), ExplainRequest(top_k=1), SETTINGS, outputs, engine="exact", device="cpu", progress=Progress(log=replace_the_model), execution="dask", dask=DaskSettings(workers=1))
+    assert not os.path.exists(outputs.shap_raster)

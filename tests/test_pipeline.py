@@ -55,3 +55,45 @@ def test_cancel_stops_the_loop_and_closes_what_it_reads_from():
         for item in with_progress(tiles(), 10, progress):
             seen.append(item)
     assert seen == [0, 1, 2] and closed == [True]
+
+
+def test_a_resumed_run_explains_damaged_checkpoint_tiles_again(tmp_path, synthetic_model):
+    """A run cancelled after three finished tiles leaves them in its checkpoint; one is then truncated
+    (a crash mid-write or a full disk) and a killed write's temporary is left beside them. The re-run
+    reuses the two readable tiles, explains the damaged one again and gives the uninterrupted run's
+    map bit for bit (exact engine)."""
+    import os
+
+    import rasterio
+
+    from aid_xai_plugin.core.pipelines.explain import ExplainOutputs, ExplainRequest, explain_raster
+
+    path = str(tmp_path / "mosaic.tif")
+    make_scene_mosaic(path, rows=2, cols=3, scene_px=64, seed=4)
+    settings = ExplainSettings(masker="blur(16,16)", max_evals=60, batch_size=32)
+
+    def run(name, progress=None):
+        outputs = ExplainOutputs(shap_raster=str(tmp_path / f"{name}.tif"))
+        explain_raster(path, synthetic_model, TilingOptions(), ExplainRequest(top_k=1), settings, outputs, engine="exact", progress=progress)
+        with rasterio.open(outputs.shap_raster) as raster:
+            return raster.read()
+
+    uninterrupted = run("whole")
+    checkpoint = tmp_path / ".resumed.tif.resume"
+
+    def finished_tiles():
+        return sorted(name for name in os.listdir(checkpoint) if name.endswith(".npz") and not name.startswith("."))
+
+    with pytest.raises(Cancelled):  # cancelled once three tiles are on disk: the checkpoint's own files are the barrier
+        run("resumed", Progress(is_canceled=lambda: checkpoint.is_dir() and len(finished_tiles()) >= 3))
+    tiles = finished_tiles()
+    assert len(tiles) == 3
+    damaged = checkpoint / tiles[1]
+    damaged.write_bytes(damaged.read_bytes()[: damaged.stat().st_size // 2])
+    (checkpoint / f".{tiles[2][:-4]}.partial.npz").write_bytes(b"PK\x03\x04 killed mid-write")
+    logs = []
+    resumed = run("resumed", Progress(log=logs.append))
+    np.testing.assert_array_equal(resumed, uninterrupted)
+    assert any("1 tile(s) of the interrupted run's checkpoint could not be read back" in line for line in logs), logs
+    assert any("2 of 6 tile(s) reused from its checkpoint, 4 to explain" in line for line in logs), logs
+    assert not checkpoint.exists()

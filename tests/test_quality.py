@@ -162,6 +162,8 @@ def test_randomised_copy_leaves_the_model_and_the_global_rng_alone(synthetic_mod
     again = randomised_classifier(classifier, "head", seed=0).module.state_dict()
     assert all(torch.equal(again[name], head_weights[name]) for name in original)  # seeded: reproducible
     assert head.module is not classifier.module and head.class_names == classifier.class_names
+    identities = {classifier.sha256, head.sha256, randomised_classifier(classifier, "all", seed=0).sha256, randomised_classifier(classifier, "head", seed=1).sha256}
+    assert len(identities) == 4 and randomised_classifier(classifier, "head", seed=0).sha256 == head.sha256
     with pytest.raises(AidXaiError, match="no convolution.*RANDOMISE=all"):
         randomised_classifier(_linear_classifier(np.ones((2, 2))), "head")
 

@@ -8,6 +8,7 @@ same copy, the process's RNG state is left as it was, and the original model is 
 """
 
 import copy
+import hashlib
 
 from ..common.errors import AidXaiError
 from .classifier import Classifier
@@ -48,5 +49,7 @@ def randomised_classifier(classifier, scope="head", seed=0):
         torch.manual_seed(seed)
         for _, layer in layers_to_randomise(module, scope):
             layer.reset_parameters()
-    loaded = LoadedModel(module=module, info=classifier.info, path=f"(randomised {scope}, seed {seed})", sha256=classifier.sha256)
+    # its own identity: anything keyed by a model's SHA-256 must never take it for the trained model
+    identity = hashlib.sha256(f"{classifier.sha256} randomised {scope} seed {seed}".encode("ascii")).hexdigest()
+    loaded = LoadedModel(module=module, info=classifier.info, path=f"(randomised {scope}, seed {seed})", sha256=identity)
     return Classifier(loaded, classifier.device)

@@ -2,7 +2,9 @@
 can resume: re-running the same command computes only the missing tiles.
 
 The checkpoint is a hidden folder next to the first output, holding one file per finished tile
-(written under a temporary name and renamed, so a kill never leaves a half tile) and the run's key:
+(written under a temporary name, flushed to disk and renamed, so a kill or a power cut never leaves a
+half tile under a tile's name; a tile file that is unreadable all the same, e.g. after a full disk,
+is explained again) and the run's key:
 a digest of the input raster (path, size, modification time), the model's SHA-256, the plugin's and
 torch's versions and every setting that changes values. A run with another key discards the folder
 instead of reusing stale tiles; a completed run removes it.
@@ -12,12 +14,14 @@ import hashlib
 import json
 import os
 import shutil
+import zipfile
 
 import numpy as np
 
 from .steps import ExplainedTile
 
 _ARRAYS = ("image", "values", "class_indices", "output_values", "base_values", "probabilities", "valid")
+_UNREADABLE = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile)
 
 
 def run_key(raster_path, model_sha256, *settings):
@@ -41,6 +45,7 @@ class TileCheckpoint:
         folder, name = os.path.split(os.path.abspath(output_path))
         self.folder = os.path.join(folder, f".{name}.resume")
         key_file = os.path.join(self.folder, "KEY")
+        self.finished = set()  # tile indices whose file reads back whole
         if os.path.isdir(self.folder):
             previous = _read(key_file)
             if previous != key:
@@ -48,40 +53,80 @@ class TileCheckpoint:
                 shutil.rmtree(self.folder)
                 if progress and stale:
                     progress.log(f"Settings or inputs changed since the interrupted run: its {stale} finished tile(s) are not reused.")
+            else:
+                self._keep_readable_tiles(progress)
         os.makedirs(self.folder, exist_ok=True)
         with open(key_file, "w", encoding="ascii") as stream:
             stream.write(key)
 
     def _tile_files(self):
-        return [name for name in os.listdir(self.folder) if name.endswith(".npz")] if os.path.isdir(self.folder) else []
+        return [name for name in os.listdir(self.folder) if name.endswith(".npz") and not name.startswith(".")] if os.path.isdir(self.folder) else []
+
+    def _keep_readable_tiles(self, progress):
+        """Read every finished tile once (each array's CRC is checked): a damaged one is removed and
+        explained again instead of ending the resumed run; a killed write's temporary is removed."""
+        damaged = 0
+        for name in os.listdir(self.folder):
+            path = os.path.join(self.folder, name)
+            if name.endswith(".partial.npz"):
+                os.remove(path)
+            elif name.endswith(".npz") and not name.startswith("."):
+                try:
+                    _read_tile(path)
+                    self.finished.add(int(name[:-4]))
+                except _UNREADABLE:
+                    os.remove(path)
+                    damaged += 1
+        if progress and damaged:
+            progress.log(f"{damaged} tile(s) of the interrupted run's checkpoint could not be read back (a crash while writing, or a full disk): they are explained again.")
 
     def _path(self, tile_index):
         return os.path.join(self.folder, f"{tile_index:012d}.npz")
 
     def has(self, tile_index):
-        return os.path.exists(self._path(tile_index))
+        return tile_index in self.finished
 
     def load(self, tile_index):
         """(ExplainedTile or None, valid fraction) of a tile a run finished (None: too few valid pixels)."""
-        with np.load(self._path(tile_index)) as stored:
-            fraction = float(stored["fraction"])
-            if "values" not in stored:
-                return None, fraction
-            arrays = {name: stored[name] for name in _ARRAYS}
-            reason = str(stored["fallback_reason"]) or None
-            return ExplainedTile(**arrays, margin=float(stored["margin"]), fallback_reason=reason), fraction
+        return _read_tile(self._path(tile_index))
 
     def save(self, tile_index, explained, fraction):
         temporary = os.path.join(self.folder, f".{tile_index:012d}.partial.npz")
-        if explained is None:
-            np.savez(temporary, fraction=fraction)
-        else:
-            arrays = {name: getattr(explained, name) for name in _ARRAYS}
-            np.savez(temporary, fraction=fraction, margin=explained.margin, fallback_reason=explained.fallback_reason or "", **arrays)
+        with open(temporary, "wb") as stream:
+            if explained is None:
+                np.savez(stream, fraction=fraction)
+            else:
+                arrays = {name: getattr(explained, name) for name in _ARRAYS}
+                np.savez(stream, fraction=fraction, margin=explained.margin, fallback_reason=explained.fallback_reason or "", **arrays)
+            stream.flush()
+            os.fsync(stream.fileno())  # the data is on disk before the name says the tile is finished
         os.replace(temporary, self._path(tile_index))
+        _sync_folder(self.folder)
+        self.finished.add(tile_index)
 
     def remove(self):
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _read_tile(path):
+    with np.load(path) as stored:
+        fraction = float(stored["fraction"])
+        if "values" not in stored:
+            return None, fraction
+        arrays = {name: stored[name] for name in _ARRAYS}
+        reason = str(stored["fallback_reason"]) or None
+        return ExplainedTile(**arrays, margin=float(stored["margin"]), fallback_reason=reason), fraction
+
+
+def _sync_folder(folder):
+    """Make a rename in `folder` durable (POSIX; Windows has no directory handles to flush)."""
+    if not hasattr(os, "O_DIRECTORY"):
+        return
+    handle = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
 
 
 def _read(path):

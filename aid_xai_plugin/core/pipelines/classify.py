@@ -83,7 +83,7 @@ def classify_raster(raster_path, model_path, options, outputs, k=4, batch_size=3
         probability_row = np.full((len(names), 1, grid.cols), PROBABILITY_NODATA, np.float32)
         histogram = np.zeros(len(names), int)
         skipped = 0
-        job = ClassifyJob(source.inputs, model_path, classifier.device, k, batch_size)
+        job = ClassifyJob(source.inputs, model_path, classifier.device, k, batch_size, model_sha256=classifier.sha256)
         batches = _classified_batches(source, job, execution, dask or DaskSettings(), progress)
         for batch, result in with_progress(batches, len(grid), progress, count=lambda item: len(item[0])):
             results = iter(range(len(result.probabilities) if result else 0))
@@ -136,7 +136,7 @@ def _classified_batches(source, job, execution, dask, progress):
         return
     batches = list(chunks(source.grid.tiles(), job.batch_size))
     with dask_client(dask, progress) as client:
-        key = job_key(job, source.classifier.sha256)
+        key = job_key(job)
         tasks = [(key, job, dask.threads, [tile.window for tile in batch]) for batch in batches]
         for batch, (fractions, usable, result) in zip(batches, run_ordered(client, classify_on_worker, tasks, progress)):
             yield list(zip(batch, fractions, usable)), result

@@ -136,19 +136,21 @@ _WORKER_STEPS = {}  # in a worker process: thread → (job key, the job's opened
 _TORCH_THREADS = [None]
 
 
-def job_key(job, model_sha256):
-    """What identifies a job's step on the workers: its values, the model's content and the raster's
-    identity, so a retrained model or a rewritten raster at the same path is never served stale."""
+def job_key(job):
+    """What identifies a job's step on the workers: its values (the model's SHA-256 among them) and
+    the raster's identity, so a retrained model or a rewritten raster at the same path is never
+    served stale."""
     raster = job.inputs.raster_path
     identity = (os.path.getsize(raster), os.stat(raster).st_mtime_ns) if os.path.exists(raster) else ()
-    return hashlib.sha256(pickle.dumps((job, model_sha256, identity))).hexdigest()
+    return hashlib.sha256(pickle.dumps((job, identity))).hexdigest()
 
 
 def step_for(key, job, make_step, threads):
     """The step for `job` in this worker thread, opened once per job: raster, model and engine are
     reused by every task of the job, and dropped when a thread moves on to another job (a long-lived
     cluster serves many runs). Engines keep per-tile state, so each thread has its own. Missing
-    inputs name the worker and the path."""
+    inputs name the worker and the path; a model file whose content is not the run's model (another
+    copy on this machine, or replaced during the run) is refused."""
     thread = threading.get_ident()
     with _WORKER_LOCK:
         if _TORCH_THREADS[0] != threads:  # Dask's nanny sets OMP/MKL threads to 1: use the run's
@@ -167,6 +169,11 @@ def step_for(key, job, make_step, threads):
             step = make_step(job)
         except Exception as error:  # e.g. a /vsimem/ raster only the submitting process holds
             raise AidXaiError(f"Dask worker {_worker_name()} cannot open the raster '{job.inputs.raster_path}' or the model '{job.model_path}' ({error}): both must be readable at the same path on every worker.") from None
+        if job.model_sha256 and step.classifier.sha256 != job.model_sha256:
+            raise AidXaiError(
+                f"Dask worker {_worker_name()} reads another model at '{job.model_path}' (SHA-256 {step.classifier.sha256[:12]}…) than the run loaded ({job.model_sha256[:12]}…): "
+                "give every worker the same model file, and don't replace it during a run."
+            )
         _WORKER_STEPS[thread] = (key, step)
         return step
 

@@ -181,7 +181,7 @@ def explain_raster(raster_path, model_path, options, request, settings, outputs,
     tiles_and_labels = tiles_to_explain(source, request)
     if fixed_indices is None and outputs.overlap == "blend":
         check_no_blended_ranks(grid, [tile for tile, _ in tiles_and_labels])
-    job = ExplainJob(source.inputs, model_path, classifier.device, engine, settings, fixed_indices, len(band_names))
+    job = ExplainJob(source.inputs, model_path, classifier.device, engine, settings, fixed_indices, len(band_names), model_sha256=classifier.sha256)
     local_engine = engine_by_name(engine)  # analyses the model once: for the estimate and the tiles explained here
     check_tile_budget(len(tiles_and_labels), seconds_per_tile(classifier, settings, local_engine), settings.max_evals, request.max_tiles, progress)
 
@@ -266,7 +266,7 @@ def _explained_tiles(source, job, engine, tiles_and_labels, checkpoint, progress
             yield computed_locally()
             return
         with dask_client(dask, progress) as client:
-            key = job_key(job, source.classifier.sha256)
+            key = job_key(job)
             yield run_ordered(client, explain_on_worker, [(key, job, dask.threads, tile.window) for tile, _ in missing], progress)
 
     with computed() as results:

@@ -88,7 +88,7 @@ def explanation_quality(raster_path, model_path, options, request, settings, out
     fixed_indices = requested_class_indices(request, names)
     randomised = randomised_classifier(classifier, randomise, settings.seed)
     tiles_and_labels = tiles_to_explain(source, request)
-    job = ExplainJob(source.inputs, model_path, classifier.device, engine, settings, fixed_indices, request.top_k)
+    job = ExplainJob(source.inputs, model_path, classifier.device, engine, settings, fixed_indices, request.top_k, model_sha256=classifier.sha256)
     explain_tile = TileExplainer(job, classifier, source.reader)
     randomised_engine = engine_by_name(engine)
 

@@ -51,6 +51,7 @@ class ClassifyJob:
     device: str
     k: int
     batch_size: int
+    model_sha256: str = ""  # the model this run loaded: a worker reading another file at model_path refuses
 
 
 class ClassifyStep:
@@ -81,6 +82,7 @@ class ExplainJob:
     settings: ExplainSettings
     class_indices: tuple = None  # explain these model outputs …
     top_k: int = 4  # … or the k most probable classes of each tile
+    model_sha256: str = ""  # the model this run loaded: a worker reading another file at model_path refuses
 
 
 @dataclasses.dataclass(frozen=True)
