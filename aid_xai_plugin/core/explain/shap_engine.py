@@ -1,10 +1,17 @@
 """The reference engine: shap's PartitionExplainer with an Image masker, called as the source does."""
 
 import dataclasses
+import threading
 
 import numpy as np
 
 from .engine import ExplanationEngine, TileExplanation, shap_image_masker
+
+
+# shap breaks priority ties with numpy's global RNG: one seeded shap call at a time per process, or
+# two runs (threads of a Dask worker, two runs in one QGIS) would draw from each other's stream and
+# restore each other's state
+_GLOBAL_RNG = threading.Lock()
 
 
 class ShapPartitionEngine(ExplanationEngine):
@@ -30,12 +37,13 @@ class ShapPartitionEngine(ExplanationEngine):
 
         explainer = shap.PartitionExplainer(predict, masker)
         indices = np.asarray(class_indices, dtype=int)
-        global_state = np.random.get_state()  # shap breaks priority ties with numpy's global RNG:
-        try:  # seed it for this call only, then give the process its own state back
-            np.random.seed(settings.seed)
-            result = explainer(image_hwc[None], max_evals=settings.max_evals, batch_size=settings.batch_size, outputs=indices, silent=True)
-        finally:
-            np.random.set_state(global_state)
+        with _GLOBAL_RNG:
+            global_state = np.random.get_state()  # seed it for this call only, then give the process its own state back
+            try:
+                np.random.seed(settings.seed)
+                result = explainer(image_hwc[None], max_evals=settings.max_evals, batch_size=settings.batch_size, outputs=indices, silent=True)
+            finally:
+                np.random.set_state(global_state)
         values = np.asarray(result.values[0], dtype=np.float64).reshape(image_hwc.shape + (len(indices),))
         base_values = np.asarray(result.base_values[0], dtype=np.float64).reshape(len(indices))
         output_values = classifier.predict_outputs(image_hwc[None], settings.output_space)[0][indices].astype(np.float64)

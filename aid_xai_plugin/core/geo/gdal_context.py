@@ -2,8 +2,10 @@
 
 QGIS and other plugins share the process and rely on GDAL's global exception mode as they set it
 (GDAL 4 will change the default). So the plugin never flips it for good: its GDAL calls run inside
-`gdal_exceptions()`, which uses GDAL's thread-local `ExceptionMgr` (GDAL ≥ 3.7) and, on older GDAL
-(Debian 12's 3.6), sets the per-module mode and restores it on exit.
+`gdal_exceptions()`, which uses GDAL's thread-local `ExceptionMgr` (GDAL ≥ 3.7). Older GDAL (Debian
+12's 3.6) has only a process-wide mode per module: it is on while any plugin block in any thread is
+open and goes back to what it was when the last one closes (`SharedSetting`), so one thread leaving
+its block never turns exceptions off under another's calls.
 
 Inside the block a GDAL error handler (thread-local in GDAL: pushed on entry, popped on exit) collects
 GDAL's own messages, so no raw "ERROR 1: …" line reaches the log ahead of the plugin's message: errors
@@ -16,7 +18,11 @@ import functools
 import inspect
 import threading
 
+from ..common.shared_setting import SharedSetting
+
 _local = threading.local()  # per thread: the stack of open GdalMessages collectors
+_legacy_modes = {}  # GDAL < 3.7: module name → its process-wide exception mode, shared by every block
+_legacy_modes_lock = threading.Lock()
 
 
 class GdalMessages:
@@ -52,15 +58,11 @@ def gdal_error_details(error=None):
     return "; ".join(unique[-4:])
 
 
-@contextlib.contextmanager
 def _legacy_exception_mode(module):
-    was_on = module.GetUseExceptions()
-    module.UseExceptions()
-    try:
-        yield
-    finally:
-        if not was_on:
-            module.DontUseExceptions()
+    with _legacy_modes_lock:
+        if module.__name__ not in _legacy_modes:
+            _legacy_modes[module.__name__] = SharedSetting(lambda: bool(module.GetUseExceptions()), lambda on: module.UseExceptions() if on else module.DontUseExceptions())
+        return _legacy_modes[module.__name__].held(True)
 
 
 @contextlib.contextmanager

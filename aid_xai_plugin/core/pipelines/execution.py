@@ -23,6 +23,7 @@ import threading
 import time
 
 from ..common.errors import AidXaiError
+from ..common.shared_setting import SharedSetting
 
 EXECUTION_MODES = ("local", "dask")
 TASKS_PER_WORKER_THREAD = 3  # queued on each worker thread: busy without a backlog of results
@@ -79,19 +80,29 @@ def dask_client(settings, progress=None):
         return
     if settings.workers < 1 or settings.threads < 1:
         raise AidXaiError("DASK_WORKERS and DASK_THREADS must be at least 1.")
-    import multiprocessing.spawn
-
-    previous = multiprocessing.spawn.get_executable()
-    multiprocessing.spawn.set_executable(python_interpreter())  # for the run only: also restarts of dead workers
-    try:
+    with _SPAWN_EXECUTABLE.held(python_interpreter()):  # for the run only: also restarts of dead workers
         with _worker_environment(settings.threads):
             cluster = distributed.LocalCluster(n_workers=settings.workers, threads_per_worker=settings.threads, processes=True, dashboard_address=":0", host="127.0.0.1", timeout=settings.timeout)
         with cluster, distributed.Client(cluster, set_as_default=False) as client:
             if progress:
                 progress.log(f"Dask: local cluster of {settings.workers} worker process(es) × {settings.threads} thread(s).")
             yield client
-    finally:
-        multiprocessing.spawn.set_executable(previous)
+
+
+def _spawn_executable():
+    import multiprocessing.spawn
+
+    return os.fsdecode(multiprocessing.spawn.get_executable())
+
+
+def _set_spawn_executable(path):
+    import multiprocessing.spawn
+
+    multiprocessing.spawn.set_executable(path)
+
+
+# process-wide: two local clusters at once (two runs in one QGIS) share it, and the last gives it back
+_SPAWN_EXECUTABLE = SharedSetting(_spawn_executable, _set_spawn_executable)
 
 
 def _worker_environment(threads):
