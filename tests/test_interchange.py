@@ -1,6 +1,7 @@
-"""Models between tools: ONNX export with Deepness-style metadata, ONNX and TorchScript import,
+"""Models between tools: ONNX export with metadata Deepness parses, ONNX and TorchScript import,
 round trips that classify the demo mosaic exactly as the original, and clear refusals."""
 
+import ast
 import copy
 import io
 import json
@@ -17,7 +18,7 @@ from numerics import assert_float32_outputs, assert_maps_within_float32_rounding
 from aid_xai_plugin.core.common.errors import AidXaiError
 from aid_xai_plugin.core.data.synthetic import make_scene_mosaic
 from aid_xai_plugin.core.explain.engine import ExplainSettings
-from aid_xai_plugin.core.ml.interchange import check_against_torch, export_onnx, import_model, read_class_names_file, read_onnx_metadata
+from aid_xai_plugin.core.ml.interchange import check_against_torch, export_onnx, import_model, parse_class_names, read_class_names_file, read_onnx_metadata
 from aid_xai_plugin.core.ml.classifier import Classifier
 from aid_xai_plugin.core.ml.model_file import load_model
 from aid_xai_plugin.core.pipelines.classify import ClassifyOutputs, classify_raster
@@ -128,17 +129,137 @@ def test_deep_models_export_and_a_wrong_graph_is_still_refused(architecture, tmp
             check_against_torch(stream.read(), nudged, load_model(model_path).info)
 
 
-def _tiny_onnx(path, dynamic=True, classes=3, op=None):
+def _tiny_onnx(path, dynamic=True, classes=3, op=None, open_side=False, metadata=None):
+    """A 3-band classifier graph (16×16 px, or any side with `open_side`), with `metadata` as its metadata_props."""
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, classes)).eval()
     buffer = io.BytesIO()
+    input_axes = {0: "batch", 2: "height", 3: "width"} if open_side else {0: "batch"}
     with pytest.warns(DeprecationWarning):  # the TorchScript-based exporter, as the plugin uses it
-        torch.onnx.export(model, torch.zeros(1, 3, 16, 16), buffer, input_names=["input"], output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}} if dynamic else None, opset_version=17, dynamo=False)
+        torch.onnx.export(model, torch.zeros(1, 3, 16, 16), buffer, input_names=["input"], output_names=["logits"], dynamic_axes={"input": input_axes, "logits": {0: "batch"}} if dynamic else None, opset_version=17, dynamo=False)
     graph = onnx.load_from_string(buffer.getvalue())
     if op:
         graph.graph.node[0].op_type, graph.graph.node[0].domain = op
         graph.opset_import.add(domain=op[1], version=1)
+    for key, value in (metadata or {}).items():
+        graph.metadata_props.add(key=key, value=value)
     onnx.save(graph, path)
     return path
+
+
+# the model types Deepness's ModelType enum accepts (src/deepness/processing/models/model_types.py)
+DEEPNESS_MODEL_TYPES = ("Segmentor", "Regressor", "Detector", "Superresolution", "Recognition")
+
+
+def _read_as_deepness_does(onnx_path):
+    """What Deepness (the QGIS plugin, 0.6.5) takes from an ONNX file's metadata, in the steps of
+    src/deepness/processing/models/model_base.py, class ModelBase: get_outputs_channel_names,
+    get_metadata_model_type (and deepness_dockwidget.py's _load_model_with_type_from_metadata,
+    which turns it into a ModelType), get_metadata_standarization_parameters,
+    get_metadata_resolution, get_metadata_tile_size and get_metadata_tiles_overlap. Each value is
+    json.loads-ed; where this raises, Deepness fails to load the model."""
+    import onnxruntime
+
+    meta = onnxruntime.InferenceSession(onnx_path, providers=["CPUExecutionProvider"]).get_modelmeta().custom_metadata_map
+    read = {}
+    for key in ("class_names", "names"):
+        if key in meta:
+            try:
+                names = json.loads(meta[key])
+            except json.JSONDecodeError:
+                names = ast.literal_eval(meta[key])  # Deepness's fallback for integer keys
+            read["class_names"] = []
+            for output in [names] if isinstance(names, dict) else names:
+                ordered = sorted(output.items(), key=lambda item: int(item[0]))
+                if [int(index) for index, _ in ordered] != list(range(len(ordered))):
+                    raise ValueError("Class names in the model metadata are not consecutive (missing class label)")
+                read["class_names"].append([name for _, name in ordered])
+            break
+    if "model_type" in meta:
+        model_type = str(json.loads(meta["model_type"])).capitalize()
+        if model_type not in DEEPNESS_MODEL_TYPES:
+            raise ValueError(f"'{model_type}' is not a valid ModelType")
+        read["model_type"] = model_type
+    if "standardization_mean" in meta and "standardization_std" in meta:
+        read["standardization_mean"] = [float(value) for value in json.loads(meta["standardization_mean"])]
+        read["standardization_std"] = [float(value) for value in json.loads(meta["standardization_std"])]
+    for key, convert in (("resolution", float), ("tile_size", int), ("tiles_overlap", int)):
+        if key in meta:
+            read[key] = convert(json.loads(meta[key]))
+    return read
+
+
+def test_exported_metadata_is_what_deepness_parses(tmp_path):
+    """Deepness json.loads every metadata value: the export writes JSON, with no model_type (Deepness
+    has no scene-classifier type, and one it doesn't know stops it loading the file)."""
+    from helpers import random_net_model_file
+
+    model_path, onnx_path = str(tmp_path / "model.aidx.pt"), str(tmp_path / "model.onnx")
+    classes = ["Airport", "Bare land", "Baseball field"]
+    random_net_model_file(model_path, 32, classes, mean=[0.4, 0.5, 0.6], std=[0.2, 0.25, 0.3])
+    export_onnx(model_path, onnx_path)
+    assert _read_as_deepness_does(onnx_path) == {
+        "class_names": [classes],
+        "standardization_mean": [0.4, 0.5, 0.6],
+        "standardization_std": [0.2, 0.25, 0.3],
+        "tile_size": 32,
+    }
+    # every value is JSON, the keys Deepness's documentation names (tiles_size) and AID-XAI's own included
+    assert {key: json.loads(value) for key, value in read_onnx_metadata(onnx_path).items()} == {
+        "class_names": {"0": "Airport", "1": "Bare land", "2": "Baseball field"},
+        "standardization_mean": [0.4, 0.5, 0.6],
+        "standardization_std": [0.2, 0.25, 0.3],
+        "tile_size": 32,
+        "tiles_size": 32,
+        "aid_xai_bands": [1, 2, 3],
+        "aid_xai_input_scale": "0..1 (8-bit values / 255), then (x - standardization_mean) / standardization_std per band",
+    }
+
+
+# metadata as earlier AID-XAI versions exported it: raw strings for model_type and tiles_size
+EARLIER_EXPORT_METADATA = {
+    "model_type": "Classifier",
+    "class_names": json.dumps({"0": "a", "1": "b", "2": "c"}),
+    "standardization_mean": json.dumps([0.4, 0.5, 0.6]),
+    "standardization_std": json.dumps([0.2, 0.25, 0.3]),
+    "tiles_size": "16",
+    "aid_xai_bands": json.dumps([3, 2, 1]),
+    "aid_xai_input_scale": "0..1 (8-bit values / 255), then (x - standardization_mean) / standardization_std per band",
+}
+# metadata as Deepness reads it: the tile size under tile_size, values in JSON, class indices as Python ints
+DEEPNESS_METADATA = {
+    "model_type": json.dumps("Recognition"),
+    "class_names": "{0: 'a', 1: 'b', 2: 'c'}",
+    "standardization_mean": json.dumps([0.4, 0.5, 0.6]),
+    "standardization_std": json.dumps([0.2, 0.25, 0.3]),
+    "tile_size": json.dumps(16),
+}
+
+
+@pytest.mark.parametrize("metadata, bands", [(EARLIER_EXPORT_METADATA, [3, 2, 1]), (DEEPNESS_METADATA, [1, 2, 3])], ids=["earlier AID-XAI export", "Deepness keys"])
+def test_import_reads_earlier_exports_and_deepness_metadata_and_exports_what_deepness_parses(tmp_path, metadata, bands):
+    """The graph leaves its side open, so the input size can only come from the metadata. A re-export
+    keeps the graph and replaces AID-XAI's keys: no model_type is left for Deepness to refuse."""
+    source, imported, again = str(tmp_path / "source.onnx"), str(tmp_path / "imported.aidx.pt"), str(tmp_path / "again.onnx")
+    _tiny_onnx(source, open_side=True, metadata=metadata)
+    info = import_model(source, imported)
+    assert (info.class_names, info.input_size, info.bands, info.mean, info.std) == (["a", "b", "c"], 16, bands, [0.4, 0.5, 0.6], [0.2, 0.25, 0.3])
+    export_onnx(imported, again)
+    read = _read_as_deepness_does(again)
+    assert (read["class_names"], read["tile_size"], read["standardization_mean"], "model_type" in read) == ([["a", "b", "c"]], 16, [0.4, 0.5, 0.6], False)
+
+
+@pytest.mark.parametrize(
+    "text, names",
+    [
+        ('{"1": "b", "0": "a"}', ["a", "b"]),  # JSON, as Deepness's documentation writes it
+        ("{0: 'a', 1: 'b'}", ["a", "b"]),  # Python literal with integer keys, which Deepness also reads
+        ('["a", "b"]', ["a", "b"]),
+        ("a, b", ["a", "b"]),
+        ("a\nb\n", ["a", "b"]),
+    ],
+)
+def test_class_names_in_every_form_deepness_and_files_use(text, names):
+    assert parse_class_names(text) == names
 
 
 @pytest.mark.parametrize(

@@ -13,13 +13,17 @@ class ExportOnnxAlgorithm(AidXaiAlgorithm):
     group_name = "Model"
     required_imports = ("torch", "torchvision", "onnx", "onnxruntime")
     help_text = (
-        "Writes an AID-XAI model file as ONNX (opset 17, dynamic batch axis), so Deepness, GeoDeep, "
-        "onnxruntime or any ONNX runtime can run it. The file carries Deepness-style metadata: "
-        "class_names ({index: name}), standardization_mean and standardization_std (per band; the "
-        "model expects (value/255 − mean)/std for 8-bit imagery, i.e. values scaled to 0..1 first), "
-        "tiles_size (the input size in pixels) and the band order.\n\n"
-        "Every export is checked: onnxruntime's logits on a random batch must equal the torch model's "
-        "within 1e-5, or nothing is written. The largest difference is returned."
+        "Writes an AID-XAI model file as ONNX (opset 17, dynamic batch axis): a scene classifier taking "
+        "(batch, bands, size, size) images and returning (batch, classes) logits, which onnxruntime or "
+        "any ONNX runtime can run and Import model reads back. Its metadata uses the keys Deepness "
+        "reads, each value JSON as Deepness parses it: class_names ({\"0\": name, …}), "
+        "standardization_mean and standardization_std (per band; the model expects (value/255 − "
+        "mean)/std for 8-bit imagery, i.e. values scaled to 0..1 first), tile_size and tiles_size (the "
+        "input size in pixels), and the band order (aid_xai_bands). Deepness and GeoDeep can't use it "
+        "as a classifier: neither has a scene-classifier model type, so no model_type is written.\n\n"
+        "Every export is checked on a seeded random batch: onnxruntime's logits may be at most 4× as "
+        "far from the model's logits computed in float64 as torch's own float32 logits are, or nothing "
+        "is written. The largest |logit difference| between onnxruntime and torch is returned."
     )
 
     def initAlgorithm(self, config=None):  # noqa: N802

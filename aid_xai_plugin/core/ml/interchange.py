@@ -4,10 +4,12 @@ An imported model becomes an ordinary AID-XAI model file: its graph travels insi
 (still read with `torch.load(weights_only=True)`), beside the class names, input size, bands and
 normalisation (`imported_graphs.py` runs it, and says what such graphs can execute).
 
-Exported ONNX files carry Deepness-style metadata (`class_names`, `standardization_mean`,
-`standardization_std`, `tiles_size`, `resolution` when known), which import reads back.
+Exported ONNX files carry their class names, normalisation and tile size under the metadata keys of
+Deepness (a QGIS plugin), each value JSON as Deepness reads it; import reads them back, in that form
+and in the raw strings earlier exports wrote.
 """
 
+import ast
 import io
 import json
 import os
@@ -66,27 +68,31 @@ def export_onnx(model_path, onnx_path, progress=None):
     return difference
 
 
+# Deepness's model types (segmentor, detector, regressor, super-resolution, recognition by embedding)
+# include no scene classifier, and a model_type it doesn't know stops it loading the file: an
+# export writes none and drops any its graph brings (earlier exports wrote a raw "Classifier").
+DROPPED_METADATA_KEYS = ("model_type",)
+
+
 def onnx_metadata(info):
-    metadata = {
-        "model_type": "Classifier",
-        "class_names": json.dumps({str(index): name for index, name in enumerate(info.class_names)}),
-        "standardization_mean": json.dumps(list(info.mean)),
-        "standardization_std": json.dumps(list(info.std)),
-        "tiles_size": str(info.input_size),
-        "aid_xai_bands": json.dumps(list(info.bands)),
+    """Metadata values as JSON text: Deepness json.loads each value it reads."""
+    values = {
+        "class_names": {str(index): name for index, name in enumerate(info.class_names)},
+        "standardization_mean": list(info.mean),
+        "standardization_std": list(info.std),
+        "tile_size": info.input_size,  # the key Deepness's code reads
+        "tiles_size": info.input_size,  # the key its documentation names, and earlier exports wrote
+        "aid_xai_bands": list(info.bands),
         "aid_xai_input_scale": "0..1 (8-bit values / 255), then (x - standardization_mean) / standardization_std per band",
     }
-    resolution = (info.provenance or {}).get("resolution_cm")
-    if resolution:
-        metadata["resolution"] = str(resolution)
-    return metadata
+    return {key: json.dumps(value) for key, value in values.items()}
 
 
 def with_metadata(graph, metadata):
     import onnx
 
     model = onnx.load_from_string(graph)
-    kept = [entry for entry in model.metadata_props if entry.key not in metadata]
+    kept = [entry for entry in model.metadata_props if entry.key not in metadata and entry.key not in DROPPED_METADATA_KEYS]
     del model.metadata_props[:]
     for entry in kept:
         model.metadata_props.add(key=entry.key, value=entry.value)
@@ -138,8 +144,9 @@ def read_onnx_metadata(path):
 
 
 def parse_class_names(text):
-    """Class names from a metadata value or a file's text: a JSON dict {index: name} (Deepness), a
-    JSON list, or one name per line / comma-separated."""
+    """Class names from a metadata value or a file's text: a dict {index: name} in JSON or, as
+    Deepness also reads it, a Python literal with integer keys; a JSON list; or one name per line /
+    comma-separated."""
     text = (text or "").strip()
     if not text:
         return None
@@ -147,10 +154,15 @@ def parse_class_names(text):
         value = json.loads(text)
     except ValueError:
         value = None
+    if value is None and text.startswith("{"):
+        try:
+            value = ast.literal_eval(text)  # literals only: nothing is executed
+        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+            value = None
     if isinstance(value, dict):
         try:
             return [str(value[key]) for key in sorted(value, key=lambda key: int(key))]
-        except ValueError as error:
+        except (ValueError, TypeError) as error:
             raise AidXaiError(f"Class names {text[:80]}…: the keys must be class indices 0, 1, 2, …") from error
     if isinstance(value, list):
         return [str(name) for name in value]
@@ -197,7 +209,7 @@ def import_model(source, output, class_names=None, input_size=0, bands=None, mea
     class_names = class_names or parse_class_names(metadata.get("class_names"))
     if not class_names:
         raise AidXaiError("The model has no class names in its metadata: give them (CLASS_NAMES, comma-separated, or a text/CSV file).")
-    input_size = input_size or int(float(metadata.get("tiles_size", 0) or 0))
+    input_size = input_size or _metadata_tile_size(metadata)
     module = build_imported_model(architecture, 0)
     module.set_graph(data)
     band_count, fixed_size = _graph_input(module, architecture, source)
@@ -239,6 +251,18 @@ def import_model(source, output, class_names=None, input_size=0, bands=None, mea
     if progress:
         progress.log(f"Imported {architecture} model: {len(class_names)} classes, {band_count} band(s), {input_size}×{input_size} px → {output}")
     return info
+
+
+def _metadata_tile_size(metadata):
+    """The tile side from `tile_size` (read by Deepness) or `tiles_size` (its documentation's key,
+    written raw by earlier exports); 0 when neither is there."""
+    for key in ("tile_size", "tiles_size"):
+        if metadata.get(key, "").strip():
+            try:
+                return int(float(json.loads(metadata[key])))
+            except (ValueError, TypeError) as error:
+                raise AidXaiError(f"The model's metadata gives {key} '{metadata[key][:40]}', not a number of pixels; give INPUT_SIZE.") from error
+    return 0
 
 
 def _graph_input(module, architecture, source):
