@@ -5,7 +5,7 @@ on 3.x but are deprecated and gone with PyQt6 builds). Each name here is the new
 it exists and the old one otherwise, so the rest of the plugin is written once for both.
 """
 
-from qgis.core import Qgis, QgsColorRampShader, QgsProcessing, QgsProcessingParameterDefinition, QgsProcessingParameterNumber, QgsUnitTypes, QgsWkbTypes
+from qgis.core import Qgis, QgsColorRampShader, QgsCoordinateReferenceSystem, QgsProcessing, QgsProcessingParameterDefinition, QgsProcessingParameterNumber, QgsWkbTypes
 
 
 def _scoped(enum_name, member, old_value):
@@ -28,8 +28,8 @@ SOURCE_VECTOR_POLYGON = _scoped("ProcessingSourceType", "VectorPolygon", lambda:
 # QgsWkbTypes.PointGeometry → Qgis.GeometryType.Point (3.30)
 POINT_GEOMETRY = _scoped("GeometryType", "Point", lambda: QgsWkbTypes.PointGeometry)
 
-# QgsUnitTypes.DistanceMeters → Qgis.DistanceUnit.Meters (3.30)
-DISTANCE_METRES = _scoped("DistanceUnit", "Meters", lambda: QgsUnitTypes.DistanceMeters)
+# QgsCoordinateReferenceSystem.WKT_PREFERRED_GDAL → Qgis.CrsWktVariant.PreferredGdal (3.36)
+CRS_WKT_PREFERRED_GDAL = _scoped("CrsWktVariant", "PreferredGdal", lambda: QgsCoordinateReferenceSystem.WKT_PREFERRED_GDAL)
 
 # QgsColorRampShader.Interpolated → Qgis.ShaderInterpolationMethod.Linear (3.30)
 RAMP_INTERPOLATED = _scoped("ShaderInterpolationMethod", "Linear", lambda: QgsColorRampShader.Interpolated)

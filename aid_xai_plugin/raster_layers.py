@@ -25,16 +25,16 @@ def reads_directly(layer):
     return layer.providerType() == "gdal"
 
 
-def aligned_window(extent, resolution, margin=0, step=1):
+def aligned_window(extent, resolution, margin=(0, 0), step=(1, 1)):
     """(xmin, ymin, xmax, ymax, columns, rows) of the smallest block of resolution-sized cells that
-    covers `extent` (xmin, ymin, xmax, ymax) grown by `margin` pixels, with its edges on multiples of
-    `step` pixels from the CRS origin: the tile grid of that resolution and stride, the same for
-    any extent."""
+    covers `extent` (xmin, ymin, xmax, ymax) grown by `margin` (x, y) pixels, with its edges on
+    multiples of `step` (x, y) pixels from the CRS origin: the tile grid of that resolution and
+    stride, the same for any extent."""
     xmin, ymin, xmax, ymax = extent
-    unit = step * resolution
-    grow = margin * resolution
-    left, bottom = math.floor((xmin - grow) / unit + 1e-9) * unit, math.floor((ymin - grow) / unit + 1e-9) * unit
-    right, top = math.ceil((xmax + grow) / unit - 1e-9) * unit, math.ceil((ymax + grow) / unit - 1e-9) * unit
+    unit_x, unit_y = step[0] * resolution, step[1] * resolution
+    grow_x, grow_y = margin[0] * resolution, margin[1] * resolution
+    left, bottom = math.floor((xmin - grow_x) / unit_x + 1e-9) * unit_x, math.floor((ymin - grow_y) / unit_y + 1e-9) * unit_y
+    right, top = math.ceil((xmax + grow_x) / unit_x - 1e-9) * unit_x, math.ceil((ymax + grow_y) / unit_y - 1e-9) * unit_y
     columns, rows = int(round((right - left) / resolution)), int(round((top - bottom) / resolution))
     if columns < 1 or rows < 1:
         raise AidXaiError("The processing extent is empty at this resolution; draw a larger extent.")
@@ -42,9 +42,10 @@ def aligned_window(extent, resolution, margin=0, step=1):
 
 
 @contextlib.contextmanager
-def readable_raster(layer, extent, resolution, context, feedback=None, tile_px=1, stride_px=1):
+def readable_raster(layer, extent, resolution, context, feedback=None, tile_px=(1, 1), stride_px=(1, 1)):
     """Yield a path GDAL can read for `layer`: its own source, or a temporary GeoTIFF of `extent`
     (the layer's CRS; None = the layer's extent) at `resolution` map units per pixel, removed after.
+    `tile_px` and `stride_px` are (x, y) pixels.
     The GeoTIFF reaches a tile further on every side and starts on the stride grid, so the tiles
     whose cells meet the extent lie in it and on the same grid whatever the extent."""
     if reads_directly(layer) and not resolution:

@@ -154,7 +154,7 @@ def test_geographic_crs_with_tile_size_in_metres(synthetic_model, tmp_path):
     # Put the same pixels on a lat/lon grid with ~2 m pixels at 52° N: 64 px ≈ 128 m (closed on return).
     gdal.Translate(geographic, path, outputSRS="EPSG:4326", outputBounds=[15.0, 52.0 + 2 * 64 * 2 / 111132.95, 15.0 + 3 * 64 * 2 / (111319.49 * np.cos(np.radians(52.0))), 52.0])
     outputs = ClassifyOutputs(class_raster=str(tmp_path / "geo_classes.tif"))
-    summary = classify_raster(geographic, synthetic_model, TilingOptions(tile_size=128, tile_unit="metres", is_geographic=True, center_latitude=52.0), outputs)
+    summary = classify_raster(geographic, synthetic_model, TilingOptions(tile_size=128, tile_unit="metres"), outputs)
     assert summary.tile_px == (64, 64) and summary.classified == 6
     assert summary.class_counts and sum(summary.class_counts.values()) == len(truth)
 

@@ -199,8 +199,6 @@ def tilings(draw, spec):
         bands=band_text,
         scaling=scaling,
         min_valid_fraction=float(pick(rng, {0.5: 4, 0.0: 1, 0.1: 1, 0.99: 1, 1.0: 1})),
-        is_geographic=spec["crs"] == "geographic",
-        center_latitude=g[3],
     )
 
 

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from aid_xai_plugin.core.common.errors import AidXaiError
 from aid_xai_plugin.core.geo.grid import make_grid, pixel_window, tile_size_in_pixels
+from aid_xai_plugin.core.geo.ground import metres_per_map_unit
 
 NORTH_UP = (1000.0, 10.0, 0.0, 2000.0, 0.0, -10.0)
 SOUTH_UP = (1000.0, 10.0, 0.0, 2000.0, 0.0, 10.0)
@@ -181,41 +182,40 @@ def test_footprints_and_cells_are_affine_images_of_pixel_corners(geotransform):
 
 
 def test_tile_size_in_pixels_is_passed_through():
-    assert tile_size_in_pixels(224, "pixels", NORTH_UP, is_geographic=False) == (224, 224)
+    assert tile_size_in_pixels(224, "pixels", NORTH_UP) == (224, 224)
 
 
 def test_tile_size_in_map_units_divides_by_each_pixel_side():
-    assert tile_size_in_pixels(100, "map units", (0.0, 2.0, 0.0, 0.0, 0.0, -4.0), is_geographic=False) == (50, 25)
+    assert tile_size_in_pixels(100, "map units", (0.0, 2.0, 0.0, 0.0, 0.0, -4.0)) == (50, 25)
 
 
-def test_tile_size_in_metres_on_a_projected_crs_uses_the_pixel_size():
-    """The caller has already scaled to metres per map unit, so metres are map units here."""
-    assert tile_size_in_pixels(64, "metres", (0.0, 0.5, 0.0, 0.0, 0.0, -0.5), is_geographic=False) == (128, 128)
+def test_tile_size_in_metres_divides_by_the_ground_metres_of_a_map_unit_on_each_axis():
+    assert tile_size_in_pixels(64, "metres", (0.0, 0.5, 0.0, 0.0, 0.0, -0.5), ground_metres=(2.0, 0.5)) == (64, 256)
 
 
 def test_tile_size_in_metres_on_epsg_4326_is_wider_in_pixels_away_from_the_equator():
-    """At 52° N a degree of longitude is ~68.6 km, of latitude ~111.3 km: 100 m ≈ 146 × 90 pixels of 1e-5°."""
+    """At 52° N a degree of longitude is ~68.7 km, of latitude ~111.3 km: 100 m ≈ 146 × 90 pixels of 1e-5°."""
     degrees = (5.0, 1e-5, 0.0, 52.5, 0.0, -1e-5)
-    width, height = tile_size_in_pixels(100, "metres", degrees, is_geographic=True, center_latitude=52.0)
+    width, height = tile_size_in_pixels(100, "metres", degrees, metres_per_map_unit("EPSG:4326", (5.0, 52.0)))
     assert (width, height) == (146, 90)
     # whole pixels: each side is rounded by up to half a pixel, so the ratio by 0.5/146 + 0.5/90
     assert width / height == pytest.approx(1 / math.cos(math.radians(52)), rel=0.5 / width + 0.5 / height)
-    at_equator = tile_size_in_pixels(100, "metres", degrees, is_geographic=True, center_latitude=0.0)
+    at_equator = tile_size_in_pixels(100, "metres", degrees, metres_per_map_unit("EPSG:4326", (5.0, 0.0)))
     assert at_equator == (90, 90)
 
 
 @pytest.mark.parametrize(
-    "value, unit, geotransform, is_geographic",
-    [(0.4, "map units", NORTH_UP, False), (5, "metres", NORTH_UP, False), (0.5, "metres", (5.0, 1e-5, 0.0, 52.5, 0.0, -1e-5), True)],
+    "value, unit, geotransform, ground_metres",
+    [(0.4, "map units", NORTH_UP, None), (5, "metres", NORTH_UP, (1.0, 1.0)), (0.5, "metres", (5.0, 1e-5, 0.0, 52.5, 0.0, -1e-5), (68_677.0, 111_263.0))],
 )
-def test_tile_smaller_than_one_pixel_in_map_units_or_metres_is_refused(value, unit, geotransform, is_geographic):
+def test_tile_smaller_than_one_pixel_in_map_units_or_metres_is_refused(value, unit, geotransform, ground_metres):
     with pytest.raises(AidXaiError, match="smaller than one source pixel"):
-        tile_size_in_pixels(value, unit, geotransform, is_geographic, center_latitude=52.0)
+        tile_size_in_pixels(value, unit, geotransform, ground_metres)
 
 
 def test_unknown_tile_size_unit_is_refused():
     with pytest.raises(AidXaiError, match="Unknown tile size unit 'feet'"):
-        tile_size_in_pixels(10, "feet", NORTH_UP, is_geographic=False)
+        tile_size_in_pixels(10, "feet", NORTH_UP)
 
 
 # ---- properties over random rasters, geotransforms, tiles, strides and extents
@@ -351,3 +351,55 @@ def test_pixel_grid_output_covers_exactly_the_union_of_the_tiles(case):
     output = grid.pixel_grid_geotransform()
     assert (output[1], output[2], output[4], output[5]) == (g[1], g[2], g[4], g[5])
     assert_points_close(rectangle(output, 0, 0, *grid.pixel_extent_size), rectangle(g, x0, y0, x1 - x0, y1 - y0), coordinate_tolerance(g, size))
+
+
+# ---- ground metres per map unit: one conversion for every CRS
+
+WGS84_A, WGS84_F = 6378137.0, 1 / 298.257223563
+WGS84_E2 = WGS84_F * (2 - WGS84_F)
+
+
+def _radii(latitude_degrees):
+    """WGS84's meridian (M) and prime-vertical (N) radii of curvature at a latitude (textbook formulas)."""
+    s = math.sin(math.radians(latitude_degrees)) ** 2
+    return WGS84_A * (1 - WGS84_E2) / (1 - WGS84_E2 * s) ** 1.5, WGS84_A / math.sqrt(1 - WGS84_E2 * s)
+
+
+# The conversion differentiates PROJ's inverse projection over ±100 m steps: its truncation error is
+# (100 m / 6 371 km)² ≈ 2.5e-10 and PROJ's inverse is accurate to far better than 1e-9 of that step,
+# so 1e-8 relative is a safe bound well below anything a tile size could notice.
+REL = 1e-8
+
+
+def test_a_degree_on_wgs84_at_the_equator_is_a_pi_over_180_east_and_a_1_minus_e2_pi_over_180_north():
+    east, north = metres_per_map_unit("EPSG:4326", (15.0, 0.0))
+    assert east == pytest.approx(WGS84_A * math.pi / 180, rel=REL)  # 111 319.49 m
+    assert north == pytest.approx(WGS84_A * (1 - WGS84_E2) * math.pi / 180, rel=REL)  # 110 574.27 m
+
+
+def test_a_web_mercator_metre_at_52_degrees_north_is_cos_52_ground_metres():
+    """x = a·λ and y = a·ln tan(π/4 + φ/2) on the geodetic latitude: a map metre east is N·cos φ / a
+    ground metres, north M·cos φ / a (≈ 0.616 at 52° N: a 100-m "metre" tile is 61.6 m on the ground)."""
+    meridian, normal = _radii(52.0)
+    y = WGS84_A * math.log(math.tan(math.pi / 4 + math.radians(52.0) / 2))
+    east, north = metres_per_map_unit("EPSG:3857", (1_300_000.0, y))
+    assert east == pytest.approx(normal * math.cos(math.radians(52.0)) / WGS84_A, rel=REL)
+    assert north == pytest.approx(meridian * math.cos(math.radians(52.0)) / WGS84_A, rel=REL)
+
+
+def test_a_utm_metre_on_the_central_meridian_is_one_over_its_scale_factor_in_ground_metres():
+    """UTM is conformal with scale k0 = 0.9996 on its central meridian (easting 500 000 m)."""
+    east, north = metres_per_map_unit("EPSG:32633", (500_000.0, 5_762_000.0))
+    assert east == pytest.approx(1 / 0.9996, rel=REL) and north == pytest.approx(1 / 0.9996, rel=REL)
+
+
+def test_a_crs_in_us_survey_feet_gives_ground_metres_per_foot():
+    """NAD83 / New York Long Island (ftUS): 1200/3937 m per foot, times the zone's scale, which State
+    Plane zones keep within 1/10 000 of one."""
+    east, north = metres_per_map_unit("EPSG:2263", (1_000_000.0, 200_000.0))
+    assert east == pytest.approx(1200 / 3937, rel=1e-4) and north == pytest.approx(1200 / 3937, rel=1e-4)
+
+
+def test_metres_on_a_raster_without_a_crs_are_a_clear_error():
+    with pytest.raises(AidXaiError, match="no coordinate reference system.*assign the layer its CRS"):
+        metres_per_map_unit("", (0.0, 0.0))

@@ -1,6 +1,7 @@
 """Any QGIS raster layer as input: an XYZ tile layer (tiles on disk, file:// URL, made here from a
 georeferenced mosaic) classified and explained through QGIS's raster provider at a set resolution
-gives the same tiles and predictions as the GeoTIFF it was cut from."""
+gives the same tiles and predictions as the GeoTIFF it was cut from; tile sizes in metres are ground
+metres whatever the layer's CRS and reading path; a CRS assigned to a layer in QGIS is the outputs' CRS."""
 
 import math
 import os
@@ -18,7 +19,7 @@ from aid_xai_plugin.raster_layers import aligned_window
 WORLD = 20037508.342789244  # half the EPSG:3857 world width, metres
 ZOOM = 17
 RESOLUTION = 2 * WORLD / (256 * 2**ZOOM)  # metres per pixel of XYZ zoom 17 (≈ 1.19 m)
-FIRST_TILE = (70_000, 45_000)  # XYZ column and row of the mosaic's top-left tile
+FIRST_TILE = (70_000, 43_295)  # XYZ column and row of the mosaic's top-left tile: 52.000° N, 12.3° E
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +58,9 @@ def _xyz_layer(tiles):
 def test_the_aligned_window_snaps_outward_to_the_resolution_and_stride_grids():
     assert aligned_window((10.2, 20.0, 30.0, 41.1), 2.0) == (10.0, 20.0, 30.0, 42.0, 10, 11)
     # a tile of 4 px further on each side, edges on multiples of 4 px (8 map units) from the origin
-    assert aligned_window((10.2, 20.0, 30.0, 41.1), 2.0, margin=4, step=4) == (0.0, 8.0, 40.0, 56.0, 20, 24)
+    assert aligned_window((10.2, 20.0, 30.0, 41.1), 2.0, margin=(4, 4), step=(4, 4)) == (0.0, 8.0, 40.0, 56.0, 20, 24)
+    # tiles of 4 × 2 px (metres on a geographic CRS): each axis on its own grid
+    assert aligned_window((10.2, 20.0, 30.0, 41.1), 2.0, margin=(4, 2), step=(4, 2)) == (0.0, 16.0, 40.0, 48.0, 20, 16)
     left, bottom, right, top, columns, rows = aligned_window((-WORLD + 3 * RESOLUTION, 0.0, -WORLD + 10 * RESOLUTION, 7 * RESOLUTION), RESOLUTION)
     assert (columns, rows) == (7, 7) and left == pytest.approx(-WORLD + 3 * RESOLUTION, rel=GEO_REL)
 
@@ -116,3 +119,156 @@ def test_a_web_layer_without_a_resolution_is_a_clear_error(aid_xai_provider, xyz
     with pytest.raises(QgsProcessingException, match="set RESOLUTION"):
         algorithm.processAlgorithm({"INPUT": layer.id(), "MODEL": synthetic_model, "OUTPUT_CLASSES": str(tmp_path / "c.tif")}, context, QgsProcessingFeedback())
     assert os.listdir(tmp_path) == []
+
+
+# ---- tile sizes in metres: ground metres at the processing extent's centre, for every CRS and path
+
+TILE_METRES = 60.0
+
+
+@pytest.fixture(scope="module")
+def geographic_mosaic(xyz_mosaic, tmp_path_factory):
+    """The XYZ mosaic's GeoTIFF warped to EPSG:4326: the same ground, on a grid of degrees."""
+    path = str(tmp_path_factory.mktemp("geographic") / "mosaic4326.tif")
+    gdal.Warp(path, xyz_mosaic[0], dstSRS="EPSG:4326", resampleAlg="near")
+    return path
+
+
+def _geodesic(crs_wkt):
+    """QGIS's own ellipsoidal distance on WGS84 (GeographicLib geodesics), independent of the plugin's conversion."""
+    from qgis.core import QgsCoordinateReferenceSystem, QgsCoordinateTransformContext, QgsDistanceArea
+
+    distance = QgsDistanceArea()
+    distance.setSourceCrs(QgsCoordinateReferenceSystem.fromWkt(crs_wkt), QgsCoordinateTransformContext())
+    assert distance.setEllipsoid("EPSG:7030")
+    return distance
+
+
+def _ground_sides(raster_path, at):
+    """(width, height) in ground metres of the output cell holding the map point `at`, measured
+    through `at` along each map axis."""
+    from qgis.core import QgsPointXY
+
+    with rasterio.open(raster_path) as raster:
+        transform, crs = raster.transform, raster.crs.to_wkt()
+    col, row = (math.floor(v) for v in ~transform * at)
+    left, top = transform * (col, row)
+    right, bottom = transform * (col + 1, row + 1)
+    distance = _geodesic(crs)
+    width = distance.measureLine(QgsPointXY(left, at[1]), QgsPointXY(right, at[1]))
+    height = distance.measureLine(QgsPointXY(at[0], top), QgsPointXY(at[0], bottom))
+    return width, height
+
+
+def _pixel_ground_sides(geotransform, crs_wkt, at):
+    """(width, height) in ground metres of a source pixel at the map point `at`."""
+    from qgis.core import QgsPointXY
+
+    distance = _geodesic(crs_wkt)
+    x, y = at
+    return distance.measureLine(QgsPointXY(x, y), QgsPointXY(x + abs(geotransform[1]), y)), distance.measureLine(QgsPointXY(x, y), QgsPointXY(x, y + abs(geotransform[5])))
+
+
+def _classify_in_metres(tmp_path, name, model, layer, extent, resolution=None):
+    import processing
+
+    xmin, ymin, xmax, ymax = extent
+    parameters = {"INPUT": layer, "MODEL": model, "TILE_SIZE": TILE_METRES, "TILE_UNIT": 2, "EXTENT": f"{xmin},{xmax},{ymin},{ymax}", "OUTPUT_TILES": ""}
+    parameters["OUTPUT_CLASSES"] = output = str(tmp_path / f"{name}.tif")
+    if resolution:
+        parameters["RESOLUTION"] = resolution
+    processing.run("aid_xai:classify", parameters)
+    return output
+
+
+@pytest.mark.parametrize("case", ["Web Mercator XYZ layer", "Web Mercator GeoTIFF", "geographic layer read through QGIS", "geographic GeoTIFF", "UTM GeoTIFF"])
+def test_a_tile_size_in_metres_is_that_many_ground_metres_for_every_crs_and_reading_path(aid_xai_provider, xyz_mosaic, geographic_mosaic, synthetic_model, tmp_path, case):
+    """The same 60-m tiles at 52° N whether the imagery is an XYZ layer in EPSG:3857 (a ground metre
+    there is 1/cos 52° ≈ 1.62 map metres), a GeoTIFF in EPSG:3857, EPSG:4326 (degrees) read through
+    QGIS at a resolution (as a WMS is) or directly, or UTM (scale ≈ 1): each cell (= its tile, the
+    stride being the tile size) measured by QGIS's geodesic distance on WGS84."""
+    from qgis.core import QgsRasterLayer
+
+    path, _, tiles = xyz_mosaic
+    if case == "UTM GeoTIFF":
+        path = str(tmp_path / "utm.tif")
+        make_scene_mosaic(path, rows=4, cols=6, scene_px=64, pixel_size=0.75, origin=(500000.0, 5762000.0), epsg=32633, seed=9)
+    elif case.startswith("geographic"):
+        path = geographic_mosaic
+    source = gdal.Open(path)
+    geotransform, crs_wkt = source.GetGeoTransform(), source.GetProjection()
+    left, top = geotransform[0], geotransform[3]
+    extent = (left, top + source.RasterYSize * geotransform[5], left + source.RasterXSize * geotransform[1], top)
+    centre = ((extent[0] + extent[2]) / 2, (extent[1] + extent[3]) / 2)
+    source = None
+    if case == "Web Mercator XYZ layer":
+        output = _classify_in_metres(tmp_path, "xyz", synthetic_model, _xyz_layer(tiles), extent, RESOLUTION)
+    elif case == "geographic layer read through QGIS":
+        layer = QgsRasterLayer(path, "geographic")
+        output = _classify_in_metres(tmp_path, "through_qgis", synthetic_model, layer, extent, abs(geotransform[1]))
+    else:
+        output = _classify_in_metres(tmp_path, "file", synthetic_model, path, extent)
+    width, height = _ground_sides(output, centre)
+    pixel_width, pixel_height = _pixel_ground_sides(geotransform, crs_wkt, centre)
+    # Tiles are whole source pixels: each side is rounded by at most half a pixel (0.33-0.54 m here).
+    # The cell is measured through the extent's centre, where the size in metres was converted; 1e-6
+    # more covers the float and geodesic error of the conversion and of the measurement, both far smaller.
+    assert abs(width - TILE_METRES) <= pixel_width / 2 + 1e-6 * TILE_METRES, f"{case}: tiles are {width:.2f} m wide on the ground, {TILE_METRES} m requested"
+    assert abs(height - TILE_METRES) <= pixel_height / 2 + 1e-6 * TILE_METRES, f"{case}: tiles are {height:.2f} m tall on the ground, {TILE_METRES} m requested"
+
+
+def test_metres_are_measured_at_the_processing_extent_not_the_layer_centre(aid_xai_provider, synthetic_model, tmp_path):
+    """A geographic raster from 30° N to 60° N processed at 59.5° N: a degree of longitude there is
+    56.6 km, not the 78.8 km of the layer's centre latitude (45° N)."""
+    import processing
+    from osgeo import osr
+
+    path = str(tmp_path / "tall4326.tif")
+    dataset = gdal.GetDriverByName("GTiff").Create(path, 200, 3000, 3, gdal.GDT_Byte, ["TILED=YES"])
+    dataset.SetGeoTransform((10.0, 0.01, 0.0, 60.0, 0.0, -0.01))
+    dataset.SetProjection(osr.SRS_WKT_WGS84_LAT_LONG)
+    dataset.WriteRaster(0, 0, 200, 3000, np.random.default_rng(4).integers(0, 256, (3, 3000, 200), np.uint8).tobytes())
+    dataset = None
+    centre = (11.0, 59.5)
+    tile_metres = 20_000.0
+    output = str(tmp_path / "classes.tif")
+    extent = f"{centre[0] - 0.01},{centre[0] + 0.01},{centre[1] - 0.01},{centre[1] + 0.01} [EPSG:4326]"
+    processing.run("aid_xai:classify", {"INPUT": path, "MODEL": synthetic_model, "TILE_SIZE": tile_metres, "TILE_UNIT": 2, "EXTENT": extent, "OUTPUT_CLASSES": output, "OUTPUT_TILES": ""})
+    width, height = _ground_sides(output, centre)
+    pixel_width, pixel_height = _pixel_ground_sides((0, 0.01, 0, 0, 0, -0.01), osr.SRS_WKT_WGS84_LAT_LONG, centre)
+    # whole pixels: within half a pixel (283 m wide, 557 m tall here) of the requested size, at the extent's centre
+    assert abs(width - tile_metres) <= pixel_width / 2, f"tiles are {width:.0f} m wide on the ground at 59.5° N, {tile_metres:.0f} m requested"
+    assert abs(height - tile_metres) <= pixel_height / 2, f"tiles are {height:.0f} m tall on the ground at 59.5° N, {tile_metres:.0f} m requested"
+
+
+# ---- a CRS assigned to the layer in QGIS is the truth
+
+
+@pytest.mark.parametrize("file_epsg", [None, 32633], ids=["file without a CRS", "file with another CRS"])
+def test_outputs_carry_the_crs_assigned_to_the_layer_in_qgis(aid_xai_provider, synthetic_model, tmp_path, file_epsg):
+    """QGIS places the file's coordinates in the CRS the user set on the layer (Layer Properties →
+    Source), and the extent and features are read in it: the outputs are in that CRS too."""
+    import processing
+    from osgeo import ogr, osr
+    from qgis.core import QgsCoordinateReferenceSystem, QgsRasterLayer
+
+    path = str(tmp_path / "mosaic.tif")
+    make_scene_mosaic(path, rows=2, cols=3, scene_px=64, pixel_size=2.0, epsg=file_epsg or 32633, seed=5)
+    if file_epsg is None:
+        dataset = gdal.Open(path, gdal.GA_Update)
+        dataset.SetProjection("")
+        dataset = None
+    layer = QgsRasterLayer(path, "assigned CRS")
+    layer.setCrs(QgsCoordinateReferenceSystem("EPSG:32634"))
+    outputs = {"OUTPUT_CLASSES": str(tmp_path / "classes.tif"), "OUTPUT_PROBABILITIES": str(tmp_path / "probabilities.tif"), "OUTPUT_TILES": str(tmp_path / "tiles.gpkg")}
+    processing.run("aid_xai:classify", {"INPUT": layer, "MODEL": synthetic_model, "EXTENT": "500000,500384,5599744,5600000 [EPSG:32634]", **outputs})
+    expected = osr.SpatialReference()
+    expected.ImportFromEPSG(32634)
+    for name in ("OUTPUT_CLASSES", "OUTPUT_PROBABILITIES"):
+        wkt = gdal.Open(outputs[name]).GetProjection()
+        assert wkt, f"{name} has no CRS; the layer is in EPSG:32634"
+        assert osr.SpatialReference(wkt).IsSame(expected), f"{name} is in {osr.SpatialReference(wkt).GetName()!r}, the layer in EPSG:32634"
+    with rasterio.open(outputs["OUTPUT_CLASSES"]) as classes:
+        assert classes.shape == (2, 3) and classes.transform.c == 500000.0 and classes.transform.f == 5600000.0
+    tiles = ogr.Open(outputs["OUTPUT_TILES"])
+    assert tiles.GetLayer(0).GetSpatialRef().IsSame(expected)

@@ -9,12 +9,11 @@ from qgis.core import (
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterLayer,
     QgsProcessingParameterString,
-    QgsUnitTypes,
 )
 
-from ..core.pipelines.tiles import DEFAULT_MIN_VALID_FRACTION, TilingOptions
+from ..core.pipelines.tiles import DEFAULT_MIN_VALID_FRACTION, TilingOptions, tile_and_stride_pixels
 from ..raster_layers import readable_raster
-from ..qgis_compat import DISTANCE_METRES, NUMBER_DOUBLE, NUMBER_INTEGER, with_advanced_flag
+from ..qgis_compat import CRS_WKT_PREFERRED_GDAL, NUMBER_DOUBLE, NUMBER_INTEGER, with_advanced_flag
 from .base import choice_parameter
 
 TILE_UNITS = ["pixels", "map units", "metres"]
@@ -40,21 +39,17 @@ def add_extent_parameter(algorithm):
 def raster_input(algorithm, parameters, context, layer, options, feedback):
     """(path GDAL reads, tiling options) for the INPUT layer: a file layer as it is, any other layer
     (XYZ/WMS, WCS, memory…) read through QGIS at RESOLUTION over the extent into a temporary GeoTIFF,
-    whose own grid the tiles then follow."""
+    whose own grid the tiles then follow (its pixels and tiles are those the core converts to here)."""
     resolution = algorithm.parameterAsDouble(parameters, "RESOLUTION", context) if parameters.get("RESOLUTION") not in (None, "") else 0.0
-    tile_px = stride_px = 1
+    tile_px = stride_px = (1, 1)
     if resolution > 0:
-        tile_px = _pixels_at(options.tile_size, options, resolution) if options.tile_size else _model_input_size(algorithm, parameters, context)
-        stride_px = _pixels_at(options.stride, options, resolution) if options.stride else tile_px
+        model_size = _model_input_size(algorithm, parameters, context) if not options.tile_size else 0
+        pixel_grid = (0.0, resolution, 0.0, 0.0, 0.0, -resolution)
+        tile, stride = tile_and_stride_pixels(options, pixel_grid, options.crs, options.metres_at, model_size)
+        tile_px = tuple(max(1, int(round(v))) for v in tile)  # under a pixel: the core refuses it, clearly
+        stride_px = tuple(max(1, int(round(v))) for v in stride) if stride else tile_px
     with readable_raster(layer, options.extent, resolution, context, feedback, tile_px, stride_px) as path:
         yield path, options
-
-
-def _pixels_at(value, options, resolution):
-    if options.tile_unit == "pixels":
-        return max(1, int(round(value)))
-    metres_per_unit = options.metres_per_map_unit if options.tile_unit == "metres" and not options.is_geographic else 1.0
-    return max(1, int(round(value / metres_per_unit / resolution)))
 
 
 def _model_input_size(algorithm, parameters, context):
@@ -70,7 +65,7 @@ def add_tiling_parameters(algorithm, default_batch=32):
         QgsProcessingParameterNumber("TILE_SIZE", "Tile size (not set: the model's input size in pixels)", NUMBER_DOUBLE, None, optional=True, minValue=0.0)
     )
     algorithm.addParameter(QgsProcessingParameterNumber("STRIDE", "Stride between tiles (not set: the tile size, no overlap)", NUMBER_DOUBLE, None, optional=True, minValue=0.0))
-    algorithm.addParameter(QgsProcessingParameterEnum("TILE_UNIT", "Unit of tile size and stride", TILE_UNITS, defaultValue=0))
+    algorithm.addParameter(QgsProcessingParameterEnum("TILE_UNIT", "Unit of tile size and stride (metres: on the ground at the extent's centre)", TILE_UNITS, defaultValue=0))
     advanced = [
         QgsProcessingParameterString("BANDS", "Bands in model order, e.g. 1,2,3 (not set: as the model records)", optional=True),
         choice_parameter("SCALING", "Value scaling to 0..1", SCALING_MODES, "auto"),
@@ -84,23 +79,26 @@ def add_tiling_parameters(algorithm, default_batch=32):
 
 
 def read_tiling_options(algorithm, parameters, context, layer):
+    """The layer's CRS (QGIS's: assigned by the user or the file's own) is the raster's CRS for the
+    extent, metres and outputs; sizes in metres are ground metres at the centre of the processing
+    extent, or of the layer without one."""
     crs = layer.crs()
-    extent = None
+    extent, centre = None, layer.extent().center()
     if parameters.get("EXTENT"):
         rectangle = algorithm.parameterAsExtent(parameters, "EXTENT", context, crs)
         if not rectangle.isNull() and not rectangle.isEmpty():
             extent = (rectangle.xMinimum(), rectangle.yMinimum(), rectangle.xMaximum(), rectangle.yMaximum())
+            centre = rectangle.center()
     return TilingOptions(
         tile_size=algorithm.parameterAsDouble(parameters, "TILE_SIZE", context) or 0.0,
         tile_unit=TILE_UNITS[algorithm.parameterAsEnum(parameters, "TILE_UNIT", context)],
         stride=algorithm.parameterAsDouble(parameters, "STRIDE", context) or 0.0,
         extent=extent,
+        crs=crs.toWkt(CRS_WKT_PREFERRED_GDAL) if crs.isValid() else "",
+        metres_at=(centre.x(), centre.y()),
         bands=algorithm.parameterAsString(parameters, "BANDS", context),
         scaling=scaling_spec(algorithm, parameters, context),
         min_valid_fraction=algorithm.parameterAsDouble(parameters, "MIN_VALID_FRACTION", context),
-        is_geographic=crs.isGeographic(),
-        center_latitude=layer.extent().center().y(),
-        metres_per_map_unit=QgsUnitTypes.fromUnitToUnitFactor(crs.mapUnits(), DISTANCE_METRES),
     )
 
 

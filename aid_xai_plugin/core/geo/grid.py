@@ -146,21 +146,20 @@ def _tiles_touching(start, stop, stride, cell_offset, last):
     return min(max(first, 0), last), min(max(final, 0), last)
 
 
-def tile_size_in_pixels(value, unit, geotransform, is_geographic, center_latitude=None):
+def tile_size_in_pixels(value, unit, geotransform, ground_metres=None):
     """Convert a tile size given in 'pixels', 'map units' or 'metres' into (w, h) source pixels.
 
-    Metres on a geographic CRS use the local scale at the extent's centre latitude (WGS84 radius),
-    which is exact enough for scene-sized tiles; tiles then differ in width/height in pixels.
+    Metres are ground metres: `ground_metres` is (metres per map unit along x, along y) where the
+    size is measured (`ground.metres_per_map_unit`); tiles may then differ in width and height in pixels.
     """
     px_w, px_h = abs(geotransform[1]), abs(geotransform[5])
     if unit == "pixels":
         return (value, value)
-    if unit == "map units" or (unit == "metres" and not is_geographic):
+    if unit == "map units":
         w, h = value / px_w, value / px_h
     elif unit == "metres":
-        metres_per_degree_lat = 111_132.95
-        metres_per_degree_lon = 111_319.49 * math.cos(math.radians(center_latitude))
-        w, h = value / (px_w * metres_per_degree_lon), value / (px_h * metres_per_degree_lat)
+        metres_x, metres_y = ground_metres
+        w, h = value / (px_w * metres_x), value / (px_h * metres_y)
     else:
         raise AidXaiError(f"Unknown tile size unit '{unit}'; use pixels, map units or metres.")
     if min(w, h) < 1:

@@ -11,6 +11,7 @@ import dataclasses
 from ..common.errors import AidXaiError
 from ..geo.gdal_context import raising_gdal_errors
 from ..geo.grid import make_grid, tile_size_in_pixels
+from ..geo.ground import metres_per_map_unit, same_crs
 from ..geo.raster import BandScaling, band_scaling, check_bands, open_raster, parse_bands, read_tile
 from ..ml.classifier import Classifier
 from ..ml.model_file import load_model
@@ -25,12 +26,11 @@ class TilingOptions:
     tile_unit: str = "pixels"  # pixels | map units | metres
     stride: float = 0  # 0 → tile size (no overlap); same unit as tile_size
     extent: tuple = None  # (xmin, ymin, xmax, ymax) in the raster's CRS
+    crs: str = ""  # the raster's CRS (WKT, 'EPSG:n') when the caller knows better than the file (one assigned in QGIS); empty: the file's
+    metres_at: tuple = None  # (x, y) where sizes in metres are ground metres; None: the extent's centre, else the raster's
     bands: str = ""  # "1,2,3"; empty → the model's band order
     scaling: str = "auto"
     min_valid_fraction: float = DEFAULT_MIN_VALID_FRACTION
-    is_geographic: bool = False  # CRS facts from the caller (QGIS knows them best)
-    center_latitude: float = 0.0
-    metres_per_map_unit: float = 1.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,18 +88,15 @@ class TileSource:
             raise AidXaiError("MIN_VALID_FRACTION must be between 0 and 1.")
         geotransform = dataset.GetGeoTransform()
         size = (dataset.RasterXSize, dataset.RasterYSize)
-        tile = self._pixels(options.tile_size or info.input_size, "pixels" if not options.tile_size else options.tile_unit, geotransform)
-        stride = self._pixels(options.stride, options.tile_unit, geotransform) if options.stride else None
+        # A CRS assigned to the layer in QGIS places the file's coordinates (the extent and features are
+        # in it): the outputs carry it; the file's own definition when both are the same CRS.
+        file_crs = dataset.GetProjection()
+        self.projection = options.crs if options.crs and not same_crs(options.crs, file_crs) else file_crs
+        tile, stride = tile_and_stride_pixels(options, geotransform, self.projection, options.metres_at or _centre(options.extent, geotransform, size), info.input_size)
         self.grid = make_grid(geotransform, size, tile, stride, options.extent)
-        self.projection = dataset.GetProjection()
         scaling = band_scaling(dataset, self.bands, options.scaling, self.grid.window)
         self.inputs = TileInputs(raster_path, tuple(self.bands), scaling, info.input_size, options.min_valid_fraction)
         self.reader = TileReader(self.inputs, dataset)
-
-    def _pixels(self, value, unit, geotransform):
-        if unit == "metres" and not self.options.is_geographic:
-            value, unit = value / self.options.metres_per_map_unit, "map units"
-        return tile_size_in_pixels(value, unit, geotransform, self.options.is_geographic, self.options.center_latitude)
 
     def batches(self, tiles, batch_size):
         """Yield lists of (tile, image, valid_fraction); tiles with too few valid pixels come through
@@ -147,6 +144,24 @@ class TileSource:
             "AIDXAI_SCALING": self.inputs.scaling.description,
             "AIDXAI_MIN_VALID_FRACTION": self.options.min_valid_fraction,
         }
+
+
+def tile_and_stride_pixels(options, geotransform, crs, metres_at, default_size):
+    """((w, h), (x, y) or None) in pixels of `geotransform` for the tile size and stride of `options`
+    (tile size 0: `default_size` pixels; stride 0: None, the tile size), sizes in metres taken as ground
+    metres at `metres_at` in `crs`. The one conversion for files and for layers read through QGIS."""
+    ground = metres_per_map_unit(crs, metres_at) if options.tile_unit == "metres" and (options.tile_size or options.stride) else None
+    tile = tile_size_in_pixels(options.tile_size, options.tile_unit, geotransform, ground) if options.tile_size else (default_size, default_size)
+    stride = tile_size_in_pixels(options.stride, options.tile_unit, geotransform, ground) if options.stride else None
+    return tile, stride
+
+
+def _centre(extent, geotransform, size):
+    """The centre of the extent, or of the raster when there is none."""
+    if extent is not None:
+        return ((extent[0] + extent[2]) / 2, (extent[1] + extent[3]) / 2)
+    g, (width, height) = geotransform, size
+    return (g[0] + width / 2 * g[1] + height / 2 * g[2], g[3] + width / 2 * g[4] + height / 2 * g[5])
 
 
 def chunks(items, size):
