@@ -2,6 +2,7 @@
 workers started as separate processes on 127.0.0.1) give a local run's outputs, survive a killed
 worker, cancel cleanly, fail clearly; and an explain run killed midway resumes from its checkpoint."""
 
+import importlib.util
 import os
 import signal
 import socket
@@ -25,7 +26,7 @@ from aid_xai_plugin.core.pipelines.execution import DaskSettings
 from aid_xai_plugin.core.pipelines.explain import ExplainOutputs, ExplainRequest, explain_raster
 from aid_xai_plugin.core.pipelines.tiles import TilingOptions
 
-pytest.importorskip("distributed")
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("distributed") is None, reason="needs the 'distributed' package (requirements.txt)")
 
 SETTINGS = ExplainSettings(masker="blur(16,16)", max_evals=150, batch_size=64, seed=2)
 
