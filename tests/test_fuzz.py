@@ -574,7 +574,7 @@ def test_fuzz_processing_run(aid_xai_provider, work, synthetic_model, data):
     import processing
 
     spec = data.draw(rasters(max_side=150))
-    operation = data.draw(st.sampled_from(["classify", "classify", "explain"]))
+    operation = data.draw(st.sampled_from(["classify", "explain"]))
     folder = tempfile.mkdtemp(dir=work)
     raster = os.path.join(folder, "input.tif")
     write_raster(raster, spec)
