@@ -1,6 +1,10 @@
 """Shared fixtures: the real QGIS Processing framework with the AID-XAI provider, and a small model
 trained once per session on synthetic scenes. The qgis_process runners live in helpers.py (shared with
-the benchmarks and the demo) and are re-exported here."""
+the benchmarks and the demo) and are re-exported here.
+
+Also the run's rules: in CI (CI=true) a test may skip only when the project's shared data is missing
+(its reason starts with SHARED_DATA_MISSING), any other skip fails; and every test has a time limit.
+"""
 
 import os
 from collections import defaultdict
@@ -9,7 +13,7 @@ import pytest
 from osgeo import gdal
 
 pytest.register_assert_rewrite("helpers")
-from helpers import QGIS_PROCESS, ROOT, run_algorithm_json, run_qgis_process  # noqa: E402,F401 - re-exported: tests import them from conftest
+from helpers import QGIS_PROCESS, ROOT, hang_limit, run_algorithm_json, run_qgis_process  # noqa: E402,F401 - re-exported: tests import them from conftest
 
 # The tests' own GDAL calls raise, as GDAL 4 will by default. The plugin sets its mode around its
 # own calls and leaves this one alone (test_algorithms_leave_gdal_exception_mode_as_found); the
@@ -18,9 +22,60 @@ gdal.UseExceptions()
 
 AID150 = os.path.abspath(os.path.join(ROOT, "..", "shared", "aid150"))
 
+SHARED_DATA_MISSING = "the project's shared data is missing:"  # the one skip reason CI allows
+
 requires_aid150 = pytest.mark.skipif(
-    not os.path.isdir(AID150), reason=f"real AID images not found at {AID150} (only in the project's shared data)"
+    not os.path.isdir(AID150), reason=f"{SHARED_DATA_MISSING} real AID images not found at {AID150}"
 )
+
+# A hung test ends the run with every thread's stack, well inside CI's 90 minutes: pytest-timeout's
+# thread method (pytest.ini) dumps the stacks and exits. Its signal method would raise inside the test
+# instead, which a hang in C code (GDAL, torch, Qt, a Dask lock) never returns to, and which hypothesis
+# would catch as a failing example and replay without a time limit.
+TEST_TIME_LIMIT_S = 900  # set here, where the slowest test takes about 400 s; stretched by hang_limit
+
+
+def pytest_configure(config):
+    if in_ci() and not config.pluginmanager.hasplugin("timeout"):
+        raise pytest.UsageError("pytest-timeout is not installed (requirements-dev.txt): CI runs every test with a time limit.")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Each test's time limit: TEST_TIME_LIMIT_S stretched to this machine's speed, unless --timeout,
+    PYTEST_TIMEOUT or the test's own timeout mark sets one."""
+    if not config.pluginmanager.hasplugin("timeout") or config.getoption("timeout") is not None or os.environ.get("PYTEST_TIMEOUT"):
+        return
+    limit = hang_limit(TEST_TIME_LIMIT_S)
+    for item in items:
+        if item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(limit))
+
+
+def in_ci():
+    return os.environ.get("CI") == "true"
+
+
+def fail_skips_in_ci(report):
+    """In CI every dependency is installed and the tests run as root: a skip that does not name the
+    shared data is a missing dependency, and fails instead of passing unseen."""
+    if not (report.skipped and in_ci()) or hasattr(report, "wasxfail"):
+        return report
+    reason = (report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)).removeprefix("Skipped: ")
+    if reason.startswith(SHARED_DATA_MISSING):
+        return report
+    report.outcome = "failed"
+    report.longrepr = f"Skipped in CI (CI=true), where only tests that need the project's shared data may skip: {reason}"
+    return report
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    return fail_skips_in_ci((yield))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(collector):
+    return fail_skips_in_ci((yield))
 
 
 _REGISTERED = []  # QGIS's registry keeps providers by pointer: hold each for the session, or it is deleted

@@ -2,9 +2,11 @@
 workers started as separate processes on 127.0.0.1) give a local run's outputs, survive a killed
 worker, cancel cleanly, fail clearly; and an explain run killed midway resumes from its checkpoint."""
 
+import contextlib
+import importlib.util
+import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,7 +27,7 @@ from aid_xai_plugin.core.pipelines.execution import DaskSettings
 from aid_xai_plugin.core.pipelines.explain import ExplainOutputs, ExplainRequest, explain_raster
 from aid_xai_plugin.core.pipelines.tiles import TilingOptions
 
-pytest.importorskip("distributed")
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("distributed") is None, reason="needs the 'distributed' package (requirements.txt)")
 
 SETTINGS = ExplainSettings(masker="blur(16,16)", max_evals=150, batch_size=64, seed=2)
 
@@ -90,31 +92,42 @@ def test_local_workers_start_with_this_python_not_the_host_binary(scene, local_r
     np.testing.assert_array_equal(on_cluster, local_run)
 
 
-def free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+def scheduler_address(scheduler, scheduler_file):
+    """The address the scheduler writes to its scheduler file once it listens on the port it chose."""
+    deadline = time.monotonic() + hang_limit(60)
+    while True:
+        with contextlib.suppress(FileNotFoundError, json.JSONDecodeError):  # written in place: may be half there
+            with open(scheduler_file, encoding="utf-8") as stream:
+                return json.load(stream)["address"]
+        assert scheduler.poll() is None, f"the scheduler exited with status {scheduler.returncode}"
+        assert time.monotonic() < deadline, "the scheduler wrote no address"
+        time.sleep(0.05)
 
 
 @pytest.fixture
 def cluster_processes(tmp_path):
-    """`dask scheduler` and two `dask worker`s as separate processes on 127.0.0.1 (the code path of
-    a cluster on other machines); yields (address, [worker processes])."""
-    address = f"tcp://127.0.0.1:{free_port()}"
+    """`dask scheduler` (on a port it picks itself: a port found free beforehand may be taken before
+    the scheduler binds it) and two `dask worker`s as separate processes on 127.0.0.1 (the code path
+    of a cluster on other machines); yields (address, [worker processes])."""
     environment = dict(os.environ, PYTHONPATH=ROOT)
-    scheduler = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", address.rsplit(":", 1)[1], "--no-dashboard"], env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    workers = [
-        subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", address, "--nthreads", "1", "--nworkers", "1", "--no-nanny", "--no-dashboard", "--local-directory", str(tmp_path / f"w{i}")], env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        for i in range(2)
-    ]
-    from distributed import Client
+    scheduler_file = tmp_path / "scheduler.json"
+    processes = [subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard", "--scheduler-file", str(scheduler_file)], env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    try:
+        address = scheduler_address(processes[0], scheduler_file)
+        workers = [
+            subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", address, "--nthreads", "1", "--nworkers", "1", "--no-nanny", "--no-dashboard", "--local-directory", str(tmp_path / f"w{i}")], env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            for i in range(2)
+        ]
+        processes += workers
+        from distributed import Client
 
-    with Client(address, timeout=hang_limit(60), set_as_default=False) as client:
-        client.wait_for_workers(2, timeout=hang_limit(120))
-    yield address, workers
-    for process in (*workers, scheduler):
-        process.kill()
-        process.wait()
+        with Client(address, timeout=hang_limit(60), set_as_default=False) as client:
+            client.wait_for_workers(2, timeout=hang_limit(120))
+        yield address, workers
+    finally:
+        for process in reversed(processes):
+            process.kill()
+            process.wait()
 
 
 def test_scheduler_and_worker_processes_give_the_local_outputs_even_when_a_worker_dies(scene, local_run, tmp_path, cluster_processes):
@@ -161,49 +174,66 @@ def test_a_raster_the_workers_cannot_read_is_named(scene, tmp_path):
     assert not os.path.exists(tmp_path / "s.tif")
 
 
+# An explain run that stops once `tiles` tiles are in its checkpoint (the files it writes anyway, before
+# it reports progress) and says so with the barrier file, then waits to be killed: killed there, it has
+# finished exactly that many tiles, however fast the machine.
 KILLABLE_RUN = """
-import sys
+import os, signal, sys
+from aid_xai_plugin.core.common.progress import Progress
 from aid_xai_plugin.core.explain.engine import ExplainSettings
 from aid_xai_plugin.core.pipelines.explain import ExplainOutputs, ExplainRequest, explain_raster
 from aid_xai_plugin.core.pipelines.tiles import TilingOptions
-raster, model, output = sys.argv[1:4]
-settings = ExplainSettings(masker="blur(16,16)", max_evals=int(sys.argv[4]), batch_size=64, seed=2)
-explain_raster(raster, model, TilingOptions(), ExplainRequest(top_k=2), settings, ExplainOutputs(output, output[:-4] + ".gpkg"), engine="exact", device="cpu")
+raster, model, output, max_evals, tiles, barrier = sys.argv[1:7]
+checkpoint = os.path.join(os.path.dirname(output), "." + os.path.basename(output) + ".resume")
+
+def stop_when_checkpointed(percent):
+    if os.path.isdir(checkpoint) and len([name for name in os.listdir(checkpoint) if name.endswith(".npz") and not name.startswith(".")]) >= int(tiles):
+        open(barrier, "w").close()
+        signal.pause()
+
+settings = ExplainSettings(masker="blur(16,16)", max_evals=int(max_evals), batch_size=64, seed=2)
+explain_raster(raster, model, TilingOptions(), ExplainRequest(top_k=2), settings, ExplainOutputs(output, output[:-4] + ".gpkg"), engine="exact", device="cpu", progress=Progress(set_progress=stop_when_checkpointed))
 """
 
 
-def test_a_killed_run_resumes_from_its_checkpoint_with_identical_outputs(scene, local_run, tmp_path):
+def kill_after_checkpointing(scene, output, max_evals, tiles):
+    """Run KILLABLE_RUN until `tiles` tiles are checkpointed, then SIGKILL it."""
     raster, model = scene
+    barrier = output + ".stopped"
+    run = subprocess.Popen([sys.executable, "-c", KILLABLE_RUN, raster, model, output, str(max_evals), str(tiles), barrier], cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT))
+    try:
+        deadline = time.monotonic() + hang_limit(300)
+        while not os.path.exists(barrier):
+            assert run.poll() is None, f"the run ended (status {run.returncode}) before {tiles} tile(s) were checkpointed"
+            assert time.monotonic() < deadline, f"{tiles} tile(s) were not checkpointed in time"
+            time.sleep(0.05)
+    finally:
+        run.send_signal(signal.SIGKILL)
+        run.wait()
+    os.remove(barrier)
+
+
+def finished_tiles(checkpoint):
+    return len([name for name in os.listdir(checkpoint) if name.endswith(".npz") and not name.startswith(".")])
+
+
+def test_a_killed_run_resumes_from_its_checkpoint_with_identical_outputs(scene, local_run, tmp_path):
     output = str(tmp_path / "resumed.tif")
     checkpoint = tmp_path / ".resumed.tif.resume"
-    run = subprocess.Popen([sys.executable, "-c", KILLABLE_RUN, raster, model, output, str(SETTINGS.max_evals)], cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT))
-    deadline = time.monotonic() + hang_limit(300)
-    while not (checkpoint.is_dir() and len([name for name in os.listdir(checkpoint) if name.endswith(".npz") and not name.startswith(".")]) >= 3):
-        assert run.poll() is None and time.monotonic() < deadline, "the run ended before three tiles were checkpointed"
-        time.sleep(0.05)
-    run.send_signal(signal.SIGKILL)
-    run.wait()
+    kill_after_checkpointing(scene, output, SETTINGS.max_evals, 3)
     assert not os.path.exists(output)  # killed: nothing at the output path
-    finished_before = len([name for name in os.listdir(checkpoint) if name.endswith(".npz") and not name.startswith(".")])
+    assert finished_tiles(checkpoint) == 3
 
     logs = []
     resumed = explain(scene, tmp_path, "resumed", Progress(log=logs.append))
     np.testing.assert_array_equal(resumed, local_run)
-    assert any(f"{finished_before} of 8 tile(s) reused" in line for line in logs), logs
+    assert any("3 of 8 tile(s) reused" in line for line in logs), logs
     assert not checkpoint.exists()  # a completed run removes its checkpoint
 
 
 def test_other_settings_never_reuse_stale_tiles(scene, tmp_path):
-    raster, model = scene
-    output = str(tmp_path / "changed.tif")
-    run = subprocess.Popen([sys.executable, "-c", KILLABLE_RUN, raster, model, output, "40"], cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT))
-    checkpoint = tmp_path / ".changed.tif.resume"
-    deadline = time.monotonic() + hang_limit(300)
-    while not (checkpoint.is_dir() and any(name.endswith(".npz") and not name.startswith(".") for name in os.listdir(checkpoint))):
-        assert run.poll() is None and time.monotonic() < deadline
-        time.sleep(0.02)
-    run.send_signal(signal.SIGKILL)
-    run.wait()
+    kill_after_checkpointing(scene, str(tmp_path / "changed.tif"), 40, 1)
+    assert finished_tiles(tmp_path / ".changed.tif.resume") == 1
     logs = []
     explain(scene, tmp_path, "changed", Progress(log=logs.append))  # max_evals 150, not 40
     assert any("are not reused" in line for line in logs) and not any("reused from its checkpoint" in line for line in logs)

@@ -4,7 +4,9 @@ a complete output — never a partial file at the output path, and the next run 
 one left behind (but never the temporary of a writer that still runs).
 
 The runs that need their own process limits or get killed are Python subprocesses running the core's
-classify_raster (seconds, where qgis_process would start QGIS each time)."""
+classify_raster (seconds, where qgis_process would start QGIS each time). A run that must be caught
+mid-write stops after its first batch, with every output open, and says so with a barrier file: the
+test acts on it there, however fast the machine."""
 
 import contextlib
 import json
@@ -36,12 +38,19 @@ RUNNER = textwrap.dedent(
     if spec.get("uid"):
         os.setgid(spec["uid"]); os.setuid(spec["uid"])
     from aid_xai_plugin.core.common.errors import AidXaiError
+    from aid_xai_plugin.core.common.progress import Progress
     from aid_xai_plugin.core.pipelines.classify import ClassifyOutputs, classify_raster
     from aid_xai_plugin.core.pipelines.tiles import TilingOptions
     outputs = ClassifyOutputs(*spec["outputs"])
+    progress = None
+    if spec.get("stop_file"):
+        def stop(percent):  # after the first batch, every output open: say so, wait to be killed
+            open(spec["stop_file"], "w").close()
+            signal.pause()
+        progress = Progress(set_progress=stop)
     print("STARTED", os.getpid(), flush=True)
     try:
-        result = classify_raster(spec["raster"], spec["model"], TilingOptions(**spec["options"]), outputs, batch_size=spec.get("batch_size", 32), device="cpu")
+        result = classify_raster(spec["raster"], spec["model"], TilingOptions(**spec["options"]), outputs, batch_size=spec.get("batch_size", 32), device="cpu", progress=progress)
     except AidXaiError as error:
         print("AIDXAI_ERROR", error, flush=True)
         sys.exit(3)
@@ -76,16 +85,27 @@ def partial_files(folder):
     return sorted(name for name in os.listdir(folder) if ".partial" in name)
 
 
-def wait_for_partial(folder, process, timeout=120):
-    """Wait until the run has a temporary file in `folder` (it is writing), then a little longer."""
-    deadline = time.time() + hang_limit(timeout)
-    while time.time() < deadline:
-        if partial_files(folder):
-            time.sleep(0.5)
-            return partial_files(folder)
-        assert process.poll() is None, process.communicate()
-        time.sleep(0.05)
-    raise AssertionError("the run never started writing")
+def writing(folder):
+    """The outputs that have a temporary file in `folder` (`.<stem>.<id>.<pid>-<host>.partial.<ext>`)."""
+    return {name.split(".")[1] for name in partial_files(folder)}
+
+
+@contextlib.contextmanager
+def stopped_runner(raster, model, outputs, stop_file, timeout=120):
+    """A run (its Popen) stopped after its first batch, writing its outputs, until it is killed (at
+    the latest when the block ends)."""
+    process = start_runner(raster, model, outputs, LONG_RUN, stop_file=stop_file)
+    try:
+        deadline = time.monotonic() + hang_limit(timeout)
+        while not os.path.exists(stop_file):
+            assert process.poll() is None, process.communicate()
+            assert time.monotonic() < deadline, "the run did not finish its first batch in time"
+            time.sleep(0.05)
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate(timeout=hang_limit(60))
 
 
 @pytest.fixture(scope="module")
@@ -96,15 +116,7 @@ def small(tmp_path_factory):
     return path
 
 
-@pytest.fixture(scope="module")
-def large(tmp_path_factory):
-    """A 16×16-scene mosaic classified with 8-px tiles (16 384 tiles): a run takes several seconds."""
-    path = str(tmp_path_factory.mktemp("hostile_large") / "large.tif")
-    make_scene_mosaic(path, rows=16, cols=16, scene_px=64, pixel_size=2.0, seed=8)
-    return path
-
-
-LONG_RUN = {"tile_size": 8}
+LONG_RUN = {"tile_size": 8}  # 384 tiles of the small mosaic: 12 batches, so the first is not the last
 
 
 def output_set(folder, stem=""):
@@ -261,12 +273,12 @@ def _tiny_raster(path, value):
 
 
 @pytest.mark.parametrize("signal_number", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
-def test_a_killed_run_leaves_no_output_and_the_next_run_removes_its_temporaries(small, large, synthetic_model, tmp_path, signal_number):
+def test_a_killed_run_leaves_no_output_and_the_next_run_removes_its_temporaries(small, synthetic_model, tmp_path, tmp_path_factory, signal_number):
     paths = output_set(str(tmp_path))
-    run = start_runner(large, synthetic_model, paths, LONG_RUN)
-    left = wait_for_partial(str(tmp_path), run)
-    run.send_signal(signal_number)
-    run.communicate(timeout=hang_limit(60))
+    with stopped_runner(small, synthetic_model, paths, str(tmp_path_factory.mktemp("barrier") / "stopped")) as run:
+        assert writing(tmp_path) == {"classes", "probabilities", "tiles"}
+        run.send_signal(signal_number)
+        run.communicate(timeout=hang_limit(60))
     assert run.returncode == -signal_number
     assert not any(os.path.exists(path) for path in paths)  # nothing at the output paths
     left = partial_files(tmp_path)
@@ -278,18 +290,15 @@ def test_a_killed_run_leaves_no_output_and_the_next_run_removes_its_temporaries(
     assert visible_files(tmp_path) == ["classes.tif", "probabilities.tif", "tiles.gpkg"]
 
 
-def test_a_running_writers_temporary_is_never_removed(small, large, synthetic_model, tmp_path):
+def test_a_running_writers_temporary_is_never_removed(small, synthetic_model, tmp_path, tmp_path_factory):
     long_paths = output_set(str(tmp_path))
-    long_run = start_runner(large, synthetic_model, long_paths, LONG_RUN)
-    try:
-        theirs = wait_for_partial(str(tmp_path), long_run)
+    with stopped_runner(small, synthetic_model, long_paths, str(tmp_path_factory.mktemp("barrier") / "stopped")) as long_run:
+        theirs = partial_files(tmp_path)
+        assert writing(tmp_path) == {"classes", "probabilities", "tiles"}
         short = run_runner(small, synthetic_model, long_paths)  # the same outputs, while the long run writes
         assert short.returncode == 0, short.stderr[-2000:]
         assert set(theirs) <= set(partial_files(tmp_path)), "a live writer's temporary was removed"
-        assert long_run.poll() is None
-    finally:
-        long_run.kill()
-        long_run.communicate(timeout=hang_limit(60))
+        assert long_run.poll() is None  # still stopped mid-write
     assert remove_stale_temporaries(long_paths[0]) and remove_stale_temporaries(long_paths[2])  # its writer is gone now
     assert not [name for name in partial_files(tmp_path) if "classes" in name or "tiles" in name]
 
