@@ -80,6 +80,23 @@ def in_memory_classifier(module, input_size, classes, bands=3, mean=0.5, std=0.2
     return Classifier(LoadedModel(module=module.eval(), info=info, path="", sha256=""), device=device)
 
 
+def tied_classifier_and_tile(height, width):
+    """A pixel-symmetric one-band model on a uniform tile, with dyadic values so every sum is exact:
+    boxes of a level tie exactly, so only shap's seeded np.random draws order its queue (and the
+    values change with the seed)."""
+    import numpy as np
+    import torch
+    from torch import nn
+
+    module = nn.Sequential(nn.Conv2d(1, 1, 1, bias=False), nn.Flatten(), nn.Linear(height * width, 2, bias=False))
+    with torch.no_grad():
+        module[0].weight.fill_(1.0)
+        module[2].weight[0].fill_(0.5)
+        module[2].weight[1].fill_(-0.5)
+    tile = np.full((height, width, 1), 0.75, dtype=np.float32)
+    return in_memory_classifier(module, 0, 2, 1, mean=0.0, std=1.0), tile
+
+
 def random_net_classifier(input_size, classes, bands=3, seed=0, mean=0.5, std=0.25, logit_scale=None, device="cpu"):
     """in_memory_classifier() around a random_net(); its module is `.module`."""
     class_count = classes if isinstance(classes, int) else len(classes)

@@ -7,7 +7,7 @@ engine must give the float64 reference's values up to float32 rounding as large 
 import numpy as np
 import pytest
 import torch
-from helpers import in_memory_classifier, random_net_classifier, random_tile
+from helpers import in_memory_classifier, random_net_classifier, random_tile, tied_classifier_and_tile
 from numerics import assert_efficient, assert_within_float32_rounding, explain_recorded, float64_yardstick
 from torch import nn
 
@@ -157,16 +157,7 @@ def test_ties_follow_shaps_random_draws():
     """A pixel-symmetric model on a uniform tile, with dyadic values so every sum is exact: boxes of
     a level tie exactly, only the seeded np.random draws order shap's queue, and shap's values change
     with the seed. Both engines must reproduce each seed's values bit for bit."""
-    height, width = 7, 9
-    module = nn.Sequential(nn.Conv2d(1, 1, 1, bias=False), nn.Flatten(), nn.Linear(height * width, 2, bias=False))
-    with torch.no_grad():
-        module[0].weight.fill_(1.0)
-        module[2].weight[0].fill_(0.5)
-        module[2].weight[1].fill_(-0.5)
-    classifier = make_classifier(module.eval(), 1, 0)
-    classifier.mean.fill_(0.0)
-    classifier.std.fill_(1.0)
-    tile = np.full((height, width, 1), 0.75, dtype=np.float32)
+    classifier, tile = tied_classifier_and_tile(7, 9)
     for max_evals in (20, 40):
         by_seed = []
         for seed in (0, 1, 2):

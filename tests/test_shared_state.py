@@ -7,26 +7,13 @@ import threading
 
 import numpy as np
 import pytest
-import torch
-from helpers import in_memory_classifier
+from helpers import tied_classifier_and_tile
 from osgeo import gdal
-from torch import nn
 
 from aid_xai_plugin.core.explain.engine import ExplainSettings
 from aid_xai_plugin.core.explain.shap_engine import ShapPartitionEngine
 from aid_xai_plugin.core.geo.gdal_context import gdal_exceptions
 from aid_xai_plugin.core.pipelines.execution import _SPAWN_EXECUTABLE, _spawn_executable, python_interpreter
-
-
-def tied_classifier(height, width):
-    """A pixel-symmetric model on a uniform tile: boxes of a level tie exactly, so only the seeded
-    np.random draws order shap's queue and the values change with the seed (as in test_fast_engine)."""
-    module = nn.Sequential(nn.Conv2d(1, 1, 1, bias=False), nn.Flatten(), nn.Linear(height * width, 2, bias=False))
-    with torch.no_grad():
-        module[0].weight.fill_(1.0)
-        module[2].weight[0].fill_(0.5)
-        module[2].weight[1].fill_(-0.5)
-    return in_memory_classifier(module.eval(), 0, 2, 1, mean=0.0, std=1.0)
 
 
 def run_together(functions):
@@ -55,9 +42,7 @@ def run_together(functions):
 def test_concurrent_shap_explanations_draw_their_own_seeded_ties_and_leave_the_global_rng_alone():
     """Four threads explain the tied tile with four seeds, three rounds: each gets its seed's values
     of a run alone, bit for bit, and the process's global RNG state is the one it had before."""
-    height, width = 7, 9
-    classifier = tied_classifier(height, width)
-    tile = np.full((height, width, 1), 0.75, dtype=np.float32)
+    classifier, tile = tied_classifier_and_tile(7, 9)
     seeds = (0, 1, 2, 3)
 
     def explain(seed):
