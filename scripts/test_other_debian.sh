@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run the README's `make test` (or another goal, e.g. demo) inside a minimal Debian root of another
 # release, from this machine, as root:
-#   scripts/test_other_debian.sh trixie|bookworm [test|demo]    (`make test-debian RELEASE=… [GOAL=demo]`)
+#   scripts/test_other_debian.sh forky|sid|trixie|bookworm [test|demo]    (`make test-debian RELEASE=… [GOAL=demo]`)
 # The root is built once with debootstrap from Debian's archive and cached under build/debian/<release>
 # (QGIS and the other Debian packages stay installed there; pip's download cache is kept beside it).
 # Each run copies the working tree (tracked and untracked, not ignored: no .venv/.qgis) into a fresh
@@ -12,8 +12,9 @@ set -euo pipefail
 release="${1:-}"
 goal="${2:-test}"
 case "$release" in
-  trixie | bookworm) ;;
-  *) echo "usage: $0 trixie|bookworm [test|demo]  (Debian 13 or Debian 12)" >&2; exit 2 ;;
+  trixie | bookworm) rolling=false ;;
+  forky | sid) rolling=true ;;   # Debian 14 (testing) or unstable: QGIS 3.44
+  *) echo "usage: $0 forky|sid|trixie|bookworm [test|demo]  (Debian 14 testing, unstable, 13 or 12)" >&2; exit 2 ;;
 esac
 [ "$(id -u)" = 0 ] || { echo "$0 needs root (debootstrap, mount, chroot)." >&2; exit 2; }
 
@@ -33,13 +34,25 @@ if [ ! -e "$target/.complete" ]; then
   echo "Building a minimal Debian $release root in $target (once; cached)"
   rm -rf "$target"
   mkdir -p "$cache"
-  debootstrap --variant=minbase --include=make,ca-certificates "$release" "$target" "$mirror"
-  cat >"$target/etc/apt/sources.list" <<EOF
+  # An older debootstrap has no script for a release newer than itself; unstable's fits every new one.
+  script=/usr/share/debootstrap/scripts/$release
+  [ -e "$script" ] || script=/usr/share/debootstrap/scripts/sid
+  debootstrap --variant=minbase --include=make,ca-certificates "$release" "$target" "$mirror" "$script"
+  if $rolling; then   # testing and unstable have no -updates suite; their fixes come through the suite itself
+    echo "deb $mirror $release main" >"$target/etc/apt/sources.list"
+  else
+    cat >"$target/etc/apt/sources.list" <<EOF
 deb $mirror $release main
 deb $mirror $release-updates main
 deb ${mirror%/debian}/debian-security $release-security main
 EOF
+  fi
   touch "$target/.complete"
+fi
+if $rolling; then
+  # testing/unstable Release files are valid for one week only, and the archive mirror reached from here
+  # may serve an older copy: accept it rather than install nothing (this root only runs the tests).
+  echo 'Acquire::Check-Valid-Until "false";' >"$target/etc/apt/apt.conf.d/99aid-xai-snapshot-mirror"
 fi
 
 bind_readonly() {  # host path → the same path (or $2) inside the root, read-only

@@ -112,7 +112,7 @@ def test_changed_and_needed_cells_match_a_real_convolution(kernel, stride, paddi
             changed_x[0, 0, start:stop] += 1.0
             with torch.no_grad():
                 differs = (conv(changed_x) != reference)[0, 0, :, 0].numpy()
-            first, last = (int(value) for value in geometry.changed(np.array([start]), np.array([stop])))
+            first, last = (int(value.item()) for value in geometry.changed(np.array([start]), np.array([stop])))
             assert not differs[:first].any() and not differs[last:].any()
             assert differs[first:last].any() or first == last
     for start in range(reference.shape[2]):
