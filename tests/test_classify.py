@@ -118,6 +118,28 @@ def test_processing_run_loads_layers_with_styles(aid_xai_provider, mosaic, synth
     QgsProject.instance().removeAllMapLayers()
 
 
+def test_a_failure_after_an_output_is_written_names_that_output(aid_xai_provider, mosaic, synthetic_model, tmp_path, monkeypatch):
+    """The last-resort message says which outputs already exist instead of "No output was written"
+    (QGIS 3.44 first showed it: styling failed after the rasters were committed)."""
+    import processing
+    from qgis.core import QgsProcessingException
+
+    import aid_xai_plugin.algorithms.classify as classify_algorithm
+
+    def failing_style(path, names):
+        raise RuntimeError("styling broke")
+
+    monkeypatch.setattr(classify_algorithm, "style_probability_raster", failing_style)
+    path, _ = mosaic
+    outputs = {name: str(tmp_path / name) for name in ("c.tif", "p.tif", "t.gpkg")}
+    with pytest.raises(QgsProcessingException) as raised:
+        processing.run("aid_xai:classify", {"INPUT": path, "MODEL": synthetic_model, "OUTPUT_CLASSES": outputs["c.tif"], "OUTPUT_PROBABILITIES": outputs["p.tif"], "OUTPUT_TILES": outputs["t.gpkg"]})
+    message = str(raised.value)
+    assert "RuntimeError: styling broke" in message and "No output was written" not in message
+    written = message.split("Outputs written before the failure (complete, possibly without their style): ")[1].split(";")[0].split(", ")
+    assert sorted(written) == sorted(name for name in outputs.values() if os.path.exists(name)) and outputs["p.tif"] in written
+
+
 def test_sixteen_bit_and_rgba_inputs(mosaic, synthetic_model, tmp_path):
     """A 16-bit copy scaled by fixed min/max classifies like the 8-bit original; alpha = mask."""
     from osgeo import gdal

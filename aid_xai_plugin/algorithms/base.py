@@ -39,6 +39,13 @@ def open_raster_output(context, path):
     QgsProcessingUtils.mapLayerFromString(path, context, True, QgsProcessingUtils.LayerHint.Raster)
 
 
+def _modified(path):
+    try:
+        return os.stat(path).st_mtime_ns
+    except OSError:
+        return None
+
+
 class AidXaiAlgorithm(QgsProcessingAlgorithm):
     """Subclasses set the class attributes and implement `initAlgorithm` and `process`."""
 
@@ -82,6 +89,7 @@ class AidXaiAlgorithm(QgsProcessingAlgorithm):
         if message:
             raise QgsProcessingException(message)
         progress = Progress(feedback.setProgress, feedback.isCanceled, feedback.pushInfo)
+        outputs_before = self._output_files(parameters)
         try:
             # GDAL messages of this thread (also those of QGIS loading the input layer) are collected, not
             # printed raw: a failure's message carries what matters, a success logs them as GDAL warnings
@@ -102,7 +110,18 @@ class AidXaiAlgorithm(QgsProcessingAlgorithm):
             import traceback
 
             feedback.pushDebugInfo("".join(traceback.format_exception(type(error), error, error.__traceback__)))
-            raise QgsProcessingException(unexpected_error_message(error, self.display_name)) from error
+            written = [path for path, stamp in outputs_before.items() if _modified(path) not in (None, stamp)]
+            raise QgsProcessingException(unexpected_error_message(error, self.display_name, written)) from error
+
+    def _output_files(self, parameters):
+        """{path: modification time or None} of the named file outputs (temporary ones are new names)."""
+        paths = {}
+        for definition in self.destinationParameterDefinitions():
+            value = parameters.get(definition.name())
+            value = value.sink.staticValue() if hasattr(value, "sink") else value
+            if isinstance(value, str) and value and value != "TEMPORARY_OUTPUT" and not value.startswith(("memory:", "ogr:")):
+                paths[value] = _modified(value)
+        return paths
 
     def process(self, parameters, context, feedback, progress):
         raise NotImplementedError

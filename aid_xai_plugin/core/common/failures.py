@@ -113,8 +113,11 @@ def _probable_cause(path):
     return None
 
 
-def unexpected_error_message(error, task):
-    """For the Processing layer's last resort: one line, no traceback."""
+def unexpected_error_message(error, task, written=()):
+    """For the Processing layer's last resort: one line, no traceback. `written`: outputs this run had
+    already committed (complete files, e.g. when styling them failed), so the line never says "no
+    output" when there is one."""
     if is_out_of_memory(error):
         return out_of_memory_message(error, task, "BATCH_SIZE, TILE_SIZE (or the input size) or MAX_EVALS")
-    return f"{task} failed unexpectedly: {type(error).__name__}: {first_line(error)[:300]}. No output was written; please report this with the log (debug log has the details)."
+    outputs = f"Outputs written before the failure (complete, possibly without their style): {', '.join(written)}" if written else "No output was written"
+    return f"{task} failed unexpectedly: {type(error).__name__}: {first_line(error)[:300]}. {outputs}; please report this with the log (debug log has the details)."
