@@ -1,43 +1,78 @@
-"""Named shims for the QGIS API differences between 3.22 LTR and 3.40 LTR.
+"""Named shims for the QGIS API differences between QGIS 3.22 LTR and QGIS 4.
 
-QGIS 3.30/3.36 moved many enums into scoped enums on `Qgis` (the old class-level names still work
-on 3.x but are deprecated and gone with PyQt6 builds). Each name here is the new enum value where
-it exists and the old one otherwise, so the rest of the plugin is written once for both.
+QGIS 3.30–3.42 moved many enums into scoped enums on `Qgis`; QGIS 3 keeps the old class-level names
+as deprecated aliases, QGIS 4 (Qt6) has only the new ones. Each name here is the new value where this
+QGIS has it and the old one otherwise (spelt through its enum type, as Qt6 wants and PyQt5 accepts),
+so the rest of the plugin is written once for all. Every `if hasattr(…)` side must exist in QGIS 4
+and every `else` side in QGIS 3.22: tests/test_qgis4_api.py checks the first by name, the QGIS 3.22
+test run executes the second.
 """
 
-from qgis.core import Qgis, QgsColorRampShader, QgsCoordinateReferenceSystem, QgsProcessing, QgsProcessingParameterDefinition, QgsProcessingParameterNumber, QgsWkbTypes
+from qgis.core import (
+    Qgis,
+    QgsColorRampShader,
+    QgsCoordinateReferenceSystem,
+    QgsProcessing,
+    QgsProcessingParameterDefinition,
+    QgsProcessingParameterFile,
+    QgsProcessingParameterNumber,
+    QgsRasterMinMaxOrigin,
+    QgsWkbTypes,
+)
 
+if hasattr(Qgis, "ProcessingNumberParameterType"):  # QGIS 3.36
+    NUMBER_INTEGER = Qgis.ProcessingNumberParameterType.Integer
+    NUMBER_DOUBLE = Qgis.ProcessingNumberParameterType.Double
+else:
+    NUMBER_INTEGER = QgsProcessingParameterNumber.Type.Integer
+    NUMBER_DOUBLE = QgsProcessingParameterNumber.Type.Double
 
-def _scoped(enum_name, member, old_value):
-    """`Qgis.<enum_name>.<member>` where QGIS has it, else `old_value()` (never touched on new QGIS)."""
-    enum = getattr(Qgis, enum_name, None)
-    return getattr(enum, member) if enum is not None else old_value()
+if hasattr(Qgis, "ProcessingFileParameterBehavior"):  # QGIS 3.36
+    FILE_BEHAVIOR_FILE = Qgis.ProcessingFileParameterBehavior.File
+    FILE_BEHAVIOR_FOLDER = Qgis.ProcessingFileParameterBehavior.Folder
+else:
+    FILE_BEHAVIOR_FILE = QgsProcessingParameterFile.Behavior.File
+    FILE_BEHAVIOR_FOLDER = QgsProcessingParameterFile.Behavior.Folder
 
+if hasattr(Qgis, "ProcessingParameterFlag"):  # QGIS 3.36
+    PARAMETER_FLAG_ADVANCED = Qgis.ProcessingParameterFlag.Advanced
+else:
+    PARAMETER_FLAG_ADVANCED = QgsProcessingParameterDefinition.Flag.FlagAdvanced
 
-# QgsProcessingParameterNumber.Integer/Double → Qgis.ProcessingNumberParameterType (3.36)
-NUMBER_INTEGER = _scoped("ProcessingNumberParameterType", "Integer", lambda: QgsProcessingParameterNumber.Integer)
-NUMBER_DOUBLE = _scoped("ProcessingNumberParameterType", "Double", lambda: QgsProcessingParameterNumber.Double)
+if hasattr(Qgis, "ProcessingSourceType"):  # QGIS 3.36
+    SOURCE_VECTOR_POINT = Qgis.ProcessingSourceType.VectorPoint
+    SOURCE_VECTOR_POLYGON = Qgis.ProcessingSourceType.VectorPolygon
+else:
+    SOURCE_VECTOR_POINT = QgsProcessing.SourceType.TypeVectorPoint
+    SOURCE_VECTOR_POLYGON = QgsProcessing.SourceType.TypeVectorPolygon
 
-# QgsProcessingParameterDefinition.FlagAdvanced → Qgis.ProcessingParameterFlag.Advanced (3.36)
-PARAMETER_FLAG_ADVANCED = _scoped("ProcessingParameterFlag", "Advanced", lambda: QgsProcessingParameterDefinition.FlagAdvanced)
+if hasattr(Qgis, "GeometryType"):  # QGIS 3.30
+    POINT_GEOMETRY = Qgis.GeometryType.Point
+else:
+    POINT_GEOMETRY = QgsWkbTypes.GeometryType.PointGeometry
 
-# QgsProcessing.TypeVectorPoint/Polygon → Qgis.ProcessingSourceType (3.36)
-SOURCE_VECTOR_POINT = _scoped("ProcessingSourceType", "VectorPoint", lambda: QgsProcessing.TypeVectorPoint)
-SOURCE_VECTOR_POLYGON = _scoped("ProcessingSourceType", "VectorPolygon", lambda: QgsProcessing.TypeVectorPolygon)
+if hasattr(Qgis, "CrsWktVariant"):  # QGIS 3.36
+    CRS_WKT_PREFERRED_GDAL = Qgis.CrsWktVariant.PreferredGdal
+else:
+    CRS_WKT_PREFERRED_GDAL = QgsCoordinateReferenceSystem.WktVariant.WKT_PREFERRED_GDAL
 
-# QgsWkbTypes.PointGeometry → Qgis.GeometryType.Point (3.30)
-POINT_GEOMETRY = _scoped("GeometryType", "Point", lambda: QgsWkbTypes.PointGeometry)
+if hasattr(Qgis, "ShaderInterpolationMethod"):  # QGIS 3.30
+    RAMP_INTERPOLATED = Qgis.ShaderInterpolationMethod.Linear
+    RAMP_CONTINUOUS = Qgis.ShaderClassificationMethod.Continuous
+else:
+    RAMP_INTERPOLATED = QgsColorRampShader.Type.Interpolated
+    RAMP_CONTINUOUS = QgsColorRampShader.ClassificationMode.Continuous
 
-# QgsCoordinateReferenceSystem.WKT_PREFERRED_GDAL → Qgis.CrsWktVariant.PreferredGdal (3.36)
-CRS_WKT_PREFERRED_GDAL = _scoped("CrsWktVariant", "PreferredGdal", lambda: QgsCoordinateReferenceSystem.WKT_PREFERRED_GDAL)
-
-# QgsColorRampShader.Interpolated → Qgis.ShaderInterpolationMethod.Linear (3.30)
-RAMP_INTERPOLATED = _scoped("ShaderInterpolationMethod", "Linear", lambda: QgsColorRampShader.Interpolated)
-
-# QgsColorRampShader.Continuous → Qgis.ShaderClassificationMethod.Continuous (3.30)
-RAMP_CONTINUOUS = _scoped("ShaderClassificationMethod", "Continuous", lambda: QgsColorRampShader.Continuous)
+# Min/max limits of a ramp: none (the renderer's own minimum and maximum are kept). QGIS 3.42 moved
+# them to Qgis.RasterRangeLimit; in QGIS 3.44 the old alias QgsRasterMinMaxOrigin.None_ even names the
+# extent enum's WholeRaster.
+if hasattr(Qgis, "RasterRangeLimit"):
+    RANGE_LIMIT_NONE = Qgis.RasterRangeLimit.NotSet
+else:
+    RANGE_LIMIT_NONE = QgsRasterMinMaxOrigin.Limits.None_
 
 
 def with_advanced_flag(parameter):
     parameter.setFlags(parameter.flags() | PARAMETER_FLAG_ADVANCED)
     return parameter
+

@@ -78,7 +78,10 @@ def readable_raster(layer, extent, resolution, context, feedback=None, tile_px=(
             raise AidXaiError(f"Layer '{layer.name()}' cannot be read through its data provider.")
         writer = QgsRasterFileWriter(path)
         writer.setOutputFormat("GTiff")
-        writer.setCreateOptions(["COMPRESS=DEFLATE", "TILED=YES"])
+        if hasattr(writer, "setCreationOptions"):  # QGIS 3.44 deprecates setCreateOptions
+            writer.setCreationOptions(["COMPRESS=DEFLATE", "TILED=YES"])
+        else:
+            writer.setCreateOptions(["COMPRESS=DEFLATE", "TILED=YES"])
         blocks = QgsRasterBlockFeedback()
         if feedback is not None:
             feedback.canceled.connect(blocks.cancel)  # Cancel in the dialog stops the read too

@@ -29,7 +29,7 @@ from qgis.PyQt.QtGui import QColor
 
 from .core.common.atomic import atomic_output
 from .core.common.palette import class_colors
-from .qgis_compat import RAMP_CONTINUOUS, RAMP_INTERPOLATED
+from .qgis_compat import RAMP_CONTINUOUS, RAMP_INTERPOLATED, RANGE_LIMIT_NONE
 
 PENDING_POST_PROCESSORS = set()  # QGIS holds post-processors weakly: alive here until each has run
 
@@ -86,7 +86,7 @@ def _ramp_renderer(layer, band, stops, minimum, maximum, labels):
     renderer.setClassificationMin(minimum)
     renderer.setClassificationMax(maximum)
     origin = QgsRasterMinMaxOrigin()
-    origin.setLimits(QgsRasterMinMaxOrigin.None_)
+    origin.setLimits(RANGE_LIMIT_NONE)
     renderer.setMinMaxOrigin(origin)
     return renderer
 

@@ -231,6 +231,11 @@ def _last_name(expression):
     return expression.id if isinstance(expression, ast.Name) else None
 
 
+# QGIS's qgis.PyQt.QtWidgets keeps offering what Qt6 moved to QtGui, for plugins that run on QGIS 3 and
+# 4 alike (qgis/QGIS#55658 and #57467; kept for QGIS 4.0).
+QT6_MOVED_TO_QTGUI = ("QAction", "QActionGroup", "QShortcut", "QUndoCommand", "QUndoGroup", "QUndoStack", "QFileSystemModel")
+
+
 def pyqt6_classes(pyqt6):
     """{class: {...}} from PyQt6's .pyi stubs (a wheel file or an unpacked folder), and the version."""
     stubs, version = {}, "unknown"
@@ -252,6 +257,8 @@ def pyqt6_classes(pyqt6):
             if isinstance(node, ast.ClassDef):
                 bases = [b for b in (_last_name(base) for base in node.bases) if b and b not in ("simplewrapper", "wrapper", "Enum", "Flag", "IntEnum", "IntFlag")]
                 classes[node.name] = {"module": f"qgis.PyQt.{module}", "bases": bases, "members": _pyi_members(node)}
+                if module == "QtGui" and node.name in QT6_MOVED_TO_QTGUI:
+                    classes[node.name]["also_in"] = ["qgis.PyQt.QtWidgets"]
     return classes, version
 
 
@@ -270,6 +277,11 @@ def runtime_classes(names):
             if not isinstance(cls, type) or name in classes:
                 continue
             members, bases = set(), []
+            sip_enums = {}  # QGIS 3's sip enums: their members sit on the class too (unscoped), not in Qt6
+            for attribute in dir(cls):
+                value = inspect.getattr_static(cls, attribute, None)
+                if type(type(value)).__name__ == "enumtype" and getattr(cls, type(value).__name__, None) is type(value):
+                    sip_enums[attribute] = type(value).__name__
             for attribute in dir(cls):
                 if attribute.startswith("__"):
                     continue
@@ -280,6 +292,9 @@ def runtime_classes(names):
                     continue
                 if owner.__module__ in ("sip", "PyQt5.sip", "builtins"):
                     continue
+                if attribute in sip_enums:
+                    members.add(f"{sip_enums[attribute]}.{attribute}")  # Qt6 reaches it through its enum only
+                    continue
                 try:
                     value = getattr(cls, attribute)
                 except AttributeError:  # a sip instance attribute (a struct's field)
@@ -289,6 +304,8 @@ def runtime_classes(names):
                 members.add(attribute)
                 if isinstance(value, type) and issubclass(value, enum.Enum):
                     members.update(f"{attribute}.{member}" for member in value.__members__)
+                elif type(value).__name__ == "enumtype":
+                    continue  # a sip enum: its members were added with their enum's name above
                 elif isinstance(value, type) and value.__name__ == attribute:  # a nested class
                     members.update(f"{attribute}.{inner}" for inner in dir(value) if not inner.startswith("__"))
             classes[name] = {"module": module_name, "bases": bases, "members": members}
@@ -341,7 +358,7 @@ def main():
         "qgis": origin,
         "pyqt6": pyqt6_version,
         "classes": {
-            name: {"module": kept[name]["module"], "bases": kept[name]["bases"], "members": sorted(kept[name]["members"])}
+            name: {**{key: value for key, value in kept[name].items() if key != "members"}, "members": sorted(kept[name]["members"])}
             for name in sorted(kept)
         },
     }

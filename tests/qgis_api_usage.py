@@ -248,7 +248,7 @@ def missing_from(api, uses):
     messages = []
     for use in uses:
         root, *attributes = use.dotted.split(".")
-        if root not in classes or classes[root]["module"] != use.module:
+        if root not in classes or use.module not in (classes[root]["module"], *classes[root].get("also_in", ())):
             messages.append(f"{use.path}:{use.line}: {use.module}.{root} is not in QGIS 4's API names file")
             continue
         known = members(root)

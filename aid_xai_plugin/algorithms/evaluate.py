@@ -10,7 +10,7 @@ from qgis.core import (
 from ..core.common.atomic import check_writable
 from ..core.ml.evaluation import evaluate_folder
 from ..core.reports.evaluation_report import write_evaluation_report
-from ..qgis_compat import NUMBER_INTEGER
+from ..qgis_compat import FILE_BEHAVIOR_FILE, FILE_BEHAVIOR_FOLDER, NUMBER_INTEGER
 from .base import AidXaiAlgorithm
 
 
@@ -29,8 +29,8 @@ class EvaluateAlgorithm(AidXaiAlgorithm):
     )
 
     def initAlgorithm(self, config=None):  # noqa: N802
-        self.addParameter(QgsProcessingParameterFile("MODEL", "Model file", behavior=QgsProcessingParameterFile.File, fileFilter="AID-XAI model (*.aidx.pt)"))
-        self.addParameter(QgsProcessingParameterFile("DATASET", "Image folder (one sub-folder per class)", behavior=QgsProcessingParameterFile.Folder))
+        self.addParameter(QgsProcessingParameterFile("MODEL", "Model file", behavior=FILE_BEHAVIOR_FILE, fileFilter="AID-XAI model (*.aidx.pt)"))
+        self.addParameter(QgsProcessingParameterFile("DATASET", "Image folder (one sub-folder per class)", behavior=FILE_BEHAVIOR_FOLDER))
         self.add_device_parameter()
         self.addParameter(QgsProcessingParameterNumber("BATCH_SIZE", "Batch size", NUMBER_INTEGER, 64, minValue=1))
         self.addParameter(QgsProcessingParameterFileDestination("OUTPUT_HTML", "Evaluation report", fileFilter="HTML files (*.html)"))

@@ -9,7 +9,7 @@ from qgis.core import (
 )
 
 from ..core.ml.training import ARCHITECTURES, MIN_INPUT_SIZE, OPTIMIZERS, SCHEDULES, TrainingConfig, train_model
-from ..qgis_compat import NUMBER_DOUBLE, NUMBER_INTEGER, with_advanced_flag
+from ..qgis_compat import FILE_BEHAVIOR_FOLDER, NUMBER_DOUBLE, NUMBER_INTEGER, with_advanced_flag
 from .base import AidXaiAlgorithm, choice_parameter
 
 
@@ -46,7 +46,7 @@ class TrainAlgorithm(AidXaiAlgorithm):
     )
 
     def initAlgorithm(self, config=None):  # noqa: N802
-        self.addParameter(QgsProcessingParameterFile("DATASET", "Image folder (one sub-folder per class)", behavior=QgsProcessingParameterFile.Folder))
+        self.addParameter(QgsProcessingParameterFile("DATASET", "Image folder (one sub-folder per class)", behavior=FILE_BEHAVIOR_FOLDER))
         self.addParameter(choice_parameter("ARCHITECTURE", "Architecture", ARCHITECTURES, "Net"))
         self.addParameter(
             QgsProcessingParameterFile("INIT_WEIGHTS", "Initial weights (a downloaded .pth state dict; not set: random)", fileFilter="PyTorch weights (*.pth *.pt);;All files (*.*)", optional=True)
