@@ -242,3 +242,52 @@ def run_algorithm_json(algorithm, parameters):
 def last_line_json(stdout):
     """The JSON object a worker script printed as its last line of output."""
     return json.loads(stdout.strip().splitlines()[-1])
+
+
+def make_wheel(folder, name, version, body):
+    """A real pure-Python wheel file (what `pip download` leaves), for installs from a local folder."""
+    import base64
+    import hashlib
+    import zipfile
+
+    files = {
+        f"{name}/__init__.py": body,
+        f"{name}-{version}.dist-info/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+        f"{name}-{version}.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: aid-xai tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    digest = lambda text: base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=").decode()  # noqa: E731
+    record = [f"{path},sha256={digest(text)},{len(text.encode())}" for path, text in files.items()]
+    files[f"{name}-{version}.dist-info/RECORD"] = "\n".join([*record, f"{name}-{version}.dist-info/RECORD,,"]) + "\n"
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, f"{name}-{version}-py3-none-any.whl")
+    with zipfile.ZipFile(path, "w") as archive:
+        for member, text in files.items():
+            archive.writestr(member, text)
+    return path
+
+
+def run_qgis_desktop_session(script, profiles, out, report_name, environment, timeout_s, cwd):
+    """Run `script` inside the real QGIS desktop on a virtual X screen (`qgis --code`, profile folder
+    `profiles`) and return the JSON report it writes to `out`/`report_name`; QGIS's own output goes to
+    `out`/qgis_output.txt. `environment`: variables on top of this process's, None to unset one
+    (QT_QPA_PLATFORM and QGIS_* paths are unset: QGIS must open its window and use that profile alone)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("QT_QPA_PLATFORM", "QGIS_CUSTOM_CONFIG_PATH", "QGIS_PLUGINPATH")}
+    for key, value in environment.items():  # None: unset it
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
+    env.setdefault("AID_XAI_DESKTOP_HELPERS", os.path.dirname(script))
+    for folder in ("XDG_RUNTIME_DIR", "HOME"):
+        os.makedirs(env[folder], mode=0o700, exist_ok=True)
+    command = ["xvfb-run", "-a", "-s", "-screen 0 1280x1024x24", "qgis", "--profiles-path", str(profiles), "--nologo", "--noversioncheck", "--code", script]
+    completed = subprocess.run(command, env=env, cwd=cwd, capture_output=True, text=True, timeout=hang_limit(timeout_s + 90), stdin=subprocess.DEVNULL)
+    with open(os.path.join(out, "qgis_output.txt"), "w", encoding="utf-8") as handle:
+        handle.write(f"exit status {completed.returncode}\n--- stdout\n{completed.stdout}\n--- stderr\n{completed.stderr}")
+    path = os.path.join(out, report_name)
+    assert os.path.exists(path), f"QGIS wrote no {report_name} (exit {completed.returncode}):\n{completed.stdout[-3000:]}\n{completed.stderr[-3000:]}"
+    with open(path, encoding="utf-8") as handle:
+        report = json.load(handle)
+    report["_stderr"] = completed.stderr
+    return report
+

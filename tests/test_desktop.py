@@ -7,7 +7,6 @@ and writes build/desktop/session.json plus screenshots (build/desktop/*.png). Th
 JSON. Needs `xvfb-run` and `qgis` (`make test` installs xvfb and xauth); skipped without them.
 """
 
-import json
 import os
 import re
 import shutil
@@ -15,7 +14,7 @@ import subprocess
 
 import pytest
 from conftest import ROOT
-from helpers import hang_limit
+from helpers import run_qgis_desktop_session
 
 OUT = os.path.join(ROOT, "build", "desktop")
 SESSION = os.path.join(ROOT, "tests", "desktop", "desktop_session.py")
@@ -55,10 +54,9 @@ def session(tmp_path_factory, synthetic_model):
     shutil.rmtree(OUT, ignore_errors=True)
     os.makedirs(OUT)
     site = next(iter(sorted((p for p in (os.path.join(ROOT, ".venv", "lib", d, "site-packages") for d in os.listdir(os.path.join(ROOT, ".venv", "lib"))) if os.path.isdir(p)))), "")
-    env = {k: v for k, v in os.environ.items() if k not in ("QT_QPA_PLATFORM", "QGIS_CUSTOM_CONFIG_PATH", "QGIS_PLUGINPATH")}
-    env.update(
-        PYTHONPATH=os.pathsep.join(filter(None, (site, env.get("PYTHONPATH")))),
-        XDG_RUNTIME_DIR=env.get("XDG_RUNTIME_DIR") or str(tmp_path / "runtime"),
+    environment = dict(
+        PYTHONPATH=os.pathsep.join(filter(None, (site, os.environ.get("PYTHONPATH")))),
+        XDG_RUNTIME_DIR=os.environ.get("XDG_RUNTIME_DIR") or str(tmp_path / "runtime"),
         HOME=str(tmp_path / "home"),
         AID_XAI_DESKTOP_OUT=OUT,
         AID_XAI_DESKTOP_WORK=str(tmp_path / "work"),
@@ -66,21 +64,7 @@ def session(tmp_path_factory, synthetic_model):
         AID_XAI_DESKTOP_MODEL3=MODEL3,
         AID_XAI_DESKTOP_TIMEOUT="150",
     )
-    os.makedirs(env["XDG_RUNTIME_DIR"], mode=0o700, exist_ok=True)
-    os.makedirs(env["HOME"], exist_ok=True)
-    command = [
-        "xvfb-run", "-a", "-s", "-screen 0 1280x1024x24",
-        "qgis", "--profiles-path", str(profiles), "--nologo", "--noversioncheck", "--code", SESSION,
-    ]  # fmt: skip
-    completed = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=hang_limit(240), stdin=subprocess.DEVNULL)
-    with open(os.path.join(OUT, "qgis_output.txt"), "w", encoding="utf-8") as handle:
-        handle.write(f"exit status {completed.returncode}\n--- stdout\n{completed.stdout}\n--- stderr\n{completed.stderr}")
-    path = os.path.join(OUT, "session.json")
-    assert os.path.exists(path), f"QGIS wrote no session.json (exit {completed.returncode}):\n{completed.stdout[-3000:]}\n{completed.stderr[-3000:]}"
-    with open(path, encoding="utf-8") as handle:
-        report = json.load(handle)
-    report["_stderr"] = completed.stderr
-    return report
+    return run_qgis_desktop_session(SESSION, profiles, OUT, "session.json", environment, 150, ROOT)
 
 
 def _role(session, role):

@@ -5,6 +5,7 @@ import subprocess
 import sys
 import zipfile
 
+import pytest
 from conftest import QGIS_PROCESS, ROOT, run_qgis_process
 from helpers import hang_limit
 
@@ -94,7 +95,7 @@ def test_without_torch_the_provider_loads_and_runs_fail_with_the_install_command
     run = _qgis_process_bin(env, "run", "aid_xai:classify", "--", f"INPUT={tmp_path / 'mosaic.tif'}", "MODEL=/nonexistent.aidx.pt")
     output = run.stdout + run.stderr
     assert run.returncode != 0
-    assert "torch" in output and "pip install" in output
+    assert "torch" in output and "Install or update Python packages" in output and "python3 -m aid_xai_plugin.install" in output
     assert "Traceback" not in output
 
 
@@ -113,6 +114,52 @@ def test_pb_tool_zip_installs_into_a_clean_plugin_path(tmp_path):
     assert _qgis_process_bin(env, "plugins", "enable", "aid_xai").returncode == 0
     listed = _qgis_process_bin(env, "list")
     assert "aid_xai:explain" in listed.stdout, listed.stderr
+
+
+def _zip_problems(tmp_path, changes):
+    """check_plugin_zip.py's verdict on the plugin's own zip with `changes` ({name: text or None})."""
+    source = os.path.join(ROOT, "aid_xai.zip")
+    if not os.path.exists(source):
+        subprocess.run(["make", "-s", "zip"], cwd=ROOT, check=True, capture_output=True)
+    changed = tmp_path / "changed.zip"
+    with zipfile.ZipFile(source) as original, zipfile.ZipFile(changed, "w") as copy:
+        for item in original.infolist():
+            if item.filename not in changes:
+                copy.writestr(item, original.read(item.filename))
+        for name, text in changes.items():
+            if text is not None:
+                copy.writestr(name, text)
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "check_plugin_zip.py"), str(changed)], capture_output=True, text=True)
+    return done.returncode, done.stderr
+
+
+@pytest.mark.parametrize(
+    "changes, reported",
+    [
+        ({}, None),
+        ({"aid_xai/LICENSE": None}, "'aid_xai/LICENSE' is missing"),
+        ({"aid_xai/aid_xai_plugin/__pycache__/plugin.cpython-311.pyc": "x"}, "compiled file in the zip"),
+        ({"aid_xai/.git/config": "x"}, "must not contain a '.git' directory"),
+        ({"aid_xai/requirements.txt": None}, "'aid_xai/requirements.txt' is missing"),
+        ({"other/readme.txt": "x"}, "more than one top-level folder"),
+        ({"aid_xai/lib/fast.so": "x"}, "compiled file in the zip: 'aid_xai/lib/fast.so'"),
+    ],
+)
+def test_make_zip_checks_the_plugin_repositorys_rules(tmp_path, changes, reported):
+    code, stderr = _zip_problems(tmp_path, changes)
+    if reported is None:
+        assert code == 0, stderr
+    else:
+        assert code == 1 and reported in stderr, stderr
+
+
+def test_the_zip_check_reads_metadata_like_the_repository(tmp_path):
+    with open(os.path.join(ROOT, "metadata.txt"), encoding="utf-8") as handle:
+        text = handle.read()
+    code, stderr = _zip_problems(tmp_path, {"aid_xai/metadata.txt": text.replace("\ntracker=", "\nbugtracker=").replace("author=AID-XAI developers", "author=AID/XAI")})
+    assert code == 1 and "metadata.txt lacks tracker" in stderr and "Author name cannot contain slashes" in stderr
+    code, stderr = _zip_problems(tmp_path, {"aid_xai/metadata.txt": text.replace("# MAINTAINER", "# maintainer")})
+    assert code == 1 and "placeholder values (email, tracker, repository, homepage) without a '# MAINTAINER' note" in stderr
 
 
 def test_metadata_is_complete_for_the_plugin_repository():

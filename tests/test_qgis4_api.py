@@ -63,6 +63,9 @@ def _plugin_copy(tmp_path, file, old, new):
         ("styling.py", "from .qgis_compat import", "_SPEC = QColor.Rgb\nfrom .qgis_compat import", "QGIS 4 has no QColor.Rgb"),
         # A QGIS virtual misspelt in a subclass would never be called.
         ("algorithms/base.py", "def displayName(self):", "def displayTitle(self):", "QGIS 4 has no QgsProcessingAlgorithm.displayTitle"),
+        # QGIS 3's unscoped members of its own (sip) enums: Qt6 reaches them through the enum only.
+        ("plugin.py", "Qgis.MessageLevel.Warning", "Qgis.Warning", "QGIS 4 has no Qgis.Warning"),
+        ("gui/install_task.py", "QgsTask.Flag.CanCancel", "QgsTask.CanCancel", "QGIS 4 has no QgsTask.CanCancel"),
         # A method on a layer the plugin constructs.
         ("raster_layers.py", 'writer.setOutputFormat("GTiff")', 'writer.setOutputFormatName("GTiff")', "QGIS 4 has no QgsRasterFileWriter.setOutputFormatName"),
     ],

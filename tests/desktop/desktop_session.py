@@ -20,6 +20,7 @@ Exits QGIS with os._exit once written (a timer ends the session after AID_XAI_DE
 import faulthandler
 import json
 import os
+import sys
 import tempfile
 import time
 import traceback
@@ -34,6 +35,12 @@ from qgis.core import (
 from qgis.PyQt.QtCore import QTimer
 from qgis.PyQt.QtWidgets import QApplication, QDialog, QDockWidget, QMessageBox, QPlainTextEdit, QTabWidget, QTextEdit, QVBoxLayout
 from qgis.utils import iface
+
+sys.path.insert(0, os.environ["AID_XAI_DESKTOP_HELPERS"])  # this folder: `qgis --code` runs the file without it
+from dialogs import KEEP as _KEEP  # noqa: E402
+from dialogs import new_dialog as _new_dialog  # noqa: E402
+from dialogs import pump, run_in_dialog  # noqa: E402
+from dialogs import wait_until as _wait_until  # noqa: E402
 
 OUT = os.path.abspath(os.environ.get("AID_XAI_DESKTOP_OUT", "build/desktop"))
 MODEL = os.environ.get("AID_XAI_DESKTOP_MODEL", "")
@@ -56,7 +63,6 @@ else:
     RASTER, VECTOR = QgsMapLayerType.RasterLayer, QgsMapLayerType.VectorLayer
 REPORT = {"steps": [], "errors": [], "message_boxes": [], "messages_live": [], "screenshots": {}}
 STARTED = time.time()
-_KEEP = []  # Python references the Qt side must not outlive (dialogs, signal handlers)
 
 
 # --- plumbing ----------------------------------------------------------------------------------
@@ -66,20 +72,9 @@ def step(name):
     REPORT["steps"].append({"step": name, "t": round(time.time() - STARTED, 2)})
 
 
-def pump(seconds=0.2):
-    end = time.time() + seconds
-    while time.time() < end:
-        QApplication.processEvents()
-        time.sleep(0.01)
-
-
 def wait_until(predicate, timeout, what):
-    end = time.time() + timeout
-    while time.time() < end:
-        QApplication.processEvents()
-        if predicate():
-            return True
-        time.sleep(0.02)
+    if _wait_until(predicate, timeout):
+        return True
     REPORT["errors"].append(f"timed out after {timeout} s waiting for {what}")
     return False
 
@@ -97,7 +92,7 @@ def close_modal_boxes():
     widget = QApplication.activeModalWidget()
     if isinstance(widget, QMessageBox):
         REPORT["message_boxes"].append({"title": widget.windowTitle(), "text": widget.text(), "details": widget.detailedText()})
-        widget.done(QMessageBox.Cancel)
+        widget.done(QMessageBox.StandardButton.Cancel)
 
 
 def on_message(message, tag, level):
@@ -233,47 +228,27 @@ def project_layers():
 
 
 def new_dialog(algorithm):
-    from processing.gui.AlgorithmDialog import AlgorithmDialog
-
-    dialog = AlgorithmDialog(algorithm, parent=iface.mainWindow())
-    _KEEP.append(dialog)
-    dialog.resize(1000, 800)
-    dialog.show()
-    pump(0.3)
-    return dialog
-
-
-def dialog_log(dialog):
-    log = dialog.findChild(QTextEdit, "txtLog")  # the Log tab (the help panel is a QTextEdit too)
-    return log.toPlainText() if log is not None else "\n".join(editor.toPlainText() for editor in dialog.findChildren(QTextEdit))
+    return _new_dialog(algorithm, iface.mainWindow())
 
 
 def run_from_dialog(algorithm, parameters, name, timeout=90):
-    """Fill the dialog's widgets, press Run (runAlgorithm, as the Run button does) and wait for it to
-    finish; outputs with "Open output file after running" (the default) are loaded into the project."""
+    """Run the algorithm from its dialog (dialogs.run_in_dialog); screenshots before and after."""
     step(f"run {name}")
-    dialog = new_dialog(algorithm)
-    dialog.setParameters(parameters)
-    pump(0.3)
-    shot(dialog, f"run_{name}_parameters", f"{algorithm.displayName()}: the dialog filled in, before Run")
-    finished = []
-    handler = lambda ok, results: finished.append((ok, dict(results)))  # noqa: E731
-    _KEEP.append(handler)
-    dialog.algorithmFinished.connect(handler)
-    dialog.runAlgorithm()
-    wait_until(lambda: finished, timeout, f"{name} to finish")
-    if hasattr(dialog, "showLog"):
-        dialog.showLog()
-    pump(0.5)
-    shot(dialog, f"run_{name}_log", f"{algorithm.displayName()}: the dialog's Log after the run")
-    ok, results = finished[0] if finished else (False, {})
+    ok, results, log = run_in_dialog(
+        algorithm,
+        parameters,
+        iface.mainWindow(),
+        timeout,
+        filled=lambda dialog: shot(dialog, f"run_{name}_parameters", f"{algorithm.displayName()}: the dialog filled in, before Run"),
+        ran=lambda dialog: shot(dialog, f"run_{name}_log", f"{algorithm.displayName()}: the dialog's Log after the run"),
+    )
+    if ok is None:
+        REPORT["errors"].append(f"timed out after {timeout} s waiting for {name} to finish")
     entry = {
-        "ok": ok,
+        "ok": bool(ok),
         "results": {k: str(v) for k, v in results.items() if k not in ("CHILD_RESULTS", "CHILD_INPUTS")},
-        "log": dialog_log(dialog)[-6000:],
-        "message_bar": [item.text() if hasattr(item, "text") else str(item) for item in dialog.messageBar().items()] if hasattr(dialog, "messageBar") else [],
+        "log": log[-6000:],
     }
-    dialog.close()
     REPORT.setdefault("runs", {})[name] = entry
     return ok, results
 

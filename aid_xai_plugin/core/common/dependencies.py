@@ -1,10 +1,12 @@
 """Which optional Python packages are importable, and how to install the missing ones.
 
 The plugin must load in QGIS without torch/shap/cv2; algorithms call `missing_packages_message`
-before they run and turn its answer into a one-line, actionable error.
+before they run and turn its answer into a one-line, actionable error (pointing to the dependency
+dialog, or to `python -m aid_xai_plugin.install` without the desktop).
 """
 
 import importlib.util
+import os
 
 # import name -> pip requirement (as in requirements.txt)
 REQUIRED_PACKAGES = {
@@ -24,15 +26,14 @@ def missing_packages(import_names=None):
 
 
 def missing_packages_message(import_names=None):
-    """None when everything is importable, else a one-line message with the install command."""
+    """None when everything is importable, else a one-line message saying how to install them."""
     missing = missing_packages(import_names)
     if not missing:
         return None
+    plugin_folder = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
     return (
-        f"AID-XAI needs the Python package(s) {', '.join(missing)}, which QGIS's Python cannot "
-        f"import. Install them into the Python QGIS uses, e.g. `python3 -m pip install "
-        f"{' '.join(missing)} numpy==$(python3 -c 'import numpy; print(numpy.__version__)')` "
-        f"(keeping numpy at QGIS's version; the README's 'Installing into your own QGIS' keeps every "
-        f"compiled package of QGIS's Python as it is), or run `make setup` in the AID-XAI checkout "
-        f"and start QGIS with its venv on PYTHONPATH, then restart QGIS."
+        f"AID-XAI needs the Python package(s) {', '.join(missing)}, which QGIS's Python cannot import. "
+        f"In QGIS: Plugins › AID-XAI › Install or update Python packages… (nothing else of QGIS changes). "
+        f"Without the desktop, with the Python QGIS uses: cd '{plugin_folder}' && python3 -m aid_xai_plugin.install "
+        f"(--cpu for the smaller CPU-only torch); it installs into the QGIS profile, where QGIS and qgis_process find them."
     )
