@@ -119,3 +119,32 @@ def test_layering_check_catches_upward_imports_and_circles(tmp_path, module, sou
     target.write_text(target.read_text(encoding="utf-8") + "\n" + source, encoding="utf-8")
     problems = layering_problems(str(copy))
     assert any(expected in problem for problem in problems), problems
+
+
+def _external_imports(path):
+    with open(path, encoding="utf-8") as stream:
+        tree = ast.parse(stream.read(), path)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            yield node.module
+        elif isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+
+
+@pytest.mark.parametrize("room", ["core", "install"])
+def test_the_qgis_free_rooms_import_neither_qgis_nor_qt(room):
+    """core/ runs in Dask workers and plain Python; install/ runs as `python -m aid_xai_plugin.install`
+    on a server, and in the dependency dialog's background task."""
+    found = []
+    for folder, _, files in os.walk(os.path.join(ROOT, PACKAGE, room)):
+        for name in files:
+            if name.endswith(".py"):
+                path = os.path.join(folder, name)
+                found += [f"{os.path.relpath(path, ROOT)}: {module}" for module in _external_imports(path) if module.split(".")[0] in ("qgis", "PyQt5", "PyQt6", "sip")]
+    assert found == []
+
+
+def test_the_installer_needs_nothing_of_the_plugin_but_itself():
+    graph = import_graph(os.path.join(ROOT, PACKAGE))
+    outside = {f"{module} -> {target}" for module, targets in graph.items() if module.startswith(f"{PACKAGE}.install") for target in targets if not target.startswith(f"{PACKAGE}.install")}
+    assert outside == set()

@@ -143,17 +143,43 @@ def test_cancel_ends_pip_and_installs_nothing(tmp_path):
     assert not target.exists() and os.listdir(target.parent) == []
 
 
-def test_activation_appends_the_folder_once_and_names_packages_needing_a_restart(tmp_path):
+def test_activation_puts_the_folder_first_once_and_names_packages_needing_a_restart(tmp_path):
     target = tmp_path / "deps"
-    (target / "json").mkdir(parents=True)  # a package of the same name as one already imported
+    (target / "json").mkdir(parents=True)  # a newer copy of a package this Python already imported
+    (target / "aidxai_fresh").mkdir()
+    (target / "aidxai_fresh" / "__init__.py").write_text("VALUE = 3\n")
     code = (
-        "import sys, json; from aid_xai_plugin.install.runner import activate, IMPORTS_OF_INTEREST;"
-        "import aid_xai_plugin.install.runner as r; r.IMPORTS_OF_INTEREST = ('json',);"
-        f"print(activate({str(target)!r}), activate({str(target)!r}), sys.path.count({str(target)!r}), sys.path[-1] == {str(target)!r})"
+        "import sys, json; from aid_xai_plugin.install.runner import activate;"
+        f"first = activate({str(target)!r}); second = activate({str(target)!r});"
+        "import aidxai_fresh;"
+        f"print(first, second, sys.path.count({str(target)!r}), sys.path[0] == {str(target)!r}, aidxai_fresh.VALUE)"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
-    assert done.stdout.strip() == "['json'] ['json'] 1 True", done.stderr
+    assert done.stdout.strip() == "['json'] ['json'] 1 True 3", done.stderr
     assert activate(tmp_path / "missing") == []
+
+
+def test_what_qgis_python_already_has_is_left_to_it(tmp_path):
+    """pip --target installs the whole tree; a package this Python has at an accepted version is
+    removed again (QGIS keeps its own), one it has too old for a requirement stays (and wins)."""
+    import importlib.metadata
+
+    import pytest as installed_pytest  # a distribution this Python has, at a known version
+
+    have = importlib.metadata.version("pytest")
+    wheels = tmp_path / "wheels"
+    make_wheel(wheels, "pytest", have, "VALUE = 'a copy'\n")
+    make_wheel(wheels, "aidxai_needs", "1.0", "VALUE = 1\n")
+    target = tmp_path / "deps" / "cp-test"
+    log = []
+    install(InstallPlan(python=sys.executable, target=target, requirements=("aidxai_needs==1.0", f"pytest=={have}"), wheels=wheels), log.append)
+    assert sorted(name for name in os.listdir(target) if not name.endswith(".json")) == ["aidxai_needs", f"aidxai_needs-1.0.dist-info"]
+    assert installed_record(target)["left_to_qgis_python"] == [f"pytest {have}"] and any("keeps using its own: pytest" in line for line in log)
+    newer = "999.0"
+    make_wheel(wheels, "pytest", newer, "VALUE = 'newer'\n")
+    install(InstallPlan(python=sys.executable, target=target, requirements=(f"pytest=={newer}",), wheels=wheels), log.append)
+    assert (target / "pytest" / "__init__.py").exists() and installed_record(target)["left_to_qgis_python"] == []
+    assert installed_pytest.__file__ and not installed_pytest.__file__.startswith(str(target))
 
 
 def test_headless_install_with_qgis_python(tmp_path):

@@ -11,4 +11,4 @@ Layers, lowest first; a module imports only from its own package and from lower 
   3  pipelines/  tiles → per-tile work → sinks: classify, explain, explanation quality
 """
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"

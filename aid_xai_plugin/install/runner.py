@@ -1,8 +1,15 @@
 """Run pip for an InstallPlan: into a staging folder, then renamed into place, so a failed or
 cancelled install never leaves a half-filled dependencies folder; afterwards the folder goes on
-sys.path (its end: QGIS's own packages keep priority)."""
+sys.path.
+
+pip's `--target` installs the whole dependency tree, also what QGIS's Python already has. What QGIS's
+Python satisfies (every compiled package, pinned to its installed version, and any other package at a
+version every requirement accepts) is removed from the folder again, so QGIS keeps using its own. What
+stays is what QGIS's Python lacks or has too old (e.g. Debian 12's sympy 1.11 where torch needs 1.13):
+the folder goes first on sys.path so those newer versions are the ones imported."""
 
 import importlib
+import importlib.metadata
 import json
 import os
 import shutil
@@ -15,7 +22,6 @@ from datetime import datetime, timezone
 from .plan import shown_arguments
 
 RECORD = "aid_xai-install.json"  # what was installed, for the dialog's "installed / upgrade" line
-IMPORTS_OF_INTEREST = ("torch", "torchvision", "shap", "cv2", "onnx", "onnxruntime", "dask", "distributed")
 
 
 class InstallFailed(RuntimeError):
@@ -74,12 +80,16 @@ def install(plan, log=print, cancelled=lambda: False):
         code, lines = run_pip(plan.pip_arguments(staging), log, cancelled)
         if code != 0:
             raise InstallFailed(f"pip could not install the packages: {_failure_line(lines)}")
+        kept_from_qgis = drop_what_qgis_python_has(staging, plan.requirements, target.parent)
+        if kept_from_qgis:
+            log(f"QGIS's Python already has {len(kept_from_qgis)} of these at suitable versions; it keeps using its own: {', '.join(kept_from_qgis)}")
         record = {
             "installed": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "python": sys.version.split()[0] if plan.python == sys.executable else plan.python,
             "torch_build": plan.torch_build.name,
             "requirements": list(plan.requirements),
             "offline_wheels": str(plan.wheels) if plan.wheels else None,
+            "left_to_qgis_python": kept_from_qgis,
         }
         (staging / RECORD).write_text(json.dumps(record, indent=1), encoding="utf-8")
         previous = target.with_name(f"{target.name}.previous-{os.getpid()}")
@@ -101,19 +111,66 @@ def installed_record(target):
         return None
 
 
+def _packaging():
+    try:
+        from packaging.requirements import Requirement
+        from packaging.utils import canonicalize_name
+    except ImportError:  # QGIS's Python without `packaging`: pip always carries a copy
+        from pip._vendor.packaging.requirements import Requirement
+        from pip._vendor.packaging.utils import canonicalize_name
+    return Requirement, canonicalize_name
+
+
+def drop_what_qgis_python_has(staging, requirements, dependencies_root):
+    """Remove from `staging` each distribution that this Python (its sys.path without the plugin's
+    dependency folders) already has at a version every requirement of the installed set accepts.
+    Returns their names."""
+    Requirement, canonical = _packaging()
+    staged = {canonical(d.metadata["Name"]): d for d in importlib.metadata.distributions(path=[str(staging)])}
+    elsewhere = [entry for entry in sys.path if entry and not os.path.abspath(entry).startswith(os.path.abspath(dependencies_root))]
+    present = {}
+    for distribution in importlib.metadata.distributions(path=elsewhere):
+        present.setdefault(canonical(distribution.metadata["Name"]), distribution.version)
+    wanted = {}
+    for line in [*requirements, *(requirement for d in staged.values() for requirement in (d.requires or ()))]:
+        requirement = Requirement(line)
+        try:
+            if requirement.marker is not None and not requirement.marker.evaluate({"extra": ""}):
+                continue
+        except Exception:  # noqa: BLE001 - a marker this Python cannot evaluate: count the requirement
+            pass
+        wanted.setdefault(canonical(requirement.name), []).append(requirement.specifier)
+    dropped = []
+    for name, distribution in sorted(staged.items()):
+        version = present.get(name)
+        if version is not None and all(specifier.contains(version, prereleases=True) for specifier in wanted.get(name, [])):
+            dropped.append(f"{distribution.metadata['Name']} {version}")
+            for file in distribution.files or ():
+                path = distribution.locate_file(file)
+                if os.path.isfile(path):
+                    os.remove(path)
+    for folder, _, _ in os.walk(staging, topdown=False):  # folders the removals emptied (.dist-info too)
+        if folder != str(staging) and not os.listdir(folder):
+            os.rmdir(folder)
+    return dropped
+
+
 def activate(target):
-    """Put an installed dependencies folder on sys.path (once, at its end). Returns the names among
-    the plugin's packages that were already imported from elsewhere: those need a QGIS restart."""
+    """Put an installed dependencies folder first on sys.path (once). Returns the top-level packages
+    in it that were already imported from elsewhere: Python keeps those until QGIS restarts."""
     folder = str(target)
     if not os.path.isdir(folder):
         return []
-    if folder not in sys.path:
-        sys.path.append(folder)
-        importlib.invalidate_caches()
+    if folder in sys.path:
+        sys.path.remove(folder)
+    sys.path.insert(0, folder)
+    importlib.invalidate_caches()
     stale = []
-    for name in IMPORTS_OF_INTEREST:
+    for name in sorted(os.listdir(folder)):
+        if name.startswith("_"):  # private helpers (setuptools' _distutils_hack, …) no caller imports by name
+            continue
         module = sys.modules.get(name)
         location = getattr(module, "__file__", None) or ""
-        if module is not None and not location.startswith(folder) and os.path.exists(os.path.join(folder, name)):
+        if module is not None and os.path.isdir(os.path.join(folder, name)) and not location.startswith(folder):
             stale.append(name)
     return stale
