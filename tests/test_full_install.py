@@ -1,8 +1,8 @@
 """`make test-install`: a clean QGIS profile, the plugin zip, QGIS's Python without torch; the
 dependency dialog (opened from the message bar) installs the full pinned set — PyTorch's CPU-only
 torch where that index is reachable, PyPI's otherwise — and synthetic mosaic → classify → explain then
-run from their Processing dialogs in the same QGIS, without a restart. Downloads 0.4–3.2 GB, so it is
-not part of `make test`; its time and disk use go to build/full-install/figures.json."""
+run from their Processing dialogs in the same QGIS, without a restart. Downloads 0.4–3.2 GB, so only
+`make test-install` collects it (tests/conftest.py); its time and disk use go to build/full-install/figures.json."""
 
 import json
 import os
@@ -16,7 +16,6 @@ from test_desktop_install import run_install_session
 OUT = os.path.join(ROOT, "build", "full-install")
 
 pytestmark = [
-    pytest.mark.skipif(os.environ.get("AID_XAI_FULL_INSTALL") != "1", reason="downloads and installs torch & co. (0.4–3.2 GB): run `make test-install`"),
     pytest.mark.skipif(not (shutil.which("xvfb-run") and shutil.which("qgis")), reason="needs xvfb-run and qgis"),
     pytest.mark.timeout(3600),
 ]
