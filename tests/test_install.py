@@ -212,3 +212,29 @@ def test_the_pins_keep_qgis_pythons_numpy():
     in_venv = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "system_constraints.py")], capture_output=True, text=True)
     if sys.prefix != sys.base_prefix:
         assert in_venv.returncode != 0 and "not from a virtual environment" in in_venv.stderr
+
+
+def test_pip_goes_through_qgis_proxy_settings(qgis_app):
+    """Settings › Options › Network › proxy becomes pip's --proxy; SOCKS is left to the system."""
+    from qgis.core import QgsSettings
+
+    from aid_xai_plugin.gui.dependency_dialog import qgis_proxy
+
+    settings = QgsSettings()
+    keys = ("proxy/proxyEnabled", "proxy/proxyType", "proxy/proxyHost", "proxy/proxyPort", "proxy/proxyUser", "proxy/proxyPassword")
+    saved = {key: settings.value(key) for key in keys if settings.contains(key)}
+    try:
+        settings.setValue("proxy/proxyEnabled", False)
+        assert qgis_proxy() is None
+        for key, value in zip(keys, (True, "HttpProxy", "proxy.example", "3128", "ana", "s3cret")):
+            settings.setValue(key, value)
+        assert qgis_proxy() == "http://ana:s3cret@proxy.example:3128"
+        settings.setValue("proxy/proxyUser", "")
+        assert qgis_proxy() == "http://proxy.example:3128"
+        settings.setValue("proxy/proxyType", "Socks5Proxy")
+        assert qgis_proxy() is None
+    finally:
+        for key in keys:
+            settings.remove(key)
+        for key, value in saved.items():
+            settings.setValue(key, value)
