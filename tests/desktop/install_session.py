@@ -85,7 +85,7 @@ def install_plugin_from_zip():
     plugin = qgis.utils.plugins.get("aid_xai")
     REPORT["plugin_active"] = "aid_xai" in qgis.utils.active_plugins
     REPORT["plugin_file"] = sys.modules[type(plugin).__module__].__file__ if plugin else None
-    REPORT["plugins_folder"] = qgis.utils.home_plugin_path
+    REPORT["plugins_folder"] = os.path.join(QgsApplication.qgisSettingsDirPath(), "python", "plugins")
     REPORT["provider_loaded"] = QgsApplication.processingRegistry().providerById("aid_xai") is not None
     REPORT["torch_importable"] = importlib.util.find_spec("torch") is not None
     return plugin
