@@ -111,25 +111,29 @@ def _imports_from(target, code):
     return done.returncode, done.stdout.strip() + done.stderr.strip()
 
 
+# The runs below use this venv's Python, which cannot pin QGIS's packages (pins refuse a venv):
+# pin_qgis_python=False. The headless and desktop tests install with QGIS's Python, pins included.
+
+
 def test_a_real_offline_install_lands_whole_and_a_failed_one_changes_nothing(tmp_path):
     wheels = tmp_path / "wheels"
     make_wheel(wheels, "aidxai_probe", "1.0", "VALUE = 1\n")
     make_wheel(wheels, "aidxai_probe", "2.0", "VALUE = 2\n")
     target = tmp_path / "profile" / "aid_xai" / "deps" / "cp-test"
     log = []
-    plan = InstallPlan(python=sys.executable, target=target, requirements=("aidxai_probe==1.0",), wheels=wheels)
+    plan = InstallPlan(python=sys.executable, target=target, requirements=("aidxai_probe==1.0",), wheels=wheels, pin_qgis_python=False)
     assert install(plan, log.append) == target
     assert _imports_from(target, "import aidxai_probe; print(aidxai_probe.VALUE)") == (0, "1")
     assert installed_record(target)["requirements"] == ["aidxai_probe==1.0"] and (target / RECORD).exists()
     assert log[0].startswith("$ ") and "--no-index" in log[0] and any("Successfully installed aidxai_probe-1.0" in line for line in log)
 
     # an upgrade replaces the folder whole
-    install(InstallPlan(python=sys.executable, target=target, requirements=("aidxai_probe==2.0",), wheels=wheels), log.append)
+    install(InstallPlan(python=sys.executable, target=target, requirements=("aidxai_probe==2.0",), wheels=wheels, pin_qgis_python=False), log.append)
     assert _imports_from(target, "import aidxai_probe; print(aidxai_probe.VALUE)") == (0, "2")
 
     # a requirement pip cannot satisfy: one readable line; the installed version is untouched
     with pytest.raises(InstallFailed, match=r"^pip could not install the packages: .*aidxai_probe==3.0"):
-        install(InstallPlan(python=sys.executable, target=target, requirements=("aidxai_probe==3.0",), wheels=wheels), log.append)
+        install(InstallPlan(python=sys.executable, target=target, requirements=("aidxai_probe==3.0",), wheels=wheels, pin_qgis_python=False), log.append)
     assert _imports_from(target, "import aidxai_probe; print(aidxai_probe.VALUE)") == (0, "2")
     assert sorted(os.listdir(target.parent)) == ["cp-test"]  # no staging or previous folder left
 
@@ -139,7 +143,7 @@ def test_cancel_ends_pip_and_installs_nothing(tmp_path):
     make_wheel(wheels, "aidxai_probe", "1.0", "VALUE = 1\n")
     target = tmp_path / "deps" / "cp-test"
     with pytest.raises(InstallCancelled, match="cancelled; nothing was installed"):
-        install(InstallPlan(python=sys.executable, target=target, requirements=("aidxai_probe==1.0",), wheels=wheels), lambda line: None, cancelled=lambda: True)
+        install(InstallPlan(python=sys.executable, target=target, requirements=("aidxai_probe==1.0",), wheels=wheels, pin_qgis_python=False), lambda line: None, cancelled=lambda: True)
     assert not target.exists() and os.listdir(target.parent) == []
 
 
@@ -172,12 +176,12 @@ def test_what_qgis_python_already_has_is_left_to_it(tmp_path):
     make_wheel(wheels, "aidxai_needs", "1.0", "VALUE = 1\n")
     target = tmp_path / "deps" / "cp-test"
     log = []
-    install(InstallPlan(python=sys.executable, target=target, requirements=("aidxai_needs==1.0", f"pytest=={have}"), wheels=wheels), log.append)
+    install(InstallPlan(python=sys.executable, target=target, requirements=("aidxai_needs==1.0", f"pytest=={have}"), wheels=wheels, pin_qgis_python=False), log.append)
     assert sorted(name for name in os.listdir(target) if not name.endswith(".json")) == ["aidxai_needs", f"aidxai_needs-1.0.dist-info"]
     assert installed_record(target)["left_to_qgis_python"] == [f"pytest {have}"] and any("keeps using its own: pytest" in line for line in log)
     newer = "999.0"
     make_wheel(wheels, "pytest", newer, "VALUE = 'newer'\n")
-    install(InstallPlan(python=sys.executable, target=target, requirements=(f"pytest=={newer}",), wheels=wheels), log.append)
+    install(InstallPlan(python=sys.executable, target=target, requirements=(f"pytest=={newer}",), wheels=wheels, pin_qgis_python=False), log.append)
     assert (target / "pytest" / "__init__.py").exists() and installed_record(target)["left_to_qgis_python"] == []
     assert installed_pytest.__file__ and not installed_pytest.__file__.startswith(str(target))
 

@@ -4,7 +4,6 @@ Cancel, then puts the folder on sys.path so the algorithms work without a restar
 (a package already imported from elsewhere needs one, and the dialog says so)."""
 
 import os
-import tempfile
 from pathlib import Path
 
 from qgis.core import QgsApplication, QgsSettings
@@ -22,8 +21,7 @@ from qgis.PyQt.QtWidgets import (
 
 from ..core.common.dependencies import missing_packages
 from ..install.interpreter import InterpreterNotFound, qgis_python
-from ..install.pins import system_constraints_text
-from ..install.plan import CONSTRAINTS_FILE, DOWNLOAD_MB, InstallPlan, TorchBuild, dependencies_folder, nvidia_driver_present, read_requirements
+from ..install.plan import DOWNLOAD_MB, InstallPlan, TorchBuild, dependencies_folder, nvidia_driver_present, plugin_constraints, read_requirements
 from ..install.runner import activate, installed_record
 from .install_task import InstallTask
 
@@ -56,7 +54,6 @@ class DependencyDialog(QDialog):
         self.requirements = tuple(requirements) if requirements is not None else read_requirements()
         self.target = Path(target) if target else profile_dependencies_folder()
         self.task = None
-        self.constraints_folder = None
 
         self.status = QLabel()
         self.status.setWordWrap(True)
@@ -121,15 +118,11 @@ class DependencyDialog(QDialog):
         wheels = self.wheels.filePath().strip()
         if wheels and not os.path.isdir(wheels):
             raise ValueError(f"The wheels folder '{wheels}' does not exist: choose a folder of .whl files or leave it empty.")
-        self.constraints_folder = tempfile.TemporaryDirectory(prefix="aid_xai_pins_")
-        pins = Path(self.constraints_folder.name) / "qgis-constraints.txt"
-        pins.write_text(system_constraints_text(), encoding="utf-8")
-        constraints = (pins, CONSTRAINTS_FILE) if CONSTRAINTS_FILE.is_file() else (pins,)
         return InstallPlan(
             python=qgis_python(),
             target=self.target,
             requirements=self.requirements,
-            constraints=constraints,
+            constraints=plugin_constraints(),
             torch_build=self.build.currentData(),
             wheels=Path(wheels) if wheels else None,
             proxy=qgis_proxy(),
@@ -171,9 +164,6 @@ class DependencyDialog(QDialog):
     def finish(self, succeeded, outcome):
         self.set_running(False)
         self.task = None
-        if self.constraints_folder is not None:
-            self.constraints_folder.cleanup()
-            self.constraints_folder = None
         if succeeded:
             stale = activate(self.target)
             self.progress.setValue(1)

@@ -11,12 +11,11 @@ at start-up: <profile>/aid_xai/deps/<ABI>.
 import argparse
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 from .interpreter import InterpreterNotFound, ensure_pip
-from .pins import VirtualEnvironmentError, system_constraints_text
-from .plan import CONSTRAINTS_FILE, DOWNLOAD_MB, REQUIREMENTS_FILE, InstallPlan, TorchBuild, dependencies_folder, read_requirements
+from .pins import VirtualEnvironmentError
+from .plan import DOWNLOAD_MB, REQUIREMENTS_FILE, InstallPlan, TorchBuild, dependencies_folder, plugin_constraints, read_requirements
 from .runner import InstallFailed, install
 
 
@@ -60,19 +59,16 @@ def main(argv=None):
     target = options.target or dependencies_folder(options.profile or default_profile())
     try:
         ensure_pip(sys.executable)
-        with tempfile.TemporaryDirectory(prefix="aid_xai_pins_") as folder:
-            pins = Path(folder) / "qgis-constraints.txt"
-            pins.write_text(system_constraints_text(), encoding="utf-8")
-            plan = InstallPlan(
-                python=sys.executable,
-                target=target,
-                requirements=read_requirements(options.requirement),
-                constraints=(pins, CONSTRAINTS_FILE) if CONSTRAINTS_FILE.is_file() else (pins,),
-                torch_build=TorchBuild.CPU if options.cpu else TorchBuild.CUDA if options.cuda else TorchBuild.PYPI,
-                wheels=options.wheels,
-                proxy=options.proxy,
-            )
-            install(plan)
+        plan = InstallPlan(
+            python=sys.executable,
+            target=target,
+            requirements=read_requirements(options.requirement),
+            constraints=plugin_constraints(),
+            torch_build=TorchBuild.CPU if options.cpu else TorchBuild.CUDA if options.cuda else TorchBuild.PYPI,
+            wheels=options.wheels,
+            proxy=options.proxy,
+        )
+        install(plan)
     except (InterpreterNotFound, VirtualEnvironmentError, InstallFailed) as error:
         sys.exit(f"AID-XAI: {error}")
     except KeyboardInterrupt:

@@ -18,6 +18,11 @@ REQUIREMENTS_FILE = PLUGIN_ROOT / "requirements.txt"
 CONSTRAINTS_FILE = PLUGIN_ROOT / "constraints.txt"
 
 
+def plugin_constraints():
+    """The plugin's own constraints file, where the plugin folder has it."""
+    return (CONSTRAINTS_FILE,) if CONSTRAINTS_FILE.is_file() else ()
+
+
 class TorchBuild(enum.Enum):
     """Which torch wheels pip may choose (a drop-down in the dialog, --cpu/--cuda on the command line)."""
 
@@ -63,7 +68,8 @@ class InstallPlan:
     python: str
     target: Path
     requirements: tuple = field(default_factory=read_requirements)
-    constraints: tuple = ()  # constraint files (QGIS's pins, the plugin's constraints.txt)
+    constraints: tuple = ()  # constraint files besides QGIS's own pins (the plugin's constraints.txt)
+    pin_qgis_python: bool = True  # also pin this Python's compiled packages as installed (install() writes them)
     torch_build: TorchBuild = TorchBuild.PYPI
     wheels: Path = None  # a folder of wheels: install offline from it alone
     proxy: str = None  # http://[user:password@]host:port, from QGIS's network settings

@@ -8,6 +8,7 @@ version every requirement accepts) is removed from the folder again, so QGIS kee
 stays is what QGIS's Python lacks or has too old (e.g. Debian 12's sympy 1.11 where torch needs 1.13):
 the folder goes first on sys.path so those newer versions are the ones imported."""
 
+import dataclasses
 import importlib
 import importlib.metadata
 import json
@@ -15,10 +16,14 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from datetime import datetime, timezone
 
+from pathlib import Path
+
+from .pins import system_constraints_text
 from .plan import shown_arguments
 
 RECORD = "aid_xai-install.json"  # what was installed, for the dialog's "installed / upgrade" line
@@ -76,7 +81,12 @@ def install(plan, log=print, cancelled=lambda: False):
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = target.with_name(f"{target.name}.partial-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
+    pins_folder = tempfile.TemporaryDirectory(prefix="aid_xai_pins_")
     try:
+        if plan.pin_qgis_python:  # here, in the caller's (background) thread: it scans the site folders
+            pins = Path(pins_folder.name) / "qgis-constraints.txt"
+            pins.write_text(system_constraints_text(), encoding="utf-8")
+            plan = dataclasses.replace(plan, constraints=(pins, *plan.constraints))
         code, lines = run_pip(plan.pip_arguments(staging), log, cancelled)
         if code != 0:
             raise InstallFailed(f"pip could not install the packages: {_failure_line(lines)}")
@@ -101,6 +111,7 @@ def install(plan, log=print, cancelled=lambda: False):
         return target
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        pins_folder.cleanup()
 
 
 def installed_record(target):
