@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from bench_engine import bench_classifier  # noqa: E402
 
-from aid_xai_plugin.core.explain.region_plan import fold_batch_norms  # noqa: E402
+from aid_xai_plugin.core.explain.traced_graph import traced_for_inference  # noqa: E402
 
 
 def best_ms_per_tile(function, batch, repeats):
@@ -58,7 +58,7 @@ def main():
         generator = torch.Generator().manual_seed(0)
         batch = ((torch.rand((arguments.batch, 3, size, size), generator=generator).to(arguments.device) - classifier.mean) / classifier.std).contiguous()
         channels_last = batch.contiguous(memory_format=torch.channels_last)
-        folded = fold_batch_norms(torch.fx.symbolic_trace(copy.deepcopy(module)))
+        folded = traced_for_inference(module, arguments.device)
         folded_last = copy.deepcopy(folded).to(memory_format=torch.channels_last)
         module_last = copy.deepcopy(module).to(memory_format=torch.channels_last)
         with torch.no_grad():

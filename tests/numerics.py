@@ -32,8 +32,7 @@ import pickle
 import numpy as np
 
 from aid_xai_plugin.core.explain import exact_engine, fast_engine
-from aid_xai_plugin.core.explain.box_painter import BoxPainter
-from aid_xai_plugin.core.explain.exact_engine import ExactPartitionEngine
+from aid_xai_plugin.core.explain.exact_engine import ExactPartitionEngine, FullEvaluator
 from aid_xai_plugin.core.explain.partition import boxes_of
 
 # Each engine's float32 error may be this many times shap's: both round the same sums in float32, in
@@ -119,8 +118,8 @@ def tile_scores(raster_path, model_path, space="probability"):
     return as_raster(Float64Model(classifier).scores(tiles, space)), as_raster(classifier.predict_outputs(tiles, space))
 
 
-class Float64Painter(BoxPainter):
-    """The exact engine's painter with the model and its normalisation in float64: the same masked
+class Float64Evaluator(FullEvaluator):
+    """The exact engine's evaluator with the model and its normalisation in float64: the same masked
     tiles (composed exactly from the float32 tile and background), evaluated without float32 rounding."""
 
     def __init__(self, image_hwc, background_hwc, classifier, batch_size, output_space):
@@ -129,13 +128,13 @@ class Float64Painter(BoxPainter):
 
     def scores(self, box_lists):
         batches = range(0, len(box_lists), self.batch_size)
-        return np.concatenate([self.model64.scores_nchw(self.masked_tiles(box_lists[start : start + self.batch_size]), self.output_space) for start in batches])
+        return np.concatenate([self.model64.scores_nchw(self.painter.tiles(box_lists[start : start + self.batch_size]), self.output_space) for start in batches])
 
 
 class Float64ExactEngine(ExactPartitionEngine):
     """shap's traversal with every masked tile evaluated in float64: the reference."""
 
-    painter_type = Float64Painter
+    evaluator_type = Float64Evaluator
 
 
 class Traversal:

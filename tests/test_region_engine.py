@@ -6,17 +6,18 @@ import numpy as np
 import pytest
 import torch
 from helpers import in_memory_classifier, random_tile, random_torchvision_classifier
-from numerics import FLOOR_ULPS, ROUNDING_MULTIPLE, Float64Painter, assert_efficient, assert_within_float32_rounding, explain_recorded, float32_ulp, float64_yardstick
+from numerics import FLOOR_ULPS, ROUNDING_MULTIPLE, Float64Evaluator, assert_efficient, assert_within_float32_rounding, explain_recorded, float32_ulp, float64_yardstick
 from test_fast_engine import top_classes, two_threads  # noqa: F401 - the module's autouse fixture
 from torch import nn
 
-from aid_xai_plugin.core.explain.box_painter import BoxPainter, tile_and_background
-from aid_xai_plugin.core.explain.engine import ExplainSettings
+from aid_xai_plugin.core.explain.engine import ExplainSettings, tile_and_background
+from aid_xai_plugin.core.explain.exact_engine import FullEvaluator
 from aid_xai_plugin.core.explain.fast_engine import FastPartitionEngine
 from aid_xai_plugin.core.explain.partition import owen_node_values
-from aid_xai_plugin.core.explain.receptive_field import CannotSplit
 from aid_xai_plugin.core.explain.region_evaluator import RegionEvaluator
-from aid_xai_plugin.core.explain.region_plan import Geometry, make_plan
+from aid_xai_plugin.core.explain.geometry import Geometry
+from aid_xai_plugin.core.explain.layer_kinds import CannotSplit
+from aid_xai_plugin.core.explain.model_plan import make_plan
 from aid_xai_plugin.core.explain.shap_engine import ShapPartitionEngine
 
 NUM_CLASSES = 6
@@ -188,18 +189,18 @@ def test_every_incremental_evaluation_equals_a_full_one(family, shape, max_evals
     plan = make_plan(classifier.module, *shape, max_evals, "cpu")
     classes = np.arange(NUM_CLASSES)
     evaluator = RegionEvaluator(plan, image, background, classifier, classes, "logit")
-    painter = BoxPainter(image, background, classifier, 64, "logit")
-    painter64 = Float64Painter(image, background, classifier, 64, "logit")
+    full32 = FullEvaluator(image, background, classifier, 64, "logit")
+    full64 = Float64Evaluator(image, background, classifier, 64, "logit")
     root = (0, shape[0], 0, shape[1], 0, shape[2])
     (base, state), full = evaluator.start(root)
-    errors = {"fast": [np.abs(base - painter64.scores([None])[0]).max()], "shap": [np.abs(painter.scores([None])[0] - painter64.scores([None])[0]).max()]}
+    errors = {"fast": [np.abs(base - full64.scores([None])[0]).max()], "shap": [np.abs(full32.scores([None])[0] - full64.scores([None])[0]).max()]}
 
     def checking(requests):
         outputs, states = evaluator(requests)
         box_lists = [(box, visible) for visible, _, box, _ in requests]
-        expected = painter64.scores(box_lists)
+        expected = full64.scores(box_lists)
         errors["fast"].append(np.abs(outputs - expected).max())
-        errors["shap"].append(np.abs(painter.scores(box_lists) - expected).max())
+        errors["shap"].append(np.abs(full32.scores(box_lists) - expected).max())
         return outputs, states
 
     owen_node_values(checking, root, (base, state), full, max_evals, 128, np.random.RandomState(0))

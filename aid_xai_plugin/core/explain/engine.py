@@ -13,6 +13,7 @@ import re
 import numpy as np
 
 from ..common.errors import AidXaiError
+from .partition import lower_credit, masked_background
 
 
 @dataclasses.dataclass
@@ -74,3 +75,24 @@ class ExplanationEngine:
         """Model time of one evaluation on an H×W×C `shape` tile, relative to a full model call: what
         the automatic MAX_TILES limit prices a tile at."""
         return 1.0
+
+
+def needs_shap_masking(masker):
+    """Inpainting depends on the whole mask at once, so there is no box-painting shortcut: only shap
+    masks with it."""
+    mask_value = masker_value(masker)
+    return isinstance(mask_value, str) and mask_value.startswith("inpaint")
+
+
+def tile_and_background(image_hwc, settings):
+    """The tile as float32 and its masked background, or None for inpainting maskers (shap only)."""
+    if needs_shap_masking(settings.masker):
+        return None
+    image_hwc = np.asarray(image_hwc, dtype=np.float32)
+    return image_hwc, masked_background(image_hwc, masker_value(settings.masker))
+
+
+def explanation_from_nodes(node_values, root, image_hwc, base_all, full_all, indices):
+    """The TileExplanation of a traversal's credit per box (all-class base and full outputs)."""
+    values = lower_credit(node_values, root, image_hwc.shape, len(indices))
+    return TileExplanation(values=values, base_values=base_all[indices], output_values=full_all[indices], class_indices=indices)

@@ -10,31 +10,42 @@ RNG would be), so the same outputs give the same values.
 """
 
 import heapq
+import typing
 
 import numpy as np
 
 
-def box_size(box):
-    x0, x1, y0, y1, z0, z1 = box
-    return (x1 - x0) * (y1 - y0) * (z1 - z0)
+class Box(typing.NamedTuple):
+    """A box of shap's tree: rows [row0, row1), columns [col0, col1), bands [band0, band1) of the tile."""
+
+    row0: int
+    row1: int
+    col0: int
+    col1: int
+    band0: int
+    band1: int
+
+    @property
+    def size(self):
+        return (self.row1 - self.row0) * (self.col1 - self.col0) * (self.band1 - self.band0)
 
 
 def split_box(box):
     """The (left, right) children of a box as in shap's Image masker tree.
 
-    `_jit_build_partition_tree` halves the widest of rows/columns (channels last) with the smaller half
+    `_jit_build_partition_tree` halves the widest of rows/columns (bands last) with the smaller half
     on the left, but numbers its leaves in reverse flat order, so on the actual tile every box is
     mirrored on all three axes: the left child is the upper part, of width w // 2.
     """
-    x0, x1, y0, y1, z0, z1 = box
-    if x1 - x0 >= y1 - y0 and x1 - x0 > 1:
-        mid = x1 - (x1 - x0) // 2
-        return (mid, x1, y0, y1, z0, z1), (x0, mid, y0, y1, z0, z1)
-    if y1 - y0 > 1:
-        mid = y1 - (y1 - y0) // 2
-        return (x0, x1, mid, y1, z0, z1), (x0, x1, y0, mid, z0, z1)
-    mid = z1 - (z1 - z0) // 2
-    return (x0, x1, y0, y1, mid, z1), (x0, x1, y0, y1, z0, mid)
+    row0, row1, col0, col1, band0, band1 = box
+    if row1 - row0 >= col1 - col0 and row1 - row0 > 1:
+        mid = row1 - (row1 - row0) // 2
+        return Box(mid, row1, col0, col1, band0, band1), Box(row0, mid, col0, col1, band0, band1)
+    if col1 - col0 > 1:
+        mid = col1 - (col1 - col0) // 2
+        return Box(row0, row1, mid, col1, band0, band1), Box(row0, row1, col0, mid, band0, band1)
+    mid = band1 - (band1 - band0) // 2
+    return Box(row0, row1, col0, col1, mid, band1), Box(row0, row1, col0, col1, band0, mid)
 
 
 def boxes_of(visible):
@@ -80,6 +91,7 @@ def owen_node_values(evaluate, root, base, full, max_evals, batch_size, random_s
     Queued nodes that can no longer be expanded drop their states (see forget_unreachable_states),
     and so do the least urgent ones beyond `evaluate.max_states` if the evaluator sets it."""
     node_values = {}
+    root = Box(*root)
     f00, state00 = base
     queue = [(0, 0, 0, (None, state00, f00, full, root, 1.0))]
     pushes = 1
@@ -100,7 +112,7 @@ def owen_node_values(evaluate, root, base, full, max_evals, batch_size, random_s
         requests = []
         while queue and len(requests) < batch_size and eval_count + len(requests) < max_evals:
             visible, state, f00, f11, box, weight = heapq.heappop(queue)[3]
-            if box_size(box) == 1:
+            if box.size == 1:
                 node_values[box] = node_values.get(box, 0.0) + (f11 - f00) * weight
                 continue
             left, right = split_box(box)
@@ -138,7 +150,7 @@ def forget_unreachable_states(queue, evaluations_left, keep=None):
     with (evaluations_left + 1) // 2 or more expandable nodes ahead of it never will be. With `keep`,
     only the first `keep` nodes keep their states (the evaluator then evaluates a node without one in
     full). Keys (and so the traversal) stay as they are."""
-    expandable = [(item[0], item[1], item[2], index) for index, item in enumerate(queue) if item[3][1] is not None and box_size(item[3][4]) > 1]
+    expandable = [(item[0], item[1], item[2], index) for index, item in enumerate(queue) if item[3][1] is not None and item[3][4].size > 1]
     reachable = (evaluations_left + 1) // 2 if keep is None else min((evaluations_left + 1) // 2, keep)
     if len(expandable) <= reachable:
         return
@@ -153,17 +165,17 @@ def lower_credit(node_values, root, shape, num_outputs):
     `total * child size / size`. Boxes never expanded are spread by the same recursion, level by
     level over arrays of boxes, so every pixel's value is the same float64 product chain as shap's."""
     values = np.zeros(tuple(shape) + (num_outputs,), dtype=np.float64)
-    stack = [(root, np.zeros(num_outputs))]
+    stack = [(Box(*root), np.zeros(num_outputs))]
     unexpanded = []
     while stack:
         box, inherited = stack.pop()
         total = node_values.get(box, 0.0) + inherited
-        children = split_box(box) if box_size(box) > 1 else None
+        children = split_box(box) if box.size > 1 else None
         if children is None or children[0] not in node_values:
             unexpanded.append((box, total))
             continue
         for child in children:
-            stack.append((child, total * box_size(child) / box_size(box)))
+            stack.append((child, total * child.size / box.size))
     if unexpanded:
         boxes = np.array([box for box, _ in unexpanded], dtype=np.int64)
         totals = np.array([total for _, total in unexpanded], dtype=np.float64).reshape(len(unexpanded), num_outputs)
@@ -192,9 +204,9 @@ def _spread_evenly(values, boxes, totals):
 
 def _split_boxes(boxes):
     """split_box for an N×6 array of boxes (each of size > 1): (left, right) arrays."""
-    x0, x1, y0, y1, z0, z1 = boxes.T
-    rows = (x1 - x0 >= y1 - y0) & (x1 - x0 > 1)
-    cols = ~rows & (y1 - y0 > 1)
+    row0, row1, col0, col1 = boxes.T[:4]
+    rows = (row1 - row0 >= col1 - col0) & (row1 - row0 > 1)
+    cols = ~rows & (col1 - col0 > 1)
     bands = ~rows & ~cols
     left, right = boxes.copy(), boxes.copy()
     for axis, chosen in ((0, rows), (2, cols), (4, bands)):

@@ -1,4 +1,4 @@
-"""Incremental evaluation of masked tiles for any planned CNN (`region_plan.py`).
+"""Incremental evaluation of masked tiles for a regional plan (`model_plan.py`) of any traceable CNN.
 
 Every request of shap's traversal is a context (an evaluated masked tile) plus one revealed box, so
 in each planned layer only the cells the box reaches change. Those cells are recomputed from the
@@ -13,8 +13,9 @@ What a context keeps (its `ContextState`) is small:
   from which any context's full frontier map is rebuilt when it is needed.
 
 Requests are grouped by the shape of their box so a whole group runs each layer in one call, on
-windows of one size (cells outside a request's exact changed region are computed but never used). Where revealing a box changes no input value, the request reuses its context's
-outputs and state, so shap's exact priority ties survive.
+windows of one size (cells outside a request's exact changed region are computed but never used).
+Where revealing a box changes no input value, the request reuses its context's outputs and state,
+so shap's exact priority ties survive.
 """
 
 import dataclasses
@@ -22,8 +23,10 @@ import dataclasses
 import numpy as np
 
 from ..ml.classifier import outputs_from_logits
-from .partition import box_tensor
-from .region_plan import NCHW, exact_regions, layer_users, needed_by_users, uniform_windows
+from .box_painter import BoxPainter
+from .geometry import exact_regions, layer_users, needed_by_users, uniform_windows
+from .layer_kinds import NCHW
+from .region_layers import Group, pointwise_layer, window_layer
 
 MAPS_PER_REST_CALL = 64  # frontier maps per call of the full part (bounds its activations)
 TILES_PER_FULL_CALL = 16
@@ -66,7 +69,7 @@ class RegionEvaluator:
         self.changes = np.asarray(image_hwc != background_hwc)  # where revealing changes the input
         self.image = classifier.normalised_chw(image_hwc)
         self.background = classifier.normalised_chw(background_hwc)
-        self.bands, self.height, self.width = self.image.shape
+        self.painter = BoxPainter(self.image.permute(1, 2, 0), self.background.permute(1, 2, 0), self.device)
         self.executed_flops = 0.0
         self.evaluations = 0
         self.full_evaluations = 0  # requests evaluated in full because their context's state was dropped
@@ -88,18 +91,9 @@ class RegionEvaluator:
         """All-class outputs of whole normalised tiles (N×C×H×W), with the maps of the stored and
         frontier layers."""
         torch = self.torch
-        wanted = {self.layers[position].node: position for position in set(self.stored) | set(self.plan.frontier)}
-        captured = {}
-
-        class Recorder(torch.fx.Interpreter):
-            def run_node(self, node):
-                result = super().run_node(node)
-                if node in wanted:
-                    captured[wanted[node]] = result
-                return result
-
         with torch.inference_mode():
-            logits = Recorder(self.plan.graph).run(tiles)
+            logits, *maps = self.plan.with_maps(tiles)
+        captured = dict(zip(self.plan.mapped, maps))
         self.executed_flops += len(tiles) * self.plan.full_flops
         return outputs_from_logits(logits, self.output_space).astype(np.float64), captured
 
@@ -119,11 +113,7 @@ class RegionEvaluator:
         return np.concatenate([self._evaluate_chunk_in_full(members[start : start + TILES_PER_FULL_CALL], states) for start in range(0, len(members), TILES_PER_FULL_CALL)])
 
     def _evaluate_chunk_in_full(self, members, states):
-        height, width = self.height, self.width
-        group = _Group(self, members, None, None)
-        rows = np.ascontiguousarray(np.broadcast_to(np.arange(height), (len(members), height)))
-        cols = np.ascontiguousarray(np.broadcast_to(np.arange(width), (len(members), width)))
-        outputs, captured = self._full(group._paint(rows, cols))
+        outputs, captured = self._full(self.painter.tiles([(box, visible) for _, visible, _, box, _ in members]))
         sibling_exact = exact_regions(self.layers, np.array([member[4] for member in members], dtype=np.int64))
         needed = {position: needed_by_users(self.layers, self.users, position, sibling_exact) for position in self.stored}
         for index, (request, *_) in enumerate(members):
@@ -148,10 +138,10 @@ class RegionEvaluator:
         states = [None] * len(requests)
         groups, unknown = {}, []
         for position, (visible, state, box, sibling) in enumerate(requests):
-            x0, x1, y0, y1, z0, z1 = box
+            row0, row1, col0, col1, band0, band1 = box
             if state is None:
                 unknown.append((position, visible, state, box, sibling))
-            elif not self.changes[x0:x1, y0:y1, z0:z1].any():
+            elif not self.changes[row0:row1, col0:col1, band0:band1].any():
                 outputs[position], states[position] = state.outputs, state  # nothing changes: exactly the context
             else:
                 groups.setdefault((box[1] - box[0], box[3] - box[2]), []).append((position, visible, state, box, sibling))
@@ -200,7 +190,7 @@ class RegionEvaluator:
         siblings = np.array([member[4] for member in members], dtype=np.int64)
         exact = exact_regions(self.layers, boxes)
         windows = [uniform_windows(starts, stops, layer.size) for layer, (starts, stops) in zip(self.layers, exact)]
-        group = _Group(self, members, exact, windows)
+        group = Group(self, members, exact, windows)
         sibling_exact = exact_regions(self.layers, siblings)
         values = [None] * len(self.layers)
         member_windows = [{} for _ in members]
@@ -218,9 +208,9 @@ class RegionEvaluator:
                     rows_in = (height - 1) * layer.rows.stride + layer.rows.reach + 1
                     cols_in = (width - 1) * layer.cols.stride + layer.cols.reach + 1
                     window = group.assemble(source, values, row_starts, rows_in, col_starts, cols_in, layer.pad_value)
-                    values[position] = self._window_layer(layer, window)
+                    values[position] = window_layer(self.modules[layer.node.target], window)
                 else:
-                    values[position] = self._pointwise_layer(layer, position, group, values)
+                    values[position] = pointwise_layer(self, layer, position, group, values)
                 if layer.flops:
                     self.executed_flops += layer.flops * count * height * width / (layer.size[0] * layer.size[1])
                 for source in layer.inputs:  # keep a layer's batch only as long as something reads it
@@ -268,122 +258,3 @@ class RegionEvaluator:
             for delta_position, r0, r1, c0, c1, region in deltas:
                 if delta_position == position:
                     target[_region_index(layout, r0, r1, c0, c1)] = region
-
-    def _window_layer(self, layer, window):
-        """A convolution or pooling on an assembled window whose padding is already in place."""
-        functional = self.torch.nn.functional
-        module = self.modules[layer.node.target]
-        kind = type(module).__name__
-        if kind == "Conv2d":
-            return functional.conv2d(window, module.weight, module.bias, module.stride, 0, module.dilation, module.groups)
-        if kind == "MaxPool2d":
-            return functional.max_pool2d(window, module.kernel_size, module.stride or module.kernel_size, 0, module.dilation)
-        return functional.avg_pool2d(window, module.kernel_size, module.stride or module.kernel_size, 0)
-
-    def _pointwise_layer(self, layer, position, group, values):
-        """An element-wise layer on its inputs' values over this layer's region."""
-        torch = self.torch
-        node = layer.node
-        (height, width), offsets = group.windows[position]
-        environment = {}
-        for source in layer.inputs:
-            source_size, source_offsets = group.windows[source]
-            same_cells = all(np.array_equal(mine, theirs) for mine, theirs in zip(group.exact[position], group.exact[source]))
-            if source_size == (height, width) and np.array_equal(source_offsets, offsets) and same_cells and self.layers[source].kind != "input":
-                environment[self.layers[source].node] = values[source]
-            else:
-                window = group.assemble(source, values, offsets[:, 0], height, offsets[:, 1], width, 0.0)
-                if self.layers[source].layout != NCHW:
-                    window = window.permute(0, 2, 3, 1)
-                environment[self.layers[source].node] = window
-
-        def argument(other):
-            if other in environment:
-                return environment[other]
-            if other.op == "get_attr":
-                value = self.plan.graph
-                for part in other.target.split("."):
-                    value = getattr(value, part)
-                return value
-            raise KeyError(other.name)
-
-        args = torch.fx.node.map_arg(node.args, argument)
-        kwargs = torch.fx.node.map_arg(node.kwargs, argument)
-        if node.op == "call_module":
-            return self.modules[node.target](*args, **kwargs)
-        if node.op == "call_method":
-            return getattr(args[0], node.target)(*args[1:], **kwargs)
-        return node.target(*args, **kwargs)
-
-
-class _Group:
-    """One group of requests: their exact changed regions and uniform windows per layer, and the
-    assembly of a layer's values for their revealed tiles."""
-
-    def __init__(self, evaluator, members, exact, windows):
-        self.evaluator = evaluator
-        self.torch = evaluator.torch
-        self.members = members
-        self.exact = exact
-        self.windows = windows
-        self.count = len(members)
-
-    def assemble(self, position, values, row_starts, height, col_starts, width, pad_value):
-        """N×C×height×width values of layer `position` for the revealed tiles, windows starting at
-        (row_starts, col_starts) (may lie partly outside the map): each request's new values inside
-        its exact changed region, its context's values elsewhere, `pad_value` outside the map."""
-        torch = self.torch
-        evaluator = self.evaluator
-        layer = evaluator.layers[position]
-        if layer.kind == "input":
-            rows = np.asarray(row_starts)[:, None] + np.arange(height)
-            cols = np.asarray(col_starts)[:, None] + np.arange(width)
-            result = self._paint(np.clip(rows, 0, layer.size[0] - 1), np.clip(cols, 0, layer.size[1] - 1))
-            inside = ((rows >= 0) & (rows < layer.size[0]))[:, :, None] & ((cols >= 0) & (cols < layer.size[1]))[:, None, :]
-            if not inside.all():
-                mask = torch.from_numpy(inside[:, None]).to(evaluator.device)
-                result = torch.where(mask, result, torch.full((), pad_value, dtype=result.dtype, device=evaluator.device))
-            return result
-        new = values[position]
-        if layer.layout != NCHW:
-            new = new.permute(0, 3, 1, 2)
-        result = torch.empty((self.count, layer.channels, height, width), dtype=new.dtype, device=evaluator.device, memory_format=torch.channels_last).fill_(pad_value)
-        new_offsets = self.windows[position][1]
-        starts, stops = self.exact[position]
-        map_rows, map_cols = layer.size
-        for member, (_, _, state, _, _) in enumerate(self.members):
-            r0, c0 = int(row_starts[member]), int(col_starts[member])
-            r1, c1 = r0 + height, c0 + width
-            window = state.windows[position]  # the context, around the box this request splits
-            w0, v0 = state.offsets[position]
-            a0, a1 = max(r0, w0, 0), min(r1, w0 + window.shape[1], map_rows)
-            b0, b1 = max(c0, v0, 0), min(c1, v0 + window.shape[2], map_cols)
-            if a1 > a0 and b1 > b0:
-                result[member, :, a0 - r0 : a1 - r0, b0 - c0 : b1 - c0] = window[:, a0 - w0 : a1 - w0, b0 - v0 : b1 - v0]
-            a0, a1 = max(r0, int(starts[member, 0])), min(r1, int(stops[member, 0]))
-            b0, b1 = max(c0, int(starts[member, 1])), min(c1, int(stops[member, 1]))
-            if a1 > a0 and b1 > b0:
-                n0, m0 = new_offsets[member]
-                result[member, :, a0 - r0 : a1 - r0, b0 - c0 : b1 - c0] = new[member, :, a0 - n0 : a1 - n0, b0 - m0 : b1 - m0]
-        return result
-
-    def _paint(self, rows, cols):
-        """N×C×h×w normalised input of the revealed tiles at absolute (clipped) rows and cols."""
-        torch = self.torch
-        evaluator = self.evaluator
-        device = evaluator.device
-        box_lists = [(box, visible) for _, visible, _, box, _ in self.members]
-        boxes = box_tensor(box_lists, torch, device)
-        rows_t = torch.from_numpy(rows).to(device)
-        cols_t = torch.from_numpy(cols).to(device)
-        bands = torch.arange(evaluator.bands, device=device)[None].expand(self.count, -1)
-
-        def inside(positions, low, high):  # N×B×len indicator of low <= position < high
-            return ((positions[:, None, :] >= boxes[..., low, None]) & (positions[:, None, :] < boxes[..., high, None])).float()
-
-        bands_rows = (inside(bands, 4, 5)[..., :, None] * inside(rows_t, 0, 1)[..., None, :]).flatten(2)
-        visible = torch.bmm(bands_rows.transpose(1, 2), inside(cols_t, 2, 3)).view(self.count, evaluator.bands, rows.shape[1], cols.shape[1])
-        row_index, col_index = rows_t[:, :, None], cols_t[:, None, :]
-        image = evaluator.image[:, row_index, col_index].transpose(0, 1)
-        background = evaluator.background[:, row_index, col_index].transpose(0, 1)
-        return torch.where(visible > 0.5, image, background)

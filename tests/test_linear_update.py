@@ -1,5 +1,6 @@
-"""The fast engine's model analysis: Net's receptive field, cropped features equal to the full ones,
-incremental updates equal to full evaluations, and clear reasons for models it can't split."""
+"""The planner's first-Linear update (the source's Net): its receptive field, cropped features equal to
+the full ones, incremental updates equal to full evaluations, and clear reasons for the models whose
+first Linear layer can't be updated (the region evaluator takes those)."""
 
 import copy
 
@@ -10,9 +11,10 @@ from helpers import random_net_classifier, random_tile
 from numerics import Float64Model, assert_float32_outputs
 from torch import nn
 
-from aid_xai_plugin.core.explain.incremental import IncrementalEvaluator, WindowedLinear
+from aid_xai_plugin.core.explain.layer_kinds import CannotSplit
+from aid_xai_plugin.core.explain.linear_update import LinearUpdateEvaluator, WindowedLinear
+from aid_xai_plugin.core.explain.model_plan import analyse, linear_step, make_plan
 from aid_xai_plugin.core.explain.partition import masked_background
-from aid_xai_plugin.core.explain.receptive_field import CannotSplit, split_model
 from aid_xai_plugin.core.ml.net import Net
 
 
@@ -22,7 +24,13 @@ def net256():
     return Net(num_classes=30, input_size=256).eval()
 
 
+def split_model(module, height, width, bands):
+    """The first-Linear step of `module`'s plan (CannotSplit where it has none)."""
+    return linear_step(analyse(module, height, width, bands, "cpu"))
+
+
 def test_net_front_geometry_and_split(net256):
+    assert make_plan(net256, 256, 256, 3, 5000, "cpu").linear_step is not None  # Net gets the first-Linear update
     split = split_model(net256, 256, 256, 3)
     # 5×5 conv, pool 2, 3×3 conv, pool 2, 3×3 conv, pool 2: each final cell sees 24×24 pixels, 8 apart
     assert (split.rows.jump, split.rows.field, split.rows.cells) == (8, 24, 30)
@@ -68,7 +76,7 @@ def test_incremental_updates_match_full_evaluations(size):
     tile = random_tile((size, size, 3))
     background = masked_background(tile, "blur(9,9)")
     split = split_model(classifier.module, size, size, 3)
-    evaluator = IncrementalEvaluator(WindowedLinear(split), tile, background, classifier, np.arange(6), "probability")
+    evaluator = LinearUpdateEvaluator(WindowedLinear(split), tile, background, classifier, np.arange(6), "probability")
     root = (0, size, 0, size, 0, 3)
     (_, state), _ = evaluator.start(root)
     half = size // 2
@@ -82,8 +90,8 @@ def test_incremental_updates_match_full_evaluations(size):
     composed = []
     for box in boxes:
         visible = np.zeros(tile.shape, dtype=bool)
-        for x0, x1, y0, y1, z0, z1 in (box, context[0]):
-            visible[x0:x1, y0:y1, z0:z1] = True
+        for row0, row1, col0, col1, band0, band1 in (box, context[0]):
+            visible[row0:row1, col0:col1, band0:band1] = True
         composed.append(np.where(visible, tile, background))
     expected = classifier.predict_probabilities(np.stack(composed))
     # float32 both, summed in other orders: each within 4× plain torch's error against float64
@@ -129,6 +137,6 @@ class LateSkip(nn.Module):
         (LateSkip(), "flattened features feed more than one layer"),
     ],
 )
-def test_models_that_cannot_be_split_say_why(module, reason):
+def test_models_whose_first_linear_cannot_be_updated_say_why(module, reason):
     with pytest.raises(CannotSplit, match=reason):
         split_model(module.eval(), 16, 16, 3)

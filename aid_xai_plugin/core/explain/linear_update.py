@@ -1,5 +1,6 @@
-"""Incremental evaluation of masked tiles: each new tile is an already-evaluated context plus one
-revealed box, so only the front's feature cells whose receptive field meets that box change.
+"""The plan's first-Linear update (`model_plan.LinearStep`, the source's Net): each new masked tile
+is an already-evaluated context plus one revealed box, so only the front's feature cells whose
+receptive field meets that box change.
 
 For a request (context, box) the front is run twice on the same small input window, once as the
 context and once with the box revealed; the difference of the two feature windows, times the matching
@@ -18,86 +19,70 @@ the update is exactly zero and shap's exact priority ties survive.
 import numpy as np
 
 from ..ml.classifier import outputs_from_logits
-from .partition import box_tensor
-from .region_plan import graph_flops
+from .box_painter import BoxPainter
+from .traced_graph import graph_flops
 
 PIXELS_PER_FRONT_CALL = 1 << 15  # bounds the front's activations (Net: ~35 MB at conv1)
 
 
 class WindowedLinear:
-    """A split model's first Linear weight laid out as rows × cols × features × outputs, so the
+    """A plan's first Linear weight laid out as rows × cols × features × outputs, so the
     weight of a window of feature cells is a view with one contiguous block per window row. Built once
     per model and tile shape (it copies the weight: 118 MB for Net at 256×256)."""
 
-    def __init__(self, split):
-        linear = split.first_linear
-        self.split = split
+    def __init__(self, step):
+        linear = step.first_linear
+        self.step = step
         self.outputs = linear.out_features
-        self.weight = linear.weight.detach().reshape(self.outputs, split.features, split.rows.cells, split.cols.cells).permute(2, 3, 1, 0).contiguous()
+        self.weight = linear.weight.detach().reshape(self.outputs, step.features, step.rows.cells, step.cols.cells).permute(2, 3, 1, 0).contiguous()
 
     def window(self, first_row, first_col, row_count, col_count):
         """The weight for feature cells [first_row, +row_count) × [first_col, +col_count) as
         row_count × (col_count·features) × outputs, a view (no copy)."""
-        cells_c, features = self.split.cols.cells, self.split.features
+        cells_c, features = self.step.cols.cells, self.step.features
         return self.weight.as_strided(
             (row_count, col_count * features, self.outputs), (cells_c * features * self.outputs, self.outputs, 1), (int(first_row) * cells_c + int(first_col)) * features * self.outputs
         )
 
 
-class IncrementalEvaluator:
+class LinearUpdateEvaluator:
+    """The `evaluate` callback of `owen_node_values` for a first-Linear plan, on one tile; a
+    context's state is its first Linear layer's output."""
+
     def __init__(self, linear, image_hwc, background_hwc, classifier, class_indices, output_space):
         import torch
 
         self.output_space = output_space
         self.torch = torch
         self.linear = linear
-        self.split = linear.split
+        self.step = linear.step
         self.outputs = linear.outputs
         self.device = classifier.device
         self.indices = np.asarray(class_indices, dtype=int)
-        self.image = classifier.normalised_chw(image_hwc)
-        self.background = classifier.normalised_chw(background_hwc)
-        self.bands, self.height, self.width = self.image.shape
-        self.dtype = self.split.first_linear.weight.dtype
+        image = classifier.normalised_chw(image_hwc)
+        self.painter = BoxPainter(image.permute(1, 2, 0), classifier.normalised_chw(background_hwc).permute(1, 2, 0), self.device)
+        self.bands, self.height, self.width = image.shape
+        self.dtype = self.step.first_linear.weight.dtype
         self.front_flops = {}  # window (height, width) → FLOPs of the front on it
-        self.rest_flops = graph_flops(self.split.rest, (1, self.outputs), self.dtype, self.device)
-        self.full_flops = self._front_flops(self.height, self.width) + 2.0 * self.split.first_linear.in_features * self.outputs + self.rest_flops
+        self.rest_flops = graph_flops(self.step.rest, (1, self.outputs), self.dtype, self.device)
+        self.full_flops = self._front_flops(self.height, self.width) + 2.0 * self.step.first_linear.in_features * self.outputs + self.rest_flops
         self.executed_flops = 0.0
         self.evaluations = 0
 
     def _front_flops(self, height, width):
         if (height, width) not in self.front_flops:
-            self.front_flops[height, width] = graph_flops(self.split.front, (1, self.bands, height, width), self.dtype, self.device)
+            self.front_flops[height, width] = graph_flops(self.step.front, (1, self.bands, height, width), self.dtype, self.device)
         return self.front_flops[height, width]
 
     def flop_bound(self):
         """The speed-up FLOPs allow: full evaluations' FLOPs over those executed."""
         return self.evaluations * self.full_flops / max(self.executed_flops, 1.0)
 
-    def paint(self, box_lists, row_starts, col_starts, height, width):
-        """N×C×height×width windows at (row_starts, col_starts): the normalised image inside each
-        list's boxes, the normalised background elsewhere."""
-        torch = self.torch
-        boxes = box_tensor(box_lists, torch, self.device)
-        rows = torch.as_tensor(row_starts, device=self.device)[:, None] + torch.arange(height, device=self.device)
-        cols = torch.as_tensor(col_starts, device=self.device)[:, None] + torch.arange(width, device=self.device)
-        bands = torch.arange(self.bands, device=self.device)[None].expand(len(box_lists), -1)
-
-        def inside(positions, low, high):  # N×B×len indicator of low <= position < high
-            return ((positions[:, None, :] >= boxes[..., low, None]) & (positions[:, None, :] < boxes[..., high, None])).float()
-
-        bands_rows = (inside(bands, 4, 5)[..., :, None] * inside(rows, 0, 1)[..., None, :]).flatten(2)  # N×B×(C·h)
-        visible = torch.bmm(bands_rows.transpose(1, 2), inside(cols, 2, 3)).view(len(box_lists), self.bands, height, width)
-        row_index, col_index = rows[:, :, None], cols[:, None, :]
-        image = self.image[:, row_index, col_index].transpose(0, 1)  # N×C×h×w
-        background = self.background[:, row_index, col_index].transpose(0, 1)
-        return torch.where(visible > 0.5, image, background)
-
     def front(self, windows):
         """The front's features, in calls of at most PIXELS_PER_FRONT_CALL input pixels and an even
         number of windows (so a request's pair of windows never straddles two calls)."""
         per_call = max(2, PIXELS_PER_FRONT_CALL // (windows.shape[2] * windows.shape[3])) // 2 * 2
-        return self.torch.cat([self.split.front(windows[start : start + per_call]) for start in range(0, len(windows), per_call)])
+        return self.torch.cat([self.step.front(windows[start : start + per_call]) for start in range(0, len(windows), per_call)])
 
     def full_states(self, box_lists):
         """First-Linear outputs of whole tiles, in chunks."""
@@ -106,14 +91,14 @@ class IncrementalEvaluator:
         per_call = max(1, PIXELS_PER_FRONT_CALL // (self.height * self.width))
         for start in range(0, len(box_lists), per_call):
             chunk = box_lists[start : start + per_call]
-            tiles = self.paint(chunk, np.zeros(len(chunk), dtype=np.int64), np.zeros(len(chunk), dtype=np.int64), self.height, self.width)
-            states.append(self.split.first_linear(torch.flatten(self.split.front(tiles), 1)))
+            tiles = self.painter.tiles(chunk)
+            states.append(self.step.first_linear(torch.flatten(self.step.front(tiles), 1)))
         self.executed_flops += len(box_lists) * (self.full_flops - self.rest_flops)
         return torch.cat(states)
 
     def scores(self, states):
         """All class scores in the output space (N×classes float64) from first-Linear outputs."""
-        logits = self.split.rest(states.to(self.split.first_linear.weight.dtype))
+        logits = self.step.rest(states.to(self.step.first_linear.weight.dtype))
         self.executed_flops += len(states) * self.rest_flops
         self.evaluations += len(states)
         return outputs_from_logits(logits, self.output_space).astype(np.float64)
@@ -128,7 +113,7 @@ class IncrementalEvaluator:
     def __call__(self, requests):
         """Outputs (N×K) and states of the contexts `visible + box` for (visible, state, box) requests."""
         torch = self.torch
-        rows, cols = self.split.rows, self.split.cols
+        rows, cols = self.step.rows, self.step.cols
         full, unseen, groups = [], [], {}
         for position, (visible, state, box, _) in enumerate(requests):
             row_cells = rows.affected_cells(box[0], box[1])
@@ -144,7 +129,7 @@ class IncrementalEvaluator:
                 shape = (row_cells[1] - row_cells[0], col_cells[1] - col_cells[0])
                 groups.setdefault(shape, []).append((position, row_cells[0], col_cells[0]))
 
-        states = torch.empty((len(requests), self.outputs), dtype=self.split.first_linear.weight.dtype, device=self.device)
+        states = torch.empty((len(requests), self.outputs), dtype=self.step.first_linear.weight.dtype, device=self.device)
         with torch.inference_mode():
             for position in unseen:  # the box changes no feature: the context's state is exact
                 states[position] = requests[position][1]
@@ -157,11 +142,11 @@ class IncrementalEvaluator:
                 height = (row_count - 1) * rows.jump + rows.field
                 width = (col_count - 1) * cols.jump + cols.field
                 box_lists = [visible for i in positions for visible in (requests[i][0], (requests[i][2], requests[i][0]))]  # context, revealed
-                windows = self.paint(box_lists, np.repeat(first_rows * rows.jump, 2), np.repeat(first_cols * cols.jump, 2), height, width)
+                windows = self.painter.windows_at(box_lists, np.repeat(first_rows * rows.jump, 2), np.repeat(first_cols * cols.jump, 2), height, width)
                 features = self.front(windows)
-                self.executed_flops += len(windows) * self._front_flops(height, width) + len(members) * 2.0 * row_count * col_count * self.split.features * self.outputs
+                self.executed_flops += len(windows) * self._front_flops(height, width) + len(members) * 2.0 * row_count * col_count * self.step.features * self.outputs
                 changes = (features[1::2] - features[0::2]).permute(0, 2, 3, 1).contiguous()
-                changes = changes.view(len(members), row_count, 1, col_count * self.split.features)
+                changes = changes.view(len(members), row_count, 1, col_count * self.step.features)
                 for slot, position in enumerate(positions):
                     weight = self.linear.window(first_rows[slot], first_cols[slot], row_count, col_count)
                     states[position] = requests[position][1] + torch.bmm(changes[slot], weight).sum(0)[0]
