@@ -14,7 +14,10 @@ estimated from the evals/s of their largest measured run, and are marked ESTIMAT
 compares each engine's values with shap's (or, where shap was only estimated, fast's with exact's)
 from the same run. For the fast engine the FLOP bound is printed beside its speed-up: FLOPs of full
 evaluations over the FLOPs it executed (convolutions and linear layers), i.e. the speed-up its plan
-allows at equal FLOP rates.
+allows at equal FLOP rates. With exact and fast both measured, the fast engine's cost per evaluation
+(its seconds per evaluation over exact's) is printed beside the cost its plan predicted, and times
+the FLOP bound: the time per executed FLOP relative to full evaluations, which the cost model's
+REGIONAL_COST stands for (core/explain/cost_model.py).
 
     .venv/bin/python benchmarks/bench_engine.py                      # Net: 500 / 5 000 / 50 000, all engines
     .venv/bin/python benchmarks/bench_engine.py --model resnet18 --max-evals 5000 --engines shap fast
@@ -103,7 +106,8 @@ def run_worker(arguments):
     summary = engine.plan_summary() if hasattr(engine, "plan_summary") else None
     if getattr(engine, "dropped_state_evaluations", 0):
         summary += f"; {engine.dropped_state_evaluations} evaluations in full after their context's state was dropped (memory budget)"
-    print(json.dumps({"wall_s": wall, "setup_rss_mb": setup_rss_mb, "peak_rss_mb": peak_rss_mb(), "flop_bound": explanation.flop_bound, "plan": summary}))
+    planned_cost = engine.cost_per_evaluation(classifier, tile.shape, settings)
+    print(json.dumps({"wall_s": wall, "setup_rss_mb": setup_rss_mb, "peak_rss_mb": peak_rss_mb(), "flop_bound": explanation.flop_bound, "plan": summary, "planned_cost": planned_cost}))
 
 
 def measure(engine, max_evals, arguments, values_file):
@@ -168,6 +172,11 @@ def main():
                         bound = timings[engine].get("flop_bound")
                         share = f"  = {speed / bound:.0%} of its FLOP bound {bound:.2f}x" if bound else ""
                         print(f"max_evals {max_evals:>6}  speed {engine}/shap {speed:6.2f}x{note}{share}")
+            if "exact" in measured and "fast" in measured:  # what the cost model's constants predict (core/explain/cost_model.py)
+                cost = rates["exact"] / rates["fast"]
+                bound = timings["fast"].get("flop_bound") or 1.0
+                print(f"max_evals {max_evals:>6}  cost per evaluation fast/exact {cost:.3f} (planned {timings['fast']['planned_cost']:.3f}); "
+                      f"time per executed FLOP relative to full evaluations {cost * bound:.2f}")  # fmt: skip
             reference = "shap" if "shap" in measured else "exact" if "exact" in measured else None
             if reference:
                 expected = np.load(os.path.join(folder, f"{reference}_{max_evals}.npy"))
