@@ -13,7 +13,8 @@ from aid_xai_plugin.core.data.synthetic import make_scene_mosaic
 from aid_xai_plugin.core.explain.engine import ExplainSettings
 from aid_xai_plugin.core.ml.model_file import load_model
 from aid_xai_plugin.core.ml.torchvision_models import TORCHVISION_ARCHITECTURES, adapt_first_convolution, build_torchvision_model, first_convolution, load_initial_weights
-from aid_xai_plugin.core.ml.training import TrainingConfig, learning_rate_at, train_model, training_state_path
+from aid_xai_plugin.core.ml.training import TrainingConfig, learning_rate_at, train_model
+from aid_xai_plugin.core.ml.training_checkpoint import training_state_path
 from aid_xai_plugin.core.pipelines.classify import ClassifyOutputs, classify_raster
 from aid_xai_plugin.core.pipelines.explain import ExplainOutputs, ExplainRequest, explain_raster
 from aid_xai_plugin.core.pipelines.tiles import TilingOptions

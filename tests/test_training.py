@@ -18,7 +18,8 @@ from aid_xai_plugin.core.ml.metrics import accuracy, confusion_matrix, macro_f1,
 from aid_xai_plugin.core.ml.model_file import load_model
 from aid_xai_plugin.core.common.progress import Progress
 from aid_xai_plugin.core.data.synthetic import SYNTHETIC_CLASSES, make_scene_folder
-from aid_xai_plugin.core.ml.training import MIN_INPUT_SIZE, TrainingConfig, metrics_csv_path, train_model
+from aid_xai_plugin.core.ml.training import MIN_INPUT_SIZE, TrainingConfig, train_model
+from aid_xai_plugin.core.ml.training_metrics import metrics_csv_path
 
 
 @pytest.fixture(scope="module")
