@@ -9,11 +9,10 @@ The model file holds the best epoch by validation macro-F1 (its provenance says 
 epochs ran). It is written once, at the end, atomically: a failed or cancelled run leaves none. With
 `checkpoints=True` it is also rewritten after every epoch, and a hidden training state (weights,
 optimizer, history; `training_checkpoint`) beside it lets `resume=True` continue an interrupted run
-where it stopped. The metrics files are `training_metrics`'.
+where it stopped. The learning-rate schedule is `schedule`'s, the metrics files `training_metrics`'.
 """
 
 import dataclasses
-import math
 import os
 import time
 
@@ -27,6 +26,7 @@ from .datasets import augment_batch, band_statistics, image_folder, stratified_s
 from .metrics import confusion_matrix, summarize
 from .model_file import ModelInfo, now_iso, save_model
 from .net_geometry import MIN_INPUT_SIZE
+from .schedule import learning_rate_scheduler
 from .torchvision_models import TORCHVISION_ARCHITECTURES, head_prefixes, load_initial_weights
 from .training_checkpoint import TrainingState, resume_training, save_training_state, training_state_path
 from .training_metrics import write_metrics
@@ -149,6 +149,7 @@ def _train(config, progress):
     if config.resume:
         state = resume_training(resume_path, config, model, optimizer, generators, class_names, progress)
     steps_done = len(state.history) * steps_per_epoch
+    scheduler = learning_rate_scheduler(optimizer, config, batches_per_epoch, len(state.history))
 
     def step_done():
         nonlocal steps_done
@@ -203,10 +204,8 @@ def _train(config, progress):
         if frozen:
             keep_frozen_normalisation(model, head)
         train_loss, train_correct, seen = 0.0, 0, 0
-        for batch_index, (images, targets) in enumerate(train_loader):
+        for images, targets in train_loader:
             progress.check_cancel()
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate_at(config, epoch - 1 + batch_index / batches_per_epoch)
             if config.augment:
                 images = augment_batch(images, generators["augment"])
             images, targets = images.to(device), targets.to(device)
@@ -215,6 +214,7 @@ def _train(config, progress):
             loss = loss_function(logits, targets)
             (loss / len(targets)).backward()
             optimizer.step()
+            scheduler.step()
             train_loss += loss.item()
             train_correct += int((logits.argmax(dim=1) == targets).sum())
             seen += len(targets)
@@ -228,7 +228,7 @@ def _train(config, progress):
             "val_loss": validation_loss / len(validation_indices),
             "val_accuracy": scores["accuracy"],
             "val_macro_f1": scores["macro_f1"],
-            "learning_rate": learning_rate_at(config, epoch),
+            "learning_rate": scheduler.get_last_lr()[0],  # at the epoch's end
             "seconds": round(time.perf_counter() - epoch_started, 2),
         }
         state.history.append(row)
@@ -291,18 +291,6 @@ def make_optimizer(model, config):
     if config.optimizer == "adamw":
         return torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
     return torch.optim.Adam(parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
-
-
-def learning_rate_at(config, epochs_done):
-    """The learning rate after `epochs_done` (fractional) epochs: linear warm-up, then constant or a
-    cosine decay to zero at the last epoch."""
-    if epochs_done < config.warmup_epochs:
-        return config.learning_rate * (epochs_done + 1e-3) / config.warmup_epochs
-    if config.schedule != "cosine":
-        return config.learning_rate
-    span = max(config.epochs - config.warmup_epochs, 1e-9)
-    progress = min(1.0, (epochs_done - config.warmup_epochs) / span)
-    return config.learning_rate * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def _train_loader(dataset, train_indices, train_targets, config, generator):
