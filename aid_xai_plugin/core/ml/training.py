@@ -23,7 +23,7 @@ from ..common.errors import AidXaiError
 from ..common.failures import out_of_memory_as_error
 from ..common.progress import Progress
 from .datasets import augment_batch, band_statistics, image_folder, stratified_split
-from .metrics import confusion_matrix, summarize
+from .metrics import summarize
 from .model_file import ModelInfo, now_iso, save_model
 from .net_geometry import MIN_INPUT_SIZE
 from .schedule import learning_rate_scheduler
@@ -321,8 +321,7 @@ def _validate(model, loader, mean_tensor, std_tensor, loss_function, device, cla
             true_labels.append(targets.cpu().numpy())
             predicted_labels.append(logits.argmax(dim=1).cpu().numpy())
             step_done()
-    matrix = confusion_matrix(np.concatenate(true_labels), np.concatenate(predicted_labels), len(class_names))
-    return summarize(matrix, class_names), validation_loss
+    return summarize(np.concatenate(true_labels), np.concatenate(predicted_labels), class_names), validation_loss
 
 
 def _with_weights(model, weights):
