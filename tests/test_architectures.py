@@ -13,7 +13,8 @@ from aid_xai_plugin.core.data.synthetic import make_scene_mosaic
 from aid_xai_plugin.core.explain.engine import ExplainSettings
 from aid_xai_plugin.core.ml.model_file import load_model
 from aid_xai_plugin.core.ml.torchvision_models import TORCHVISION_ARCHITECTURES, adapt_first_convolution, build_torchvision_model, first_convolution, load_initial_weights
-from aid_xai_plugin.core.ml.training import TrainingConfig, learning_rate_at, train_model, training_state_path
+from aid_xai_plugin.core.ml.training import TrainingConfig, train_model
+from aid_xai_plugin.core.ml.training_checkpoint import training_state_path
 from aid_xai_plugin.core.pipelines.classify import ClassifyOutputs, classify_raster
 from aid_xai_plugin.core.pipelines.explain import ExplainOutputs, ExplainRequest, explain_raster
 from aid_xai_plugin.core.pipelines.tiles import TilingOptions
@@ -125,16 +126,6 @@ def test_a_frozen_backbone_keeps_its_batchnorm_statistics(synthetic_dataset, tmp
     for name in statistics:
         torch.testing.assert_close(trained[name], source.state_dict()[name], rtol=0, atol=0, msg=name)
     assert trained["fc.weight"].shape[0] == 6  # the head is the synthetic scenes' own, trained from random
-
-
-def test_cosine_schedule_warms_up_then_decays_to_zero():
-    config = TrainingConfig(dataset="", output="", epochs=10, learning_rate=0.1, schedule="cosine", warmup_epochs=2)
-    # float64 formulas: the warm-up starts 1e-3 epochs in (so the first step moves), the cosine is
-    # cos(π/2) and cos(π) in float64, within a few 2^-52 of 0 and −1
-    assert learning_rate_at(config, 0.0) == pytest.approx(0.1 * 1e-3 / 2, rel=1e-12)
-    assert learning_rate_at(config, 1.0) == pytest.approx(0.1 * 1.001 / 2, rel=1e-12)
-    assert learning_rate_at(config, 2.0) == 0.1 and learning_rate_at(config, 6.0) == pytest.approx(0.05, rel=1e-12)
-    assert learning_rate_at(config, 10.0) == pytest.approx(0.0, abs=1e-12 * 0.1)
 
 
 def test_the_saved_model_is_the_best_epoch_and_early_stopping_ends_the_run(synthetic_dataset, tmp_path):

@@ -4,6 +4,7 @@ import csv
 import json
 import os
 import shutil
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -14,11 +15,12 @@ from aid_xai_plugin.core.common.errors import AidXaiError, Cancelled
 from aid_xai_plugin.core.reports.evaluation_report import write_evaluation_report
 from aid_xai_plugin.core.ml.datasets import augment_batch
 from aid_xai_plugin.core.ml.evaluation import evaluate_folder
-from aid_xai_plugin.core.ml.metrics import accuracy, confusion_matrix, macro_f1, per_class_scores
+from aid_xai_plugin.core.ml.metrics import summarize
 from aid_xai_plugin.core.ml.model_file import load_model
 from aid_xai_plugin.core.common.progress import Progress
 from aid_xai_plugin.core.data.synthetic import SYNTHETIC_CLASSES, make_scene_folder
-from aid_xai_plugin.core.ml.training import MIN_INPUT_SIZE, TrainingConfig, metrics_csv_path, train_model
+from aid_xai_plugin.core.ml.training import MIN_INPUT_SIZE, TrainingConfig, train_model
+from aid_xai_plugin.core.ml.training_metrics import metrics_csv_path
 
 
 @pytest.fixture(scope="module")
@@ -37,14 +39,27 @@ def held_out_results(synthetic_model, held_out_folder):
 def test_scores_on_a_hand_computed_example():
     """Ratios of small integer counts in float64: correctly rounded, so within 2^-52 of the fractions
     (rel=1e-12 for the F1's few further operations)."""
-    matrix = confusion_matrix([0, 0, 0, 1, 1, 2], [0, 0, 1, 1, 2, 2], 3)
-    assert matrix.tolist() == [[2, 1, 0], [0, 1, 1], [0, 0, 1]]
-    assert accuracy(matrix) == 4 / 6
-    precision, recall, f1, support = per_class_scores(matrix)
-    assert precision.tolist() == [1.0, 0.5, 0.5]
-    assert recall.tolist() == [2 / 3, 0.5, 1.0]
-    assert support.tolist() == [3, 2, 1]
-    assert macro_f1(matrix) == pytest.approx(np.mean([0.8, 0.5, 2 / 3]), rel=1e-12)
+    scores = summarize([0, 0, 0, 1, 1, 2], [0, 0, 1, 1, 2, 2], ["a", "b", "c"])
+    assert scores["confusion_matrix"] == [[2, 1, 0], [0, 1, 1], [0, 0, 1]]
+    assert scores["accuracy"] == 4 / 6
+    assert [row["precision"] for row in scores["per_class"]] == [1.0, 0.5, 0.5]
+    assert [row["recall"] for row in scores["per_class"]] == [2 / 3, 0.5, 1.0]
+    assert [row["support"] for row in scores["per_class"]] == [3, 2, 1]
+    assert scores["macro_f1"] == pytest.approx(np.mean([0.8, 0.5, 2 / 3]), rel=1e-12)
+
+
+def test_absent_classes_score_zero_and_macro_f1_counts_only_present_ones():
+    """Class indices as evaluation passes them: 7 is only predicted, 9 nowhere. Each F1 is the float
+    nearest 2·TP / (support + predicted): for class 8, 1/3, where 2PR / (P + R) gave 1 ulp above."""
+    truth, predicted = [5, 5, 5, 5, 6, 6, 6, 6, 8], [8, 8, 5, 5, 8, 8, 6, 7, 8]
+    scores = summarize(truth, predicted, ["a", "b", "c", "d", "e"], labels=[5, 6, 7, 8, 9])
+    assert scores["confusion_matrix"] == [[2, 0, 0, 2, 0], [0, 1, 1, 2, 0], [0, 0, 0, 0, 0], [0, 0, 0, 1, 0], [0, 0, 0, 0, 0]]
+    assert [row["precision"] for row in scores["per_class"]] == [1.0, 1.0, 0.0, 0.2, 0.0]
+    assert [row["recall"] for row in scores["per_class"]] == [0.5, 0.25, 0.0, 1.0, 0.0]
+    assert [row["f1"] for row in scores["per_class"]] == [float(Fraction(4, 6)), float(Fraction(2, 5)), 0.0, float(Fraction(2, 6)), 0.0]
+    assert [row["support"] for row in scores["per_class"]] == [4, 4, 0, 1, 0]
+    assert scores["macro_f1"] == pytest.approx(float(Fraction(4, 6) + Fraction(2, 5) + Fraction(2, 6)) / 4, rel=1e-15)
+    assert scores["accuracy"] == 4 / 9
 
 
 def test_trained_model_records_what_classification_needs(synthetic_model, synthetic_dataset):

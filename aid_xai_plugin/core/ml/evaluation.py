@@ -8,7 +8,7 @@ from ..common.errors import AidXaiError
 from ..common.progress import Progress
 from .classifier import Classifier
 from .datasets import image_folder
-from .metrics import confusion_matrix, summarize
+from .metrics import summarize
 from .model_file import load_model
 
 
@@ -51,11 +51,7 @@ def evaluate_folder(model_path, folder, device="auto", batch_size=64, progress=N
     true_labels = np.concatenate(true_labels)
     predicted_labels = np.concatenate(predicted_labels)
     used = np.union1d(true_labels, predicted_labels)
-    position = {model_index: i for i, model_index in enumerate(used)}
-    matrix = confusion_matrix(
-        [position[label] for label in true_labels], [position[label] for label in predicted_labels], len(used)
-    )
-    results = summarize(matrix, [info.class_names[i] for i in used])
+    results = summarize(true_labels, predicted_labels, [info.class_names[i] for i in used], labels=used)
     results.update(
         {
             "model": os.path.abspath(model_path),

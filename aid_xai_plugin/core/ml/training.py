@@ -8,27 +8,28 @@ the seed.
 The model file holds the best epoch by validation macro-F1 (its provenance says which, and how many
 epochs ran). It is written once, at the end, atomically: a failed or cancelled run leaves none. With
 `checkpoints=True` it is also rewritten after every epoch, and a hidden training state (weights,
-optimizer, history) beside it lets `resume=True` continue an interrupted run where it stopped.
+optimizer, history; `training_checkpoint`) beside it lets `resume=True` continue an interrupted run
+where it stopped. The learning-rate schedule is `schedule`'s, the metrics files `training_metrics`'.
 """
 
-import csv
 import dataclasses
-import json
-import math
 import os
 import time
 
 import numpy as np
 
-from ..common.atomic import atomic_output, check_writable
+from ..common.atomic import check_writable
 from ..common.errors import AidXaiError
 from ..common.failures import out_of_memory_as_error
 from ..common.progress import Progress
-from .datasets import augment_batch, image_folder, stratified_split
-from .metrics import confusion_matrix, summarize
+from .datasets import augment_batch, band_statistics, image_folder, stratified_split
+from .metrics import summarize
 from .model_file import ModelInfo, now_iso, save_model
 from .net_geometry import MIN_INPUT_SIZE
+from .schedule import learning_rate_scheduler
 from .torchvision_models import TORCHVISION_ARCHITECTURES, head_prefixes, load_initial_weights
+from .training_checkpoint import TrainingState, resume_training, save_training_state, training_state_path
+from .training_metrics import write_metrics
 
 STATISTICS_SHARE = 0.05  # of the progress bar: the mean/std pass before training
 
@@ -66,12 +67,6 @@ class TrainingConfig:
     metrics_path: str = None  # JSON summary; a per-epoch CSV is written beside it
 
 
-def metrics_csv_path(metrics_path):
-    """Where the per-epoch CSV goes: beside the JSON, same name with .csv."""
-    root, extension = os.path.splitext(metrics_path)
-    return (root if extension.lower() == ".json" else metrics_path) + ".csv"
-
-
 def _check_config(config):
     if config.architecture not in ARCHITECTURES:
         raise AidXaiError(f"Unknown architecture '{config.architecture}'; use one of: {', '.join(ARCHITECTURES)}.")
@@ -91,27 +86,6 @@ def _check_config(config):
     check_writable(config.output, "model file")
     if config.metrics_path:
         check_writable(config.metrics_path, "metrics file")
-
-
-def band_statistics(dataset, indices, progress, batch_size=64):
-    """Per-band mean and std of the training images (float64 sums, one read pass)."""
-    import torch
-    from torch.utils.data import DataLoader, Subset
-
-    loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, shuffle=False, num_workers=0)
-    total = total_squares = None
-    pixels = 0
-    for batch_index, (images, _) in enumerate(loader):
-        progress.check_cancel()
-        images = images.to(torch.float64)
-        sums, squares = images.sum(dim=(0, 2, 3)), (images * images).sum(dim=(0, 2, 3))
-        total = sums if total is None else total + sums
-        total_squares = squares if total_squares is None else total_squares + squares
-        pixels += images.shape[0] * images.shape[2] * images.shape[3]
-        progress.fraction((batch_index + 1) / len(loader))
-    mean = total / pixels
-    std = torch.sqrt(torch.clamp(total_squares / pixels - mean * mean, min=0.0))
-    return mean.tolist(), torch.clamp(std, min=1e-6).tolist()
 
 
 def train_model(config, progress=None):
@@ -175,6 +149,7 @@ def _train(config, progress):
     if config.resume:
         state = resume_training(resume_path, config, model, optimizer, generators, class_names, progress)
     steps_done = len(state.history) * steps_per_epoch
+    scheduler = learning_rate_scheduler(optimizer, config, batches_per_epoch, len(state.history))
 
     def step_done():
         nonlocal steps_done
@@ -229,10 +204,8 @@ def _train(config, progress):
         if frozen:
             keep_frozen_normalisation(model, head)
         train_loss, train_correct, seen = 0.0, 0, 0
-        for batch_index, (images, targets) in enumerate(train_loader):
+        for images, targets in train_loader:
             progress.check_cancel()
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate_at(config, epoch - 1 + batch_index / batches_per_epoch)
             if config.augment:
                 images = augment_batch(images, generators["augment"])
             images, targets = images.to(device), targets.to(device)
@@ -241,6 +214,7 @@ def _train(config, progress):
             loss = loss_function(logits, targets)
             (loss / len(targets)).backward()
             optimizer.step()
+            scheduler.step()
             train_loss += loss.item()
             train_correct += int((logits.argmax(dim=1) == targets).sum())
             seen += len(targets)
@@ -254,7 +228,7 @@ def _train(config, progress):
             "val_loss": validation_loss / len(validation_indices),
             "val_accuracy": scores["accuracy"],
             "val_macro_f1": scores["macro_f1"],
-            "learning_rate": learning_rate_at(config, epoch),
+            "learning_rate": scheduler.get_last_lr()[0],  # at the epoch's end
             "seconds": round(time.perf_counter() - epoch_started, 2),
         }
         state.history.append(row)
@@ -302,19 +276,6 @@ def _train(config, progress):
     return metrics
 
 
-@dataclasses.dataclass
-class TrainingState:
-    """What a resumed run needs besides the weights and the optimizer."""
-
-    history: list
-    best_macro_f1: float
-    best_epoch: int
-    best_weights: dict
-    best_scores: dict = None
-    seconds_before: float = 0.0  # training time of earlier sessions of a resumed run
-    improved_epoch: int = 0  # the last epoch whose macro-F1 beat every earlier one
-
-
 def model_arguments(architecture, num_classes, input_size, in_bands):
     if architecture == "Net":
         return {"num_classes": num_classes, "input_size": input_size, "in_bands": in_bands}
@@ -330,18 +291,6 @@ def make_optimizer(model, config):
     if config.optimizer == "adamw":
         return torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
     return torch.optim.Adam(parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
-
-
-def learning_rate_at(config, epochs_done):
-    """The learning rate after `epochs_done` (fractional) epochs: linear warm-up, then constant or a
-    cosine decay to zero at the last epoch."""
-    if epochs_done < config.warmup_epochs:
-        return config.learning_rate * (epochs_done + 1e-3) / config.warmup_epochs
-    if config.schedule != "cosine":
-        return config.learning_rate
-    span = max(config.epochs - config.warmup_epochs, 1e-9)
-    progress = min(1.0, (epochs_done - config.warmup_epochs) / span)
-    return config.learning_rate * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def _train_loader(dataset, train_indices, train_targets, config, generator):
@@ -372,8 +321,7 @@ def _validate(model, loader, mean_tensor, std_tensor, loss_function, device, cla
             true_labels.append(targets.cpu().numpy())
             predicted_labels.append(logits.argmax(dim=1).cpu().numpy())
             step_done()
-    matrix = confusion_matrix(np.concatenate(true_labels), np.concatenate(predicted_labels), len(class_names))
-    return summarize(matrix, class_names), validation_loss
+    return summarize(np.concatenate(true_labels), np.concatenate(predicted_labels), class_names), validation_loss
 
 
 def _with_weights(model, weights):
@@ -393,83 +341,3 @@ def keep_frozen_normalisation(model, head):
     for name, module in model.named_modules():
         if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and not f"{name}.".startswith(head):
             module.eval()
-
-
-TRAINING_STATE_FORMAT = "aid-xai-training-state"
-# What must match for a run to continue another: the data, the model and the recipe (not the epoch count)
-RESUME_KEYS = ("dataset", "architecture", "input_size", "validation_fraction", "batch_size", "learning_rate", "optimizer", "schedule", "warmup_epochs", "weight_decay", "label_smoothing", "freeze_epochs", "balanced_sampling", "seed", "augment", "init_weights")
-
-
-def training_state_path(output):
-    """Beside the model file, hidden: `.<name>.training.pt`."""
-    folder, name = os.path.split(os.path.abspath(output))
-    return os.path.join(folder, f".{name}.training.pt")
-
-
-def save_training_state(path, config, model, optimizer, generators, state, class_names):
-    import torch
-
-    payload = {
-        "format": TRAINING_STATE_FORMAT,
-        "recipe": json.dumps({key: getattr(config, key) for key in RESUME_KEYS}),
-        "class_names": json.dumps(class_names),
-        "model": {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()},
-        "optimizer": optimizer.state_dict(),
-        "best_weights": state.best_weights,
-        # dropout draws from the generator of the device it runs on: a resumed run continues the same draws
-        "torch_rng": torch.get_rng_state(),
-        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "generators": {name: generator.get_state() for name, generator in generators.items()},
-        "progress": json.dumps({"history": state.history, "best_macro_f1": state.best_macro_f1, "best_epoch": state.best_epoch, "best_scores": state.best_scores, "seconds_before": state.seconds_before, "improved_epoch": state.improved_epoch}),
-    }
-    with atomic_output(path) as temporary:
-        torch.save(payload, temporary)
-
-
-def resume_training(path, config, model, optimizer, generators, class_names, progress):
-    """Load the state a checkpointed run left beside its output into `model`, `optimizer` and the
-    batch-order and augmentation `generators`."""
-    import pickle
-
-    import torch
-
-    if not os.path.isfile(path):
-        raise AidXaiError(
-            f"Nothing to resume for '{config.output}': no training state beside it (runs with 'Save the model after every epoch' leave one until they finish). Train without resume."
-        )
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as error:
-        raise AidXaiError(f"The training state '{path}' cannot be read ({str(error).splitlines()[0]}); delete it and train without resume.") from error
-    if not isinstance(payload, dict) or payload.get("format") != TRAINING_STATE_FORMAT:
-        raise AidXaiError(f"'{path}' is not an AID-XAI training state; delete it and train without resume.")
-    recipe = json.loads(payload["recipe"])
-    changed = [key for key in RESUME_KEYS if recipe.get(key) != getattr(config, key)]
-    if changed or json.loads(payload["class_names"]) != class_names:
-        raise AidXaiError(
-            f"The interrupted run used other settings ({', '.join(changed) or 'classes'} differ), so it cannot be continued; use the same settings (only EPOCHS may change) or train without resume."
-        )
-    model.load_state_dict(payload["model"])
-    optimizer.load_state_dict(payload["optimizer"])
-    torch.set_rng_state(payload["torch_rng"])  # inside train_model's fork_rng: the process's own states are untouched
-    cuda_states = payload.get("cuda_rng") or []
-    if cuda_states and torch.cuda.is_available() and len(cuda_states) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(cuda_states)
-    for name, generator in generators.items():
-        generator.set_state(payload["generators"][name])
-    saved = json.loads(payload["progress"])
-    state = TrainingState(saved["history"], saved["best_macro_f1"], saved["best_epoch"], payload["best_weights"], saved["best_scores"], saved["seconds_before"], saved["improved_epoch"])
-    progress.log(f"Resuming after epoch {len(state.history)} (best macro-F1 {state.best_macro_f1:.3f} at epoch {state.best_epoch}).")
-    return state
-
-
-def write_metrics(metrics_path, metrics):
-    """The metrics as JSON, and the per-epoch history as CSV beside it (both atomic)."""
-    with atomic_output(metrics_path) as temporary:
-        with open(temporary, "w", encoding="utf-8") as stream:
-            json.dump(metrics, stream, indent=2)
-    with atomic_output(metrics_csv_path(metrics_path)) as temporary:
-        with open(temporary, "w", encoding="utf-8", newline="") as stream:
-            writer = csv.DictWriter(stream, fieldnames=list(metrics["history"][0]))
-            writer.writeheader()
-            writer.writerows(metrics["history"])
