@@ -17,6 +17,7 @@ from .base import AidXaiAlgorithm
 class EvaluateAlgorithm(AidXaiAlgorithm):
     algorithm_id = "evaluate"
     display_name = "Evaluate scene classifier"
+    required_imports = AidXaiAlgorithm.required_imports + ("sklearn",)  # the metrics
     group_id = "model"
     group_name = "Model"
     help_text = (

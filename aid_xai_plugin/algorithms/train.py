@@ -16,6 +16,7 @@ from .base import AidXaiAlgorithm, choice_parameter
 class TrainAlgorithm(AidXaiAlgorithm):
     algorithm_id = "train"
     display_name = "Train scene classifier"
+    required_imports = AidXaiAlgorithm.required_imports + ("sklearn",)  # the metrics
     group_id = "model"
     group_name = "Model"
     help_text = (

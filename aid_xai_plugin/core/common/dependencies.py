@@ -16,6 +16,7 @@ REQUIRED_PACKAGES = {
     "cv2": "opencv-python-headless",
     "onnx": "onnx",
     "onnxruntime": "onnxruntime",
+    "sklearn": "scikit-learn",
 }
 
 
