@@ -84,10 +84,6 @@ class TileGrid:
         x0, y0 = self.pixel_to_map(window[0], window[1])
         return (x0, g[1], g[2], y0, g[4], g[5])
 
-    def pixel_grid_geotransform(self):
-        """Geotransform of an output on the source's own pixel grid covering the tiles' extent."""
-        return self.window_geotransform(self.window)
-
     @property
     def pixel_extent_size(self):
         """(width, height) in source pixels of the area all tiles cover."""
