@@ -133,6 +133,11 @@ def test_extent_on_pixel_edges_at_utm_coordinates_takes_exactly_those_pixels():
     assert pixel_window(utm, (400, 400), (500003.0, 5799940.0, 500006.0, 5799967.9)) == (10, 107, 10, 93)
 
 
+def test_extent_on_pixel_edges_off_a_round_origin_takes_exactly_those_pixels():
+    """(123487.9 − 123456.7) / 0.3 is 103.99999999999031 in floats: column 104's edge all the same."""
+    assert pixel_window((123456.7, 0.3, 0.0, 5800000.0, 0.0, -0.3), (400, 400), (123487.9, 5799910.0, 123516.7, 5799997.9)) == (104, 7, 96, 293)
+
+
 def test_extent_reaching_past_the_raster_is_clipped_to_it():
     assert pixel_window(NORTH_UP, (20, 20), (900.0, 1500.0, 1035.0, 1975.0)) == (0, 2, 4, 18)
 

