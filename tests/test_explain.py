@@ -9,7 +9,8 @@ import rasterio
 from conftest import ROOT, run_algorithm_json, run_qgis_process
 from numerics import GEO_REL, assert_float32_outputs, assert_maps_within_float32_rounding, efficiency_bound, float32_storage_bound, float32_ulp, tile_scores
 
-from aid_xai_plugin.core.pipelines.explain import ExplainOutputs, ExplainRequest, explain_raster, to_source_pixels
+from aid_xai_plugin.core.geo.placement import to_source_pixels
+from aid_xai_plugin.core.pipelines.explain import ExplainOutputs, ExplainRequest, explain_raster
 from aid_xai_plugin.core.explain.engine import ExplainSettings
 from aid_xai_plugin.core.data.synthetic import make_scene_mosaic
 from aid_xai_plugin.core.pipelines.tiles import TilingOptions

@@ -18,9 +18,10 @@ from ..geo.gdal_context import raising_gdal_errors
 from ..geo.vector import PolygonWriter
 from ..ml.randomisation import RANDOMISE_SCOPES, randomised_classifier
 from ..reports.quality_report import QualityReport, correlation_text
-from .explain import TILE_CLASS_FIELDS, check_settings, requested_class_indices, tiles_to_explain
+from .explain import check_settings, requested_class_indices, tiles_to_explain
 from .run import check_outputs, with_progress
 from .steps import ExplainJob, TileExplainer
+from .tile_table import TILE_CLASS_FIELDS, class_columns
 from .tiles import TileSource
 
 QUALITY_TABLE_FIELDS = TILE_CLASS_FIELDS + [
@@ -119,7 +120,7 @@ def explanation_quality(raster_path, model_path, options, request, settings, out
                 )
                 running.add(**aucs, abs_rank_correlation=abs(correlations[k]))
                 if table is not None:
-                    table.add([tile.index, tile.row, tile.col, k + 1, names[class_index], float(result.probabilities[k]), settings.output_space, *aucs.values(), _or_null(correlations[k])], grid.footprint(tile))
+                    table.add(class_columns(tile, k + 1, names[class_index], result.probabilities[k], settings.output_space) + [*aucs.values(), _or_null(correlations[k])], grid.footprint(tile))
                 if progress:
                     progress.log(
                         f"Tile row {tile.row}, col {tile.col}, {names[class_index]}: deletion AUC {aucs['deletion_auc']:.3f} (random {aucs['random_deletion_auc']:.3f}), "
