@@ -24,7 +24,7 @@ from aid_xai_plugin.core.data.synthetic import SYNTHETIC_CLASSES, make_scene_mos
 from aid_xai_plugin.core.explain.engine import ExplainSettings
 from aid_xai_plugin.core.pipelines.classify import ClassifyOutputs, classify_raster
 from aid_xai_plugin.core.pipelines.execution import DaskSettings
-from aid_xai_plugin.core.pipelines.explain import ExplainOutputs, ExplainRequest, explain_raster
+from aid_xai_plugin.core.pipelines.explain import ExplainOutputs, ExplainRequest, ExplainSpec, explain_raster
 from aid_xai_plugin.core.pipelines.tiles import TilingOptions
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("distributed") is None, reason="needs the 'distributed' package (requirements.txt)")
@@ -45,7 +45,7 @@ def scene(tmp_path_factory):
 def explain(scene, folder, name, progress=None, **execution):
     raster, model = scene
     outputs = ExplainOutputs(str(folder / f"{name}.tif"), str(folder / f"{name}.gpkg"))
-    explain_raster(raster, model, TilingOptions(), ExplainRequest(top_k=2), SETTINGS, outputs, engine="exact", device="cpu", progress=progress, **execution)
+    explain_raster(ExplainSpec(raster, model, TilingOptions(), ExplainRequest(top_k=2), SETTINGS, outputs, engine="exact", device="cpu", **execution), progress)
     return read(outputs.shap_raster)
 
 
@@ -168,7 +168,7 @@ def test_a_raster_the_workers_cannot_read_is_named(scene, tmp_path):
     gdal.Translate(in_memory, raster)
     try:
         with pytest.raises(AidXaiError, match=r"Dask worker tcp://127\.0\.0\.1:\d+ cannot open the raster '/vsimem/only_here.tif'"):
-            explain_raster(in_memory, model, TilingOptions(), ExplainRequest(top_k=1), SETTINGS, ExplainOutputs(str(tmp_path / "s.tif")), engine="exact", device="cpu", execution="dask", dask=DaskSettings(workers=1))
+            explain_raster(ExplainSpec(in_memory, model, TilingOptions(), ExplainRequest(top_k=1), SETTINGS, ExplainOutputs(str(tmp_path / "s.tif")), engine="exact", device="cpu", execution="dask", dask=DaskSettings(workers=1)))
     finally:
         gdal.Unlink(in_memory)
     assert not os.path.exists(tmp_path / "s.tif")
@@ -181,7 +181,7 @@ KILLABLE_RUN = """
 import os, signal, sys
 from aid_xai_plugin.core.common.progress import Progress
 from aid_xai_plugin.core.explain.engine import ExplainSettings
-from aid_xai_plugin.core.pipelines.explain import ExplainOutputs, ExplainRequest, explain_raster
+from aid_xai_plugin.core.pipelines.explain import ExplainOutputs, ExplainRequest, ExplainSpec, explain_raster
 from aid_xai_plugin.core.pipelines.tiles import TilingOptions
 raster, model, output, max_evals, tiles, barrier = sys.argv[1:7]
 checkpoint = os.path.join(os.path.dirname(output), "." + os.path.basename(output) + ".resume")
@@ -192,7 +192,7 @@ def stop_when_checkpointed(percent):
         signal.pause()
 
 settings = ExplainSettings(masker="blur(16,16)", max_evals=int(max_evals), batch_size=64, seed=2)
-explain_raster(raster, model, TilingOptions(), ExplainRequest(top_k=2), settings, ExplainOutputs(output, output[:-4] + ".gpkg"), engine="exact", device="cpu", progress=Progress(set_progress=stop_when_checkpointed))
+explain_raster(ExplainSpec(raster, model, TilingOptions(), ExplainRequest(top_k=2), settings, ExplainOutputs(output, output[:-4] + ".gpkg"), engine="exact", device="cpu"), Progress(set_progress=stop_when_checkpointed))
 """
 
 
@@ -253,5 +253,5 @@ def test_a_worker_that_reads_another_model_refuses_the_job(tmp_path):
 
     outputs = ExplainOutputs(str(tmp_path / "shap.tif"))
     with pytest.raises(AidXaiError, match=r"Dask worker .* reads another model at '.*net\.aidx\.pt' \(SHA-256 [0-9a-f]{12}…\) than the run loaded \([0-9a-f]{12}…\)"):
-        explain_raster(raster, model, TilingOptions(), ExplainRequest(top_k=1), SETTINGS, outputs, engine="exact", device="cpu", progress=Progress(log=replace_the_model), execution="dask", dask=DaskSettings(workers=1))
+        explain_raster(ExplainSpec(raster, model, TilingOptions(), ExplainRequest(top_k=1), SETTINGS, outputs, engine="exact", device="cpu", execution="dask", dask=DaskSettings(workers=1)), Progress(log=replace_the_model))
     assert not os.path.exists(outputs.shap_raster)

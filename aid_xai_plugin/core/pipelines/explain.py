@@ -20,27 +20,27 @@ import dataclasses
 import numpy as np
 
 from ..common.errors import AidXaiError
-from ..explain.engine import masker_value
+from ..explain.engine import ExplainSettings, masker_value
 from ..explain.registry import engine_by_name
-from ..ml.classifier import check_output_space
 from ..geo.gdal_context import raising_gdal_errors
 from ..geo.mosaic import OVERLAP_MODES, TileMosaic
 from ..geo.placement import to_source_pixels, window_in
 from ..geo.vector import PolygonWriter
 from ..geo.writers import GeoTiffSink
+from ..ml.classifier import check_output_space
 from ..reports.explanation_report import ExplanationReport
 from .budget import check_tile_budget, seconds_per_tile
-from .checkpoint import TileCheckpoint, run_key
+from .checkpoint import TileCheckpoint, file_identity, run_key
 from .execution import EXECUTION_MODES, DaskSettings, dask_client, job_key, run_ordered, step_for
 from .run import check_outputs
 from .steps import ExplainJob, TileExplainer
 from .tile_table import TILE_TABLE_FIELDS, explained_rows
-from .tiles import TileSource
+from .tiles import TileSource, TilingOptions
 
 SHAP_NODATA = -9999.0
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class ExplainRequest:
     # callable(tile footprint corners) → (selected, true label or ""); None → every tile of the grid
     tile_selector: object = None
@@ -49,13 +49,37 @@ class ExplainRequest:
     max_tiles: int = 0  # refuse more tiles than this; 0 → as many as take about an hour (estimated)
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class ExplainOutputs:
     shap_raster: str = None
     tile_table: str = None
     report: str = None
     overlap: str = "blend"  # how overlapping tiles combine in the SHAP raster: blend | last
     report_tiles: int = 50  # the report shows this many least confident tiles (0 = all)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExplainSpec:
+    """What an explain run is: which raster and model, which tiles, how they are explained, where
+    the results go and where the tiles are computed. Its fields are the run's resume key
+    (`resume_key`), all but those in NOT_IN_RESUME_KEY."""
+
+    raster: str
+    model: str
+    tiling: TilingOptions = dataclasses.field(default_factory=TilingOptions)
+    request: ExplainRequest = dataclasses.field(default_factory=ExplainRequest)
+    settings: ExplainSettings = dataclasses.field(default_factory=ExplainSettings)
+    outputs: ExplainOutputs = dataclasses.field(default_factory=ExplainOutputs)
+    engine: str = "fast"
+    device: str = "auto"
+    execution: str = "local"  # where tiles are computed: local | dask
+    dask: DaskSettings = dataclasses.field(default_factory=DaskSettings)
+
+
+# Fields of ExplainSpec that change no value a run computes or writes, so a resumed run may differ in
+# them: where the outputs go (the checkpoint lies beside the first), where the tiles are computed
+# (each tile is explained the same way here or on a cluster) and the tile limit, checked before any work.
+NOT_IN_RESUME_KEY = ("outputs.shap_raster", "outputs.tile_table", "outputs.report", "execution", "dask", "request.max_tiles")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,14 +153,33 @@ def requested_class_indices(request, names):
     return tuple(names.index(name) for name in request.class_names)
 
 
+def resume_key(spec, source, windows):
+    """The checkpoint key of `spec` (`checkpoint.run_key`): every field but NOT_IN_RESUME_KEY, those of
+    `resolved_fields` as this run resolved them."""
+    return run_key(spec, NOT_IN_RESUME_KEY, resolved_fields(spec, source, windows))
+
+
+def resolved_fields(spec, source, windows):
+    """{field: what this run resolved it to} for the fields a resume key takes by what they stand for."""
+    return {
+        "raster": file_identity(spec.raster),  # a rewritten raster at the same path is another input
+        "model": source.classifier.sha256,  # its content: the same model at another path resumes
+        "device": source.classifier.device,  # 'auto' as it was chosen
+        "tiling.bands": source.inputs.bands,  # empty: the model's band order
+        "tiling.scaling": source.inputs.scaling,  # 'auto' or percentiles as computed (from overviews, if the file has them)
+        "request.tile_selector": windows,  # the features as the tiles they select
+    }
+
+
 @raising_gdal_errors
-def explain_raster(raster_path, model_path, options, request, settings, outputs, engine="fast", device="auto", progress=None, execution="local", dask=None):
-    """Explain the tiles the request selects, here or on a Dask cluster (`execution`, `dask`: a
-    DaskSettings); returns an ExplainResult. Finished tiles are checkpointed beside the outputs, so
-    the same call after an interruption computes only the missing ones."""
+def explain_raster(spec, progress=None):
+    """Explain the tiles `spec.request` selects, here or on a Dask cluster (`spec.execution`,
+    `spec.dask`); returns an ExplainResult. Finished tiles are checkpointed beside the outputs, so the
+    same spec after an interruption computes only the missing ones."""
     from osgeo import gdal
 
-    source = TileSource(raster_path, model_path, options, device)
+    request, settings, outputs, engine = spec.request, spec.settings, spec.outputs, spec.engine
+    source = TileSource(spec.raster, spec.model, spec.tiling, spec.device)
     classifier, grid = source.classifier, source.grid
     names = classifier.class_names
     check_settings(settings)
@@ -144,9 +187,12 @@ def explain_raster(raster_path, model_path, options, request, settings, outputs,
         raise AidXaiError(f"Unknown OVERLAP '{outputs.overlap}'; use one of: {', '.join(OVERLAP_MODES)}.")
     if outputs.report_tiles < 0:
         raise AidXaiError("REPORT_TILES must be 0 (every tile) or a positive number of tiles.")
-    if execution not in EXECUTION_MODES:
-        raise AidXaiError(f"Unknown EXECUTION '{execution}'; use one of: {', '.join(EXECUTION_MODES)}.")
-    check_outputs(outputs.shap_raster, outputs.tile_table, outputs.report)
+    if spec.execution not in EXECUTION_MODES:
+        raise AidXaiError(f"Unknown EXECUTION '{spec.execution}'; use one of: {', '.join(EXECUTION_MODES)}.")
+    output_paths = [path for path in (outputs.shap_raster, outputs.tile_table, outputs.report) if path]
+    if not output_paths:
+        raise AidXaiError("Give at least one output: the SHAP raster, the explained tiles table or the report.")
+    check_outputs(*output_paths)
     fixed_indices = requested_class_indices(request, names)
     if fixed_indices is not None:
         band_names = list(request.class_names)
@@ -156,7 +202,7 @@ def explain_raster(raster_path, model_path, options, request, settings, outputs,
     tiles_and_labels = tiles_to_explain(source, request)
     if fixed_indices is None and outputs.overlap == "blend":
         check_no_blended_ranks(grid, [tile for tile, _ in tiles_and_labels])
-    job = ExplainJob(source.inputs, model_path, classifier.device, engine, settings, fixed_indices, len(band_names), model_sha256=classifier.sha256)
+    job = ExplainJob(source.inputs, spec.model, classifier.device, engine, settings, fixed_indices, len(band_names), model_sha256=classifier.sha256)
     local_engine = engine_by_name(engine)  # analyses the model once: for the estimate and the tiles explained here
     check_tile_budget(len(tiles_and_labels), seconds_per_tile(classifier, settings, local_engine), settings.max_evals, request.max_tiles, progress)
 
@@ -177,8 +223,7 @@ def explain_raster(raster_path, model_path, options, request, settings, outputs,
     explained = 0
     fallback_reason = None
     style_scale = 0.0  # colour-ramp limit: robust to a few extreme pixels, so every tile shows
-    key = run_key(raster_path, classifier.sha256, job.inputs.bands, job.inputs.scaling.offsets, job.inputs.scaling.spans, job.inputs.input_size, job.inputs.min_valid_fraction, engine, classifier.device, dataclasses.asdict(settings), fixed_indices, len(band_names), windows, outputs.overlap)
-    checkpoint = TileCheckpoint(next(path for path in (outputs.shap_raster, outputs.tile_table, outputs.report) if path), key, progress)
+    checkpoint = TileCheckpoint(output_paths[0], resume_key(spec, source, windows), progress)
     with contextlib.ExitStack() as sinks:
         mosaic = table = report = None
         if outputs.shap_raster:
@@ -188,7 +233,7 @@ def explain_raster(raster_path, model_path, options, request, settings, outputs,
             table = sinks.enter_context(PolygonWriter(outputs.tile_table, source.projection, TILE_TABLE_FIELDS))
         if outputs.report:
             report = sinks.enter_context(ExplanationReport(outputs.report, names, settings, engine, outputs.report_tiles))
-        for tile, label, result, fraction in _explained_tiles(source, job, local_engine, tiles_and_labels, checkpoint, progress, execution, dask or DaskSettings()):
+        for tile, label, result, fraction in _explained_tiles(spec, source, job, local_engine, tiles_and_labels, checkpoint, progress):
             _, _, w, h = tile.window
             if result is None:
                 if mosaic is not None:
@@ -218,7 +263,7 @@ def explain_raster(raster_path, model_path, options, request, settings, outputs,
     return ExplainResult(explained, len(tiles_and_labels), style_scale, band_names, names, settings.output_space, fallback_reason)
 
 
-def _explained_tiles(source, job, engine, tiles_and_labels, checkpoint, progress, execution, dask):
+def _explained_tiles(spec, source, job, engine, tiles_and_labels, checkpoint, progress):
     """Yield (tile, label, ExplainedTile or None, valid fraction) in order: from the checkpoint when
     an interrupted run finished the tile, else computed here or on the cluster (and checkpointed)."""
     count = len(tiles_and_labels)
@@ -235,12 +280,12 @@ def _explained_tiles(source, job, engine, tiles_and_labels, checkpoint, progress
 
     @contextlib.contextmanager
     def computed():
-        if execution == "local" or not missing:
+        if spec.execution == "local" or not missing:
             yield computed_locally()
             return
-        with dask_client(dask, progress) as client:
+        with dask_client(spec.dask, progress) as client:
             key = job_key(job)
-            yield run_ordered(client, explain_on_worker, [(key, job, dask.threads, tile.window) for tile, _ in missing], progress)
+            yield run_ordered(client, explain_on_worker, [(key, job, spec.dask.threads, tile.window) for tile, _ in missing], progress)
 
     with computed() as results:
         results = iter(results)
