@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -23,7 +24,7 @@ from aid_xai_plugin.core.common.progress import Progress
 from aid_xai_plugin.core.data.synthetic import SYNTHETIC_CLASSES, make_scene_mosaic
 from aid_xai_plugin.core.explain.engine import ExplainSettings
 from aid_xai_plugin.core.pipelines.classify import ClassifyOutputs, classify_raster
-from aid_xai_plugin.core.pipelines.execution import DaskSettings
+from aid_xai_plugin.core.pipelines.execution import CANCEL_CHECK_S, DaskSettings, dask_client, run_ordered
 from aid_xai_plugin.core.pipelines.explain import ExplainOutputs, ExplainRequest, ExplainSpec, explain_raster
 from aid_xai_plugin.core.pipelines.tiles import TilingOptions
 
@@ -149,6 +150,42 @@ def test_cancel_on_the_cluster_leaves_no_output(scene, tmp_path):
     with pytest.raises(Cancelled):
         explain(scene, tmp_path, "cancelled", progress, execution="dask", dask=DaskSettings(workers=1))
     assert not any(name.startswith("cancelled") for name in os.listdir(tmp_path))  # only the hidden checkpoint
+
+
+def forgotten(client):
+    """Wait until the scheduler holds no task (none is wanted any more); False after the hang limit."""
+    deadline = time.monotonic() + hang_limit(10)
+    while client.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.tasks)):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def test_results_come_in_order_and_cancel_ends_the_wait_for_a_running_task():
+    """Results come in submission order whatever order the tasks finish in, none is held once handed
+    over, and a task's error is raised as it is. Cancel pressed a second into tasks that each take
+    `task_s`: the wait ends within a check interval, not when the task ends, and every task still
+    outstanding (the running one too) is cancelled."""
+
+    def after(seconds, value):  # defined here: travels to the workers by value
+        time.sleep(seconds)
+        return value
+
+    task_s = hang_limit(6)
+    with dask_client(DaskSettings(workers=1, threads=2)) as client:
+        assert list(run_ordered(client, after, [(0.6, "first"), (0.0, "second"), (0.3, "third")])) == ["first", "second", "third"]
+        assert forgotten(client)
+        with pytest.raises(ValueError, match="invalid literal for int"):
+            list(run_ordered(client, int, [("1",), ("one",)]))
+        pressed = threading.Event()
+        threading.Timer(1.0, pressed.set).start()
+        start = time.monotonic()
+        with pytest.raises(Cancelled):
+            list(run_ordered(client, after, [(task_s, None)] * 3, Progress(is_canceled=pressed.is_set)))
+        waited = time.monotonic() - start
+        assert waited < 1.0 + CANCEL_CHECK_S + hang_limit(1.0) < task_s, waited
+        assert forgotten(client)
 
 
 def test_an_unreachable_scheduler_is_a_clear_error_in_bounded_time(scene, tmp_path):
