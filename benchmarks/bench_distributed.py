@@ -41,7 +41,7 @@ def measure(mode, raster, model, output, max_evals, scheduler):
     from aid_xai_plugin.core.common.progress import Progress
     from aid_xai_plugin.core.explain.engine import ExplainSettings
     from aid_xai_plugin.core.pipelines.execution import DaskSettings
-    from aid_xai_plugin.core.pipelines.explain import ExplainOutputs, ExplainRequest, explain_raster
+    from aid_xai_plugin.core.pipelines.explain import ExplainOutputs, ExplainRequest, ExplainSpec, explain_raster
     from aid_xai_plugin.core.pipelines.tiles import TilingOptions
 
     torch.set_num_threads(1 if mode == "local-1t" else 2)
@@ -51,7 +51,7 @@ def measure(mode, raster, model, output, max_evals, scheduler):
     execution = "local" if mode.startswith("local") else "dask"
     dask = DaskSettings(scheduler=scheduler if mode == "processes" else "", workers=WORKERS, threads=1)
     start = time.perf_counter()
-    summary = explain_raster(raster, model, TilingOptions(), ExplainRequest(top_k=3), settings, ExplainOutputs(output), engine="fast", device="cpu", progress=progress, execution=execution, dask=dask)
+    summary = explain_raster(ExplainSpec(raster, model, TilingOptions(), ExplainRequest(top_k=3), settings, ExplainOutputs(output), engine="fast", device="cpu", execution=execution, dask=dask), progress)
     end = time.perf_counter()
     startup = ready[0] - start if ready else 0.0
     print(json.dumps({"tiles": summary.explained, "startup": startup, "tile_seconds": end - start - startup, "peak_rss_mb": peak_rss_mb()}))

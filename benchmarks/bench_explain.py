@@ -54,7 +54,7 @@ def measure(raster, model, max_evals, masker):
     from aid_xai_plugin.core.explain.engine import ExplainSettings
     from aid_xai_plugin.core.explain.registry import engine_by_name
     from aid_xai_plugin.core.ml.classifier import top_k
-    from aid_xai_plugin.core.pipelines.explain import ExplainOutputs, ExplainRequest, explain_raster
+    from aid_xai_plugin.core.pipelines.explain import ExplainOutputs, ExplainRequest, ExplainSpec, explain_raster
     from aid_xai_plugin.core.pipelines.tiles import TileSource, TilingOptions
 
     torch.set_num_threads(2)
@@ -62,7 +62,7 @@ def measure(raster, model, max_evals, masker):
     out = tempfile.mkdtemp()
     outputs = ExplainOutputs(os.path.join(out, "shap.tif"), os.path.join(out, "tiles.gpkg"), os.path.join(out, "report.html"))
     start = time.perf_counter()
-    summary = explain_raster(raster, model, TilingOptions(), ExplainRequest(top_k=TOP_K), settings, outputs, engine="fast", device="cpu")
+    summary = explain_raster(ExplainSpec(raster, model, TilingOptions(), ExplainRequest(top_k=TOP_K), settings, outputs, engine="fast", device="cpu"))
     algorithm_seconds = time.perf_counter() - start
     peak_mb = peak_rss_mb()
     sizes_mb = {name: os.path.getsize(os.path.join(out, name)) / 1e6 for name in os.listdir(out)}

@@ -16,7 +16,7 @@ from aid_xai_plugin.core.ml.torchvision_models import TORCHVISION_ARCHITECTURES,
 from aid_xai_plugin.core.ml.training import TrainingConfig, train_model
 from aid_xai_plugin.core.ml.training_checkpoint import training_state_path
 from aid_xai_plugin.core.pipelines.classify import ClassifyOutputs, classify_raster
-from aid_xai_plugin.core.pipelines.explain import ExplainOutputs, ExplainRequest, explain_raster
+from aid_xai_plugin.core.pipelines.explain import ExplainOutputs, ExplainRequest, ExplainSpec, explain_raster
 from aid_xai_plugin.core.pipelines.tiles import TilingOptions
 
 
@@ -39,9 +39,7 @@ def test_each_architecture_trains_classifies_and_explains(architecture, syntheti
     assert loaded.info.architecture == architecture and loaded.info.provenance["best_epoch"] == 1
     summary = classify_raster(mosaic, output, TilingOptions(tile_size=64), ClassifyOutputs(class_raster=str(tmp_path / "classes.tif")))
     assert summary.classified == 3
-    result = explain_raster(
-        mosaic, output, TilingOptions(tile_size=64), ExplainRequest(top_k=1), ExplainSettings(masker="blur(8,8)", max_evals=30, batch_size=32), ExplainOutputs(shap_raster=str(tmp_path / "shap.tif")), engine="fast"
-    )
+    result = explain_raster(ExplainSpec(mosaic, output, TilingOptions(tile_size=64), ExplainRequest(top_k=1), ExplainSettings(masker="blur(8,8)", max_evals=30, batch_size=32), ExplainOutputs(shap_raster=str(tmp_path / "shap.tif")), engine="fast"))
     assert result.explained == 3
     assert result.fallback_reason is None or "incremental evaluation would save under 3 %" in result.fallback_reason
     import rasterio

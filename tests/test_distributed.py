@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -23,8 +24,8 @@ from aid_xai_plugin.core.common.progress import Progress
 from aid_xai_plugin.core.data.synthetic import SYNTHETIC_CLASSES, make_scene_mosaic
 from aid_xai_plugin.core.explain.engine import ExplainSettings
 from aid_xai_plugin.core.pipelines.classify import ClassifyOutputs, classify_raster
-from aid_xai_plugin.core.pipelines.execution import DaskSettings
-from aid_xai_plugin.core.pipelines.explain import ExplainOutputs, ExplainRequest, explain_raster
+from aid_xai_plugin.core.pipelines.execution import CANCEL_CHECK_S, DaskSettings, dask_client, run_ordered
+from aid_xai_plugin.core.pipelines.explain import ExplainOutputs, ExplainRequest, ExplainSpec, explain_raster
 from aid_xai_plugin.core.pipelines.tiles import TilingOptions
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("distributed") is None, reason="needs the 'distributed' package (requirements.txt)")
@@ -45,7 +46,7 @@ def scene(tmp_path_factory):
 def explain(scene, folder, name, progress=None, **execution):
     raster, model = scene
     outputs = ExplainOutputs(str(folder / f"{name}.tif"), str(folder / f"{name}.gpkg"))
-    explain_raster(raster, model, TilingOptions(), ExplainRequest(top_k=2), SETTINGS, outputs, engine="exact", device="cpu", progress=progress, **execution)
+    explain_raster(ExplainSpec(raster, model, TilingOptions(), ExplainRequest(top_k=2), SETTINGS, outputs, engine="exact", device="cpu", **execution), progress)
     return read(outputs.shap_raster)
 
 
@@ -151,6 +152,42 @@ def test_cancel_on_the_cluster_leaves_no_output(scene, tmp_path):
     assert not any(name.startswith("cancelled") for name in os.listdir(tmp_path))  # only the hidden checkpoint
 
 
+def forgotten(client):
+    """Wait until the scheduler holds no task (none is wanted any more); False after the hang limit."""
+    deadline = time.monotonic() + hang_limit(10)
+    while client.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.tasks)):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def test_results_come_in_order_and_cancel_ends_the_wait_for_a_running_task():
+    """Results come in submission order whatever order the tasks finish in, none is held once handed
+    over, and a task's error is raised as it is. Cancel pressed a second into tasks that each take
+    `task_s`: the wait ends within a check interval, not when the task ends, and every task still
+    outstanding (the running one too) is cancelled."""
+
+    def after(seconds, value):  # defined here: travels to the workers by value
+        time.sleep(seconds)
+        return value
+
+    task_s = hang_limit(6)
+    with dask_client(DaskSettings(workers=1, threads=2)) as client:
+        assert list(run_ordered(client, after, [(0.6, "first"), (0.0, "second"), (0.3, "third")])) == ["first", "second", "third"]
+        assert forgotten(client)
+        with pytest.raises(ValueError, match="invalid literal for int"):
+            list(run_ordered(client, int, [("1",), ("one",)]))
+        pressed = threading.Event()
+        threading.Timer(1.0, pressed.set).start()
+        start = time.monotonic()
+        with pytest.raises(Cancelled):
+            list(run_ordered(client, after, [(task_s, None)] * 3, Progress(is_canceled=pressed.is_set)))
+        waited = time.monotonic() - start
+        assert waited < 1.0 + CANCEL_CHECK_S + hang_limit(1.0) < task_s, waited
+        assert forgotten(client)
+
+
 def test_an_unreachable_scheduler_is_a_clear_error_in_bounded_time(scene, tmp_path):
     start = time.monotonic()
     with pytest.raises(AidXaiError, match=r"Could not reach the Dask scheduler at tcp://127.0.0.1:9 within 3 s"):
@@ -168,7 +205,7 @@ def test_a_raster_the_workers_cannot_read_is_named(scene, tmp_path):
     gdal.Translate(in_memory, raster)
     try:
         with pytest.raises(AidXaiError, match=r"Dask worker tcp://127\.0\.0\.1:\d+ cannot open the raster '/vsimem/only_here.tif'"):
-            explain_raster(in_memory, model, TilingOptions(), ExplainRequest(top_k=1), SETTINGS, ExplainOutputs(str(tmp_path / "s.tif")), engine="exact", device="cpu", execution="dask", dask=DaskSettings(workers=1))
+            explain_raster(ExplainSpec(in_memory, model, TilingOptions(), ExplainRequest(top_k=1), SETTINGS, ExplainOutputs(str(tmp_path / "s.tif")), engine="exact", device="cpu", execution="dask", dask=DaskSettings(workers=1)))
     finally:
         gdal.Unlink(in_memory)
     assert not os.path.exists(tmp_path / "s.tif")
@@ -181,7 +218,7 @@ KILLABLE_RUN = """
 import os, signal, sys
 from aid_xai_plugin.core.common.progress import Progress
 from aid_xai_plugin.core.explain.engine import ExplainSettings
-from aid_xai_plugin.core.pipelines.explain import ExplainOutputs, ExplainRequest, explain_raster
+from aid_xai_plugin.core.pipelines.explain import ExplainOutputs, ExplainRequest, ExplainSpec, explain_raster
 from aid_xai_plugin.core.pipelines.tiles import TilingOptions
 raster, model, output, max_evals, tiles, barrier = sys.argv[1:7]
 checkpoint = os.path.join(os.path.dirname(output), "." + os.path.basename(output) + ".resume")
@@ -192,7 +229,7 @@ def stop_when_checkpointed(percent):
         signal.pause()
 
 settings = ExplainSettings(masker="blur(16,16)", max_evals=int(max_evals), batch_size=64, seed=2)
-explain_raster(raster, model, TilingOptions(), ExplainRequest(top_k=2), settings, ExplainOutputs(output, output[:-4] + ".gpkg"), engine="exact", device="cpu", progress=Progress(set_progress=stop_when_checkpointed))
+explain_raster(ExplainSpec(raster, model, TilingOptions(), ExplainRequest(top_k=2), settings, ExplainOutputs(output, output[:-4] + ".gpkg"), engine="exact", device="cpu"), Progress(set_progress=stop_when_checkpointed))
 """
 
 
@@ -253,5 +290,5 @@ def test_a_worker_that_reads_another_model_refuses_the_job(tmp_path):
 
     outputs = ExplainOutputs(str(tmp_path / "shap.tif"))
     with pytest.raises(AidXaiError, match=r"Dask worker .* reads another model at '.*net\.aidx\.pt' \(SHA-256 [0-9a-f]{12}…\) than the run loaded \([0-9a-f]{12}…\)"):
-        explain_raster(raster, model, TilingOptions(), ExplainRequest(top_k=1), SETTINGS, outputs, engine="exact", device="cpu", progress=Progress(log=replace_the_model), execution="dask", dask=DaskSettings(workers=1))
+        explain_raster(ExplainSpec(raster, model, TilingOptions(), ExplainRequest(top_k=1), SETTINGS, outputs, engine="exact", device="cpu", execution="dask", dask=DaskSettings(workers=1)), Progress(log=replace_the_model))
     assert not os.path.exists(outputs.shap_raster)

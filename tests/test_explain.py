@@ -9,7 +9,8 @@ import rasterio
 from conftest import ROOT, run_algorithm_json, run_qgis_process
 from numerics import GEO_REL, assert_float32_outputs, assert_maps_within_float32_rounding, efficiency_bound, float32_storage_bound, float32_ulp, tile_scores
 
-from aid_xai_plugin.core.pipelines.explain import ExplainOutputs, ExplainRequest, explain_raster, to_source_pixels
+from aid_xai_plugin.core.geo.placement import to_source_pixels
+from aid_xai_plugin.core.pipelines.explain import ExplainOutputs, ExplainRequest, ExplainSpec, explain_raster
 from aid_xai_plugin.core.explain.engine import ExplainSettings
 from aid_xai_plugin.core.data.synthetic import make_scene_mosaic
 from aid_xai_plugin.core.pipelines.tiles import TilingOptions
@@ -68,7 +69,7 @@ def test_written_values_equal_shap_run_directly_at_the_right_pixels(mosaic, synt
     scene = _scene(truth, "Residential")
     outputs = ExplainOutputs(shap_raster=str(tmp_path / "shap.tif"))
     settings = dataclasses.replace(SETTINGS, output_space=space)
-    explain_raster(path, synthetic_model, TilingOptions(), ExplainRequest(tile_selector=_select(scene["row"], scene["col"], truth), top_k=2), settings, outputs, engine="shap")
+    explain_raster(ExplainSpec(path, synthetic_model, TilingOptions(), ExplainRequest(tile_selector=_select(scene["row"], scene["col"], truth), top_k=2), settings, outputs, engine="shap"))
 
     pixels, _ = _read_window(path, scene["window"])
     image = pixels.transpose(1, 2, 0).astype(np.float32) / np.float32(255.0)
@@ -115,7 +116,7 @@ def test_every_engine_writes_shaps_values(mosaic, synthetic_model, tmp_path):
     written = {}
     for engine in ("shap", "exact", "fast"):
         outputs = ExplainOutputs(shap_raster=str(tmp_path / f"{engine}.tif"))
-        explain_raster(path, synthetic_model, TilingOptions(), ExplainRequest(tile_selector=_select(scene["row"], scene["col"], truth), top_k=3), settings, outputs, engine=engine)
+        explain_raster(ExplainSpec(path, synthetic_model, TilingOptions(), ExplainRequest(tile_selector=_select(scene["row"], scene["col"], truth), top_k=3), settings, outputs, engine=engine))
         with rasterio.open(outputs.shap_raster) as raster:
             assert raster.tags()["AIDXAI_ENGINE"] == engine
             written[engine] = raster.read().astype(np.float64)
@@ -149,7 +150,7 @@ def test_cancel_inside_a_tile_stops_and_leaves_no_output(mosaic, synthetic_model
     os.makedirs(tmp_path / "out")
     settings = ExplainSettings(masker="blur(64,64)", max_evals=5000, batch_size=16)
     with pytest.raises(Cancelled):
-        explain_raster(path, synthetic_model, TilingOptions(), ExplainRequest(tile_selector=_select(scene["row"], scene["col"], truth)), settings, outputs, engine=engine, progress=progress)
+        explain_raster(ExplainSpec(path, synthetic_model, TilingOptions(), ExplainRequest(tile_selector=_select(scene["row"], scene["col"], truth)), settings, outputs, engine=engine), progress)
     assert len(checks) == 4  # one check per tile, then one per model call inside the engine
     assert 0 < max(percents) < 5  # progress moved within the tile before the cancel
     assert os.listdir(tmp_path / "out") == [".shap.tif.resume"]  # no output; the (empty) checkpoint waits for a re-run
@@ -166,7 +167,7 @@ def test_efficiency_sum_equals_output_minus_base_in_each_space(mosaic, synthetic
     path, truth = mosaic
     outputs = ExplainOutputs(shap_raster=str(tmp_path / "shap.tif"), tile_table=str(tmp_path / "table.gpkg"))
     settings = ExplainSettings(masker="blur(16,16)", max_evals=100, batch_size=64, output_space=space)
-    summary = explain_raster(path, synthetic_model, TilingOptions(), ExplainRequest(top_k=3), settings, outputs, engine="fast")
+    summary = explain_raster(ExplainSpec(path, synthetic_model, TilingOptions(), ExplainRequest(top_k=3), settings, outputs, engine="fast"))
     assert summary.explained == 12 and summary.output_space == space
     table_dataset = ogr.Open(outputs.tile_table)
     table = table_dataset.GetLayer(0)
@@ -217,7 +218,7 @@ def test_positive_evidence_for_a_storage_tank_lies_on_the_tank(mosaic, synthetic
     scene = _scene(truth, "StorageTank")
     outputs = ExplainOutputs(shap_raster=str(tmp_path / "tank.tif"))
     request = ExplainRequest(tile_selector=_select(scene["row"], scene["col"], truth), class_names=["StorageTank"])
-    explain_raster(path, synthetic_model, TilingOptions(), request, ExplainSettings(masker="blur(64,64)", max_evals=1000, batch_size=128), outputs, engine="shap")
+    explain_raster(ExplainSpec(path, synthetic_model, TilingOptions(), request, ExplainSettings(masker="blur(64,64)", max_evals=1000, batch_size=128), outputs, engine="shap"))
     pixels, _ = _read_window(path, scene["window"])
     rgb = pixels.transpose(1, 2, 0).astype(int)
     grey = (np.abs(rgb[..., 0] - rgb[..., 2]) < 15) & ((rgb.mean(axis=2) > 140) | (rgb.mean(axis=2) < 75))
@@ -270,11 +271,11 @@ def test_bad_explain_inputs(mosaic, synthetic_model, tmp_path):
     path, _ = mosaic
     outputs = ExplainOutputs(shap_raster=str(tmp_path / "s.tif"))
     with pytest.raises(AidXaiError, match="not classes of this model"):
-        explain_raster(path, synthetic_model, TilingOptions(), ExplainRequest(class_names=["Volcano"]), SETTINGS, outputs, engine="shap")
+        explain_raster(ExplainSpec(path, synthetic_model, TilingOptions(), ExplainRequest(class_names=["Volcano"]), SETTINGS, outputs, engine="shap"))
     with pytest.raises(AidXaiError, match="MASKER"):
-        explain_raster(path, synthetic_model, TilingOptions(), ExplainRequest(), ExplainSettings(masker="sharpen"), outputs, engine="shap")
+        explain_raster(ExplainSpec(path, synthetic_model, TilingOptions(), ExplainRequest(), ExplainSettings(masker="sharpen"), outputs, engine="shap"))
     with pytest.raises(AidXaiError, match="No tile"):
-        explain_raster(path, synthetic_model, TilingOptions(), ExplainRequest(tile_selector=lambda corners: []), SETTINGS, outputs, engine="shap")
+        explain_raster(ExplainSpec(path, synthetic_model, TilingOptions(), ExplainRequest(tile_selector=lambda corners: []), SETTINGS, outputs, engine="shap"))
     assert not os.path.exists(outputs.shap_raster)
 
 
@@ -312,7 +313,7 @@ def test_overlapping_tiles_blend_or_overwrite_and_the_report_keeps_the_least_con
     written = {}
     for mode in ("last", "blend"):
         outputs = ExplainOutputs(shap_raster=str(tmp_path / f"{mode}.tif"), tile_table=str(tmp_path / f"{mode}.gpkg"), report=str(tmp_path / f"{mode}.html"), overlap=mode, report_tiles=4)
-        summary = explain_raster(path, synthetic_model, options, ExplainRequest(class_names=["StorageTank"]), settings, outputs, engine="fast")
+        summary = explain_raster(ExplainSpec(path, synthetic_model, options, ExplainRequest(class_names=["StorageTank"]), settings, outputs, engine="fast"))
         assert summary.explained == 15
         with rasterio.open(outputs.shap_raster) as raster:
             assert (raster.width, raster.height) == (192, 128) and raster.tags()["AIDXAI_OVERLAP"] == mode
@@ -348,10 +349,10 @@ def test_blending_top_k_ranks_of_overlapping_tiles_is_refused(mosaic, synthetic_
     assert len({scene["class_name"] for scene in truth if scene["row"] == 0 and scene["col"] < 2}) == 2  # two classes under the tiles
     shap_path = tmp_path / "ranks.tif"
     with pytest.raises(AidXaiError, match="with TOP_K each tile's band 'rank k' holds its own k-th class"):
-        explain_raster(path, synthetic_model, options, ExplainRequest(top_k=1), settings, ExplainOutputs(shap_raster=str(shap_path)), engine="fast")
+        explain_raster(ExplainSpec(path, synthetic_model, options, ExplainRequest(top_k=1), settings, ExplainOutputs(shap_raster=str(shap_path)), engine="fast"))
     assert not shap_path.exists() and os.listdir(tmp_path) == []
     # with `last` each pixel comes from one tile, so its rank-1 value is that tile's class's
-    explain_raster(path, synthetic_model, options, ExplainRequest(top_k=1), settings, ExplainOutputs(shap_raster=str(shap_path), overlap="last"), engine="fast")
+    explain_raster(ExplainSpec(path, synthetic_model, options, ExplainRequest(top_k=1), settings, ExplainOutputs(shap_raster=str(shap_path), overlap="last"), engine="fast"))
     assert shap_path.exists()
 
 
@@ -396,7 +397,7 @@ def test_invalid_and_outside_pixels_are_nodata_and_the_map_ends_at_the_raster_ed
         assert 0 < invalid.sum() < invalid.size and not invalid[:, 64:].any()  # the hole, in tile (0, 4)
         shap_path = tmp_path / f"{kind}_shap.tif"
         options = TilingOptions(bands="1,2,3", extent=(left + 256 * 2.0, top - 64 * 2.0, right, top))
-        summary = explain_raster(damaged, synthetic_model, options, ExplainRequest(class_names=["StorageTank"]), settings, ExplainOutputs(shap_raster=str(shap_path)), engine="fast")
+        summary = explain_raster(ExplainSpec(damaged, synthetic_model, options, ExplainRequest(class_names=["StorageTank"]), settings, ExplainOutputs(shap_raster=str(shap_path)), engine="fast"))
         assert summary.explained == 2  # tile (0, 4) with its hole and the edge tile (0, 5), 40 of 64 columns inside
         with rasterio.open(shap_path) as shap_raster:
             assert shap_raster.bounds.right == pytest.approx(right, rel=GEO_REL) and shap_raster.width == 360 - 256

@@ -30,7 +30,7 @@ from aid_xai_plugin.core.common.errors import AidXaiError
 from aid_xai_plugin.core.data.synthetic import SYNTHETIC_CLASSES
 from aid_xai_plugin.core.explain.engine import ExplainSettings
 from aid_xai_plugin.core.pipelines.classify import CLASS_NODATA, PROBABILITY_NODATA, ClassifyOutputs, classify_raster
-from aid_xai_plugin.core.pipelines.explain import SHAP_NODATA, ExplainOutputs, ExplainRequest, explain_raster
+from aid_xai_plugin.core.pipelines.explain import SHAP_NODATA, ExplainOutputs, ExplainRequest, ExplainSpec, explain_raster
 from aid_xai_plugin.core.pipelines.tiles import TilingOptions
 
 CORE_CLASSIFY_CASES = 360
@@ -522,7 +522,7 @@ def run_case(work, synthetic_model, spec, options, operation, explain_settings=N
             try:
                 # two named classes: overlapping tiles blend only for fixed classes (top-k ranks are refused)
                 request = ExplainRequest(tile_selector=selector, class_names=list(SYNTHETIC_CLASSES[:2]))
-                result = explain_raster(raster, synthetic_model, options, request, explain_settings, outputs, engine="fast", device="cpu")
+                result = explain_raster(ExplainSpec(raster, synthetic_model, options, request, explain_settings, outputs, engine="fast", device="cpu"))
             except AidXaiError as error:
                 expect_clear_error(error, out, paths, operation, expected)
                 return

@@ -133,6 +133,11 @@ def test_extent_on_pixel_edges_at_utm_coordinates_takes_exactly_those_pixels():
     assert pixel_window(utm, (400, 400), (500003.0, 5799940.0, 500006.0, 5799967.9)) == (10, 107, 10, 93)
 
 
+def test_extent_on_pixel_edges_off_a_round_origin_takes_exactly_those_pixels():
+    """(123487.9 − 123456.7) / 0.3 is 103.99999999999031 in floats: column 104's edge all the same."""
+    assert pixel_window((123456.7, 0.3, 0.0, 5800000.0, 0.0, -0.3), (400, 400), (123487.9, 5799910.0, 123516.7, 5799997.9)) == (104, 7, 96, 293)
+
+
 def test_extent_reaching_past_the_raster_is_clipped_to_it():
     assert pixel_window(NORTH_UP, (20, 20), (900.0, 1500.0, 1035.0, 1975.0)) == (0, 2, 4, 18)
 
@@ -348,7 +353,7 @@ def test_pixel_grid_output_covers_exactly_the_union_of_the_tiles(case):
     x0, y0 = min(w[0] for w in windows), min(w[1] for w in windows)
     x1, y1 = max(w[0] + w[2] for w in windows), max(w[1] + w[3] for w in windows)
     assert grid.pixel_extent_size == (x1 - x0, y1 - y0)
-    output = grid.pixel_grid_geotransform()
+    output = grid.window_geotransform(grid.covering_window(list(grid.tiles())))  # as explain writes its SHAP raster
     assert (output[1], output[2], output[4], output[5]) == (g[1], g[2], g[4], g[5])
     assert_points_close(rectangle(output, 0, 0, *grid.pixel_extent_size), rectangle(g, x0, y0, x1 - x0, y1 - y0), coordinate_tolerance(g, size))
 

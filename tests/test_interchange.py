@@ -22,7 +22,7 @@ from aid_xai_plugin.core.ml.interchange import check_against_torch, export_onnx,
 from aid_xai_plugin.core.ml.classifier import Classifier
 from aid_xai_plugin.core.ml.model_file import load_model
 from aid_xai_plugin.core.pipelines.classify import ClassifyOutputs, classify_raster
-from aid_xai_plugin.core.pipelines.explain import ExplainOutputs, ExplainRequest, explain_raster
+from aid_xai_plugin.core.pipelines.explain import ExplainOutputs, ExplainRequest, ExplainSpec, explain_raster
 from aid_xai_plugin.core.pipelines.tiles import TilingOptions
 
 
@@ -92,8 +92,8 @@ def test_an_imported_model_is_explained_with_full_evaluations(synthetic_model, d
     options = TilingOptions(extent=None)
     settings = ExplainSettings(masker="blur(16,16)", max_evals=40, batch_size=64)
     request = ExplainRequest(top_k=1, tile_selector=lambda corners: [(0, "", None)] if corners[0][0] < 500000.0 + 128.0 and corners[0][1] > 5600000.0 - 1.0 else [])
-    result = explain_raster(demo_mosaic, imported, options, request, settings, ExplainOutputs(shap_raster=str(tmp_path / "onnx.tif")), engine="fast")
-    reference = explain_raster(demo_mosaic, synthetic_model, options, request, settings, ExplainOutputs(shap_raster=str(tmp_path / "torch.tif")), engine="exact")
+    result = explain_raster(ExplainSpec(demo_mosaic, imported, options, request, settings, ExplainOutputs(shap_raster=str(tmp_path / "onnx.tif")), engine="fast"))
+    reference = explain_raster(ExplainSpec(demo_mosaic, synthetic_model, options, request, settings, ExplainOutputs(shap_raster=str(tmp_path / "torch.tif")), engine="exact"))
     assert result.explained == reference.explained == 1 and "traced" in result.fallback_reason
     with rasterio.open(tmp_path / "onnx.tif") as a, rasterio.open(tmp_path / "torch.tif") as b:
         maps = {"ONNX": a.read(), "torch": b.read()}

@@ -1,5 +1,6 @@
 """The pipeline layer: per-tile steps as plain values in → arrays out, and the loop around them."""
 
+import dataclasses
 import pickle
 import subprocess
 import sys
@@ -66,7 +67,7 @@ def test_a_resumed_run_explains_damaged_checkpoint_tiles_again(tmp_path, synthet
 
     import rasterio
 
-    from aid_xai_plugin.core.pipelines.explain import ExplainOutputs, ExplainRequest, explain_raster
+    from aid_xai_plugin.core.pipelines.explain import ExplainOutputs, ExplainRequest, ExplainSpec, explain_raster
 
     path = str(tmp_path / "mosaic.tif")
     make_scene_mosaic(path, rows=2, cols=3, scene_px=64, seed=4)
@@ -74,7 +75,7 @@ def test_a_resumed_run_explains_damaged_checkpoint_tiles_again(tmp_path, synthet
 
     def run(name, progress=None):
         outputs = ExplainOutputs(shap_raster=str(tmp_path / f"{name}.tif"))
-        explain_raster(path, synthetic_model, TilingOptions(), ExplainRequest(top_k=1), settings, outputs, engine="exact", progress=progress)
+        explain_raster(ExplainSpec(path, synthetic_model, TilingOptions(), ExplainRequest(top_k=1), settings, outputs, engine="exact"), progress)
         with rasterio.open(outputs.shap_raster) as raster:
             return raster.read()
 
@@ -97,3 +98,70 @@ def test_a_resumed_run_explains_damaged_checkpoint_tiles_again(tmp_path, synthet
     assert any("1 tile(s) of the interrupted run's checkpoint could not be read back" in line for line in logs), logs
     assert any("2 of 6 tile(s) reused from its checkpoint, 4 to explain" in line for line in logs), logs
     assert not checkpoint.exists()
+
+
+def _replaced(spec, name, value):
+    """`spec` with the field `name` ('part.field' for a nested dataclass's) set to `value`."""
+    head, _, rest = name.partition(".")
+    return dataclasses.replace(spec, **{head: _replaced(getattr(spec, head), rest, value) if rest else value})
+
+
+def _other(value):
+    """Another value of the same kind (a run would refuse some of them; a key need not)."""
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, (int, float)):
+        return value + 1
+    if isinstance(value, str):
+        return value + "x"
+    if isinstance(value, (tuple, list)):
+        return type(value)([*value, 1])
+    if value is None:
+        return (1,)
+    if dataclasses.is_dataclass(value):  # a resolved BandScaling
+        return dataclasses.replace(value, description=value.description + "x")
+    raise AssertionError(f"no other value for {value!r}")
+
+
+def test_every_field_that_can_change_values_changes_the_resume_key(tmp_path, synthetic_model):
+    """The key is built from ExplainSpec's own fields, so a field added later is in it unasked: every
+    field but those NOT_IN_RESUME_KEY names (output paths, where tiles are computed, the tile limit)
+    changes it, a field the run resolves by what it resolved to (the model by its content, 'auto' by
+    the device chosen, the features by the tiles they select); a value with no stable form (a callable
+    nobody resolved) is refused rather than keyed by its address."""
+    import shutil
+
+    from aid_xai_plugin.core.pipelines.checkpoint import run_key, spec_fields
+    from aid_xai_plugin.core.pipelines.explain import NOT_IN_RESUME_KEY, ExplainOutputs, ExplainRequest, ExplainSpec, resolved_fields, resume_key
+
+    path = str(tmp_path / "mosaic.tif")
+    make_scene_mosaic(path, rows=1, cols=2, scene_px=64, seed=2)
+    spec = ExplainSpec(path, synthetic_model, TilingOptions(), ExplainRequest(top_k=1), ExplainSettings(), ExplainOutputs(shap_raster=str(tmp_path / "shap.tif")), device="cpu")
+    source = TileSource(path, synthetic_model, spec.tiling, "cpu")
+    windows = [tile.window for tile in source.grid.tiles()]
+    resolved = resolved_fields(spec, source, windows)
+    key = resume_key(spec, source, windows)
+    fields = spec_fields(spec)
+    assert set(resolved) <= set(fields) and len(fields) > 20
+    for name, value in fields.items():
+        if name in resolved:
+            continue  # keyed by what it resolved to: below
+        changed = resume_key(_replaced(spec, name, _other(value)), source, windows)
+        if any(name == part or name.startswith(part + ".") for part in NOT_IN_RESUME_KEY):
+            assert changed == key, name
+        else:
+            assert changed != key, name
+    for name, value in resolved.items():
+        assert run_key(spec, NOT_IN_RESUME_KEY, dict(resolved, **{name: _other(value)})) != key, name
+    assert resume_key(spec, source, windows[1:]) != key  # other features: other tiles
+    assert resume_key(_replaced(spec, "tiling.bands", "1,2,3"), source, windows) == key  # the model's band order, named
+    assert resume_key(dataclasses.replace(spec, device="auto"), source, windows) == key  # resolved to the CPU here
+
+    copy = str(tmp_path / "copy.aidx.pt")
+    shutil.copyfile(synthetic_model, copy)  # the same model elsewhere resumes
+    assert resume_key(dataclasses.replace(spec, model=copy), TileSource(path, copy, spec.tiling, "cpu"), windows) == key
+    assert resume_key(spec, TileSource(path, synthetic_model, TilingOptions(scaling="percentile(1,99)"), "cpu"), windows) != key
+    make_scene_mosaic(path, rows=1, cols=2, scene_px=64, seed=3)  # rewritten in place
+    assert resume_key(spec, source, windows) != key
+    with pytest.raises(TypeError, match="no stable value for a resume key"):
+        run_key(dataclasses.replace(spec, request=ExplainRequest(tile_selector=lambda corners: [])))

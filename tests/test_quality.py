@@ -16,7 +16,7 @@ from aid_xai_plugin.core.ml.classifier import Classifier
 from aid_xai_plugin.core.ml.model_file import load_model
 from aid_xai_plugin.core.ml.randomisation import randomised_classifier
 from aid_xai_plugin.core.pipelines.explain import ExplainRequest
-from aid_xai_plugin.core.pipelines.quality import QUALITY_TABLE_FIELDS, QualityOutputs, explanation_quality
+from aid_xai_plugin.core.pipelines.quality import QUALITY_TABLE_FIELDS, QualityOutputs, QualitySpec, explanation_quality
 from aid_xai_plugin.core.pipelines.tiles import TilingOptions
 
 # A constant grey masker in probability space: measured on all 12 scenes of the mosaic below (max_evals
@@ -173,7 +173,7 @@ def test_shap_beats_random_orders_and_randomised_maps_decorrelate(mosaic, synthe
     request = ExplainRequest(tile_selector=_select(truth, *STORAGE_TANKS, FARMLAND), top_k=1)
     outputs = QualityOutputs(table=str(tmp_path / "quality.gpkg"), report=str(tmp_path / "quality.html"))
     before = _rng_states()
-    summary = explanation_quality(path, synthetic_model, TilingOptions(), request, SETTINGS, outputs, device="cpu", steps=20, random_orders=3)
+    summary = explanation_quality(QualitySpec(path, synthetic_model, TilingOptions(), request, SETTINGS, outputs, device="cpu", steps=20, random_orders=3))
     _assert_same_rng_states(before, _rng_states())
     _, rows = _rows(outputs.table)
     assert summary.assessed == 3 and sorted(row["class_name"] for row in rows) == ["Farmland", "StorageTank", "StorageTank"]
@@ -191,7 +191,7 @@ def test_blurred_storage_tank_deletion_falls_far_faster_than_random(mosaic, synt
     the tank first removes the evidence at once (measured deletion AUC 0.11 and 0.66 vs random 0.96 and 0.98)."""
     path, truth = mosaic
     settings = ExplainSettings(masker="blur(64,64)", max_evals=300, batch_size=64, seed=0)
-    summary = explanation_quality(path, synthetic_model, TilingOptions(), ExplainRequest(tile_selector=_select(truth, *STORAGE_TANKS), top_k=1), settings, QualityOutputs(), device="cpu")
+    summary = explanation_quality(QualitySpec(path, synthetic_model, TilingOptions(), ExplainRequest(tile_selector=_select(truth, *STORAGE_TANKS), top_k=1), settings, QualityOutputs(), device="cpu"))
     assert summary.assessed == 2
     assert summary.deletion_auc < 0.8 * summary.random_deletion_auc
 
@@ -251,5 +251,5 @@ def test_cancel_leaves_no_output(mosaic, synthetic_model, tmp_path):
     progress = Progress(is_canceled=lambda: checks.append(1) or len(checks) > 2)
     outputs = QualityOutputs(table=str(tmp_path / "q.gpkg"), report=str(tmp_path / "q.html"))
     with pytest.raises(Cancelled):
-        explanation_quality(mosaic[0], synthetic_model, TilingOptions(), ExplainRequest(top_k=1), SETTINGS, outputs, device="cpu", progress=progress)
+        explanation_quality(QualitySpec(mosaic[0], synthetic_model, TilingOptions(), ExplainRequest(top_k=1), SETTINGS, outputs, device="cpu"), progress)
     assert os.listdir(tmp_path) == []

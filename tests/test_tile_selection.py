@@ -10,7 +10,7 @@ from osgeo import ogr
 
 from aid_xai_plugin.core.common.errors import AidXaiError
 from aid_xai_plugin.core.data.synthetic import make_scene_mosaic
-from aid_xai_plugin.core.pipelines.explain import check_tile_budget
+from aid_xai_plugin.core.pipelines.budget import check_tile_budget
 
 
 @pytest.fixture(scope="module")

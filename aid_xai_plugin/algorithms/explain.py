@@ -10,7 +10,7 @@ from qgis.core import (
 )
 
 from ..core.geo.mosaic import OVERLAP_MODES
-from ..core.pipelines.explain import ExplainOutputs, ExplainRequest, explain_raster
+from ..core.pipelines.explain import ExplainOutputs, ExplainRequest, ExplainSpec, explain_raster
 from ..qgis_compat import NUMBER_INTEGER, with_advanced_flag
 from ..styling import apply_on_load, style_explained_tile_table, style_shap_raster
 from .base import AidXaiAlgorithm, choice_parameter, open_raster_output
@@ -104,7 +104,8 @@ class ExplainAlgorithm(AidXaiAlgorithm):
         )
         execution, dask = read_execution(self, parameters, context)
         with raster_input(self, parameters, context, layer, read_tiling_options(self, parameters, context, layer), feedback) as (path, options):
-            summary = explain_raster(path, model, options, request, settings, outputs, engine, self.device(parameters, context), progress, execution, dask)
+            spec = ExplainSpec(path, model, options, request, settings, outputs, engine=engine, device=self.device(parameters, context), execution=execution, dask=dask)
+            summary = explain_raster(spec, progress)
         feedback.pushInfo(f"Explained {summary.explained} of {summary.requested} selected tile(s); bands: {', '.join(summary.band_names)}")
         results = {"OUTPUT": outputs.shap_raster, "TILES_EXPLAINED": summary.explained}
         apply_on_load(context, outputs.shap_raster, style_shap_raster(outputs.shap_raster, summary.style_scale, summary.output_space))

@@ -12,12 +12,12 @@ from qgis.core import (
 
 from ..core.common.errors import AidXaiError
 from ..core.explain.engine import ExplainSettings
+from ..core.explain.registry import ENGINES
 from ..core.ml.classifier import OUTPUT_SPACES
 from ..qgis_compat import NUMBER_DOUBLE, NUMBER_INTEGER, POINT_GEOMETRY, SOURCE_VECTOR_POINT, SOURCE_VECTOR_POLYGON, with_advanced_flag
 from .base import choice_parameter
 from .tiling_parameters import add_extent_parameter
 
-ENGINES = ("fast", "exact", "shap")
 MASKERS = ("blur", "inpaint_telea", "inpaint_ns", "constant")
 
 
@@ -37,7 +37,7 @@ def add_shap_parameters(algorithm, default_max_evals=500):
     algorithm.addParameter(choice_parameter("MASKER", "Masker (what hidden pixels become)", MASKERS, "blur"))
     algorithm.addParameter(QgsProcessingParameterNumber("MASKER_KERNEL", "Blur kernel size (model-input pixels)", NUMBER_INTEGER, 256, minValue=1))
     algorithm.addParameter(QgsProcessingParameterNumber("MASKER_VALUE", "Constant for hidden pixels (0..1)", NUMBER_DOUBLE, 0.5, minValue=0.0, maxValue=1.0))
-    algorithm.addParameter(choice_parameter("ENGINE", "Engine", ENGINES, "fast"))
+    algorithm.addParameter(choice_parameter("ENGINE", "Engine", tuple(ENGINES), "fast"))
     algorithm.addParameter(with_advanced_flag(QgsProcessingParameterNumber("SEED", "Random seed (shap's tie-breaks)", NUMBER_INTEGER, 0)))
 
 

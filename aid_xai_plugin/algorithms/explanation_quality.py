@@ -10,7 +10,7 @@ from qgis.core import (
 
 from ..core.ml.randomisation import RANDOMISE_SCOPES
 from ..core.pipelines.explain import ExplainRequest
-from ..core.pipelines.quality import QualityOutputs, explanation_quality
+from ..core.pipelines.quality import QualityOutputs, QualitySpec, explanation_quality
 from ..qgis_compat import NUMBER_INTEGER
 from ..styling import apply_on_load, style_explained_tile_table
 from .base import AidXaiAlgorithm, choice_parameter
@@ -86,7 +86,7 @@ class ExplanationQualityAlgorithm(AidXaiAlgorithm):
             report=self.optional_output(parameters, "OUTPUT_REPORT", context),
         )
         with raster_input(self, parameters, context, layer, read_tiling_options(self, parameters, context, layer), feedback) as (path, options):
-            summary = explanation_quality(
+            spec = QualitySpec(
                 path,
                 model,
                 options,
@@ -98,8 +98,8 @@ class ExplanationQualityAlgorithm(AidXaiAlgorithm):
                 randomise=self.choice(parameters, "RANDOMISE", context),
                 steps=self.parameterAsInt(parameters, "STEPS", context),
                 random_orders=self.parameterAsInt(parameters, "RANDOM_ORDERS", context),
-                progress=progress,
             )
+            summary = explanation_quality(spec, progress)
         feedback.pushInfo(
             f"Assessed {summary.assessed} of {summary.requested} selected tile(s): deletion AUC {summary.deletion_auc:.3f} (random {summary.random_deletion_auc:.3f}), "
             f"insertion AUC {summary.insertion_auc:.3f} (random {summary.random_insertion_auc:.3f}), mean |rank correlation| with the randomised model {summary.abs_rank_correlation:.2f}"

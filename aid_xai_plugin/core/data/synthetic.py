@@ -26,11 +26,6 @@ def _smooth_noise(rng, size, cells):
     return top * (1 - f)[:, None] + bottom * f[:, None]
 
 
-def _colorize(weights, colors):
-    """Blend RGB `colors` (k×3) with per-pixel `weights` (H×W×k, rows sum to 1)."""
-    return np.tensordot(weights, np.asarray(colors, dtype=float), axes=([2], [0]))
-
-
 def _bare_ground(rng, size):
     tone = 0.6 * _smooth_noise(rng, size, 4) + 0.4 * rng.random((size, size))
     low, high = np.array([150, 128, 96]), np.array([196, 172, 132])

@@ -52,10 +52,12 @@ class FaithfulnessCurves:
 
 
 def area_under(fractions, curves):
-    """Trapezoid-rule area of each row of `curves` over `fractions` (np.trapz is gone in numpy 2,
-    np.trapezoid is missing from numpy 1.24)."""
-    curves = np.asarray(curves, dtype=np.float64)
-    return ((curves[..., 1:] + curves[..., :-1]) * 0.5 * np.diff(fractions)).sum(axis=-1)
+    """Trapezoid-rule area of each row of `curves` over `fractions`, in float64. scipy's trapezoid:
+    numpy's is np.trapz before 2.0 and np.trapezoid from 2.0; scipy (which shap needs) is imported
+    here, not when the plugin loads."""
+    from scipy.integrate import trapezoid
+
+    return trapezoid(np.asarray(curves, dtype=np.float64), fractions, axis=-1)
 
 
 class PixelHider:

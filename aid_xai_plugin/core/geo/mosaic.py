@@ -22,7 +22,11 @@ OVERLAP_MODES = ("blend", "last")
 
 def tile_weights(height, width):
     """The blend window: a separable Hann (sin²) taper, positive everywhere. With a stride of half the
-    tile size the shifted windows sum to a constant, so the blend is an evenly weighted average."""
+    tile size the shifted windows sum to a constant, so the blend is an evenly weighted average.
+
+    Written out, not scipy.signal.windows: the same taper there is hann(2·size + 1)[1::2] (hann(size
+    + 2)[1:-1] is another window), which scipy computes as 0.5 − 0.5·cos and so differs from sin² by
+    up to 1e-15 for every size from 2 to 1999 (scipy 1.10): not today's values, and no clearer."""
 
     def taper(size):
         return np.sin(np.pi * (np.arange(size) + 0.5) / size) ** 2

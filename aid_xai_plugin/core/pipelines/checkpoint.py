@@ -4,12 +4,13 @@ can resume: re-running the same command computes only the missing tiles.
 The checkpoint is a hidden folder next to the first output, holding one file per finished tile
 (written under a temporary name, flushed to disk and renamed, so a kill or a power cut never leaves a
 half tile under a tile's name; a tile file that is unreadable all the same, e.g. after a full disk,
-is explained again) and the run's key:
-a digest of the input raster (path, size, modification time), the model's SHA-256, the plugin's and
-torch's versions and every setting that changes values. A run with another key discards the folder
-instead of reusing stale tiles; a completed run removes it.
+is explained again) and the run's key (`run_key`): a digest of every field of the run's spec but
+those named as changing no value, each as this run resolved it (the raster's path, size and
+modification time; the model's SHA-256), and the plugin's and torch's versions. A run with another
+key discards the folder instead of reusing stale tiles; a completed run removes it.
 """
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -24,20 +25,61 @@ _ARRAYS = ("image", "values", "class_indices", "output_values", "base_values", "
 _UNREADABLE = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile)
 
 
-def run_key(raster_path, model_sha256, *settings):
-    """A digest of what decides the run's values and how tiles are stored: the plugin's version (its
-    engines and tile format) and torch's (its kernels) too; `settings` are JSON-able or have `tolist()`."""
+def run_key(spec, excluded=(), resolved=None):
+    """A digest of what decides a run's values: every field of the dataclass `spec` (nested
+    dataclasses field by field, named like 'outputs.overlap') except the `excluded` names (a name
+    excludes the fields under it too), each name in `resolved` standing for what this run resolved it
+    to (a path for the file's identity, 'auto' for the device chosen, a callable for its effect); and
+    the plugin's version (its engines and tile format) and torch's (its kernels). Every field is in
+    unless excluded by name, so a new setting cannot be left out of the key unnoticed: a value with no
+    stable plain form (a callable, an object) raises TypeError until it is resolved or excluded."""
     import torch
 
     from .. import __version__
 
-    path = os.path.abspath(raster_path)
-    identity = [path]
-    if os.path.exists(path):
-        status = os.stat(path)
-        identity += [status.st_size, status.st_mtime_ns]
-    text = json.dumps([identity, model_sha256, __version__, torch.__version__, sorted(_ARRAYS), *settings], sort_keys=True, default=lambda value: value.tolist() if hasattr(value, "tolist") else repr(value))
+    fields = spec_fields(spec)
+    resolved = dict(resolved or {})
+    unknown = [name for name in resolved if name not in fields] + [name for name in excluded if not any(_under(field, (name,)) for field in fields)]
+    if unknown:
+        raise ValueError(f"{', '.join(unknown)}: not fields of {type(spec).__name__}")
+    values = {name: resolved.get(name, value) for name, value in fields.items() if not _under(name, excluded)}
+    text = json.dumps([__version__, torch.__version__, sorted(_ARRAYS), values], sort_keys=True, default=_plain)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def spec_fields(spec, prefix=""):
+    """{'name' or 'part.name': value} of a dataclass's fields, nested dataclasses field by field."""
+    fields = {}
+    for field in dataclasses.fields(spec):
+        value = getattr(spec, field.name)
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            fields.update(spec_fields(value, f"{prefix}{field.name}."))
+        else:
+            fields[prefix + field.name] = value
+    return fields
+
+
+def file_identity(path):
+    """A file as a run key sees it: its absolute path, and its size and modification time if it exists
+    (a rewritten file at the same path is another input)."""
+    path = os.path.abspath(path)
+    if not os.path.exists(path):
+        return [path]
+    status = os.stat(path)
+    return [path, status.st_size, status.st_mtime_ns]
+
+
+def _under(name, prefixes):
+    return any(name == prefix or name.startswith(prefix + ".") for prefix in prefixes)
+
+
+def _plain(value):
+    """JSON for what json.dumps can't write itself: arrays and resolved dataclasses (a BandScaling)."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    raise TypeError(f"{value!r} has no stable value for a resume key: resolve it to plain values (run_key's `resolved`) or exclude it")
 
 
 class TileCheckpoint:

@@ -13,6 +13,7 @@ Python interpreter named explicitly: inside QGIS `sys.executable` can be the QGI
 spawning it would open QGIS windows (QGIS issue #45646).
 """
 
+import collections
 import contextlib
 import dataclasses
 import hashlib
@@ -20,13 +21,13 @@ import os
 import pickle
 import sys
 import threading
-import time
 
 from ..common.errors import AidXaiError
 from ..common.shared_setting import SharedSetting
 
 EXECUTION_MODES = ("local", "dask")
 TASKS_PER_WORKER_THREAD = 3  # queued on each worker thread: busy without a backlog of results
+CANCEL_CHECK_S = 0.5  # longest wait for a result between two checks of Cancel
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,14 +115,15 @@ def _worker_environment(threads):
     return dask.config.set({"distributed.nanny.pre-spawn-environ": {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads}})
 
 
-def run_ordered(client, function, argument_lists, progress=None, threads_per_worker=None):
+def run_ordered(client, function, argument_lists, progress=None):
     """Yield function(*arguments) for each entry of `argument_lists`, computed on the cluster, in
-    order. Progress counts finished tasks; Cancel cancels the outstanding ones."""
+    order; a task's error (a worker's AidXaiError, Dask's KilledWorker) is raised when its turn comes.
+    Progress counts finished tasks; Cancel cancels the outstanding ones."""
     workers = client.scheduler_info().get("workers", {})
     slots = sum(worker.get("nthreads", 1) for worker in workers.values()) or 1
     window = max(2, slots * TASKS_PER_WORKER_THREAD)
     argument_lists = iter(argument_lists)
-    pending = []
+    pending = collections.deque()
     try:
         while True:
             while len(pending) < window:
@@ -131,15 +133,30 @@ def run_ordered(client, function, argument_lists, progress=None, threads_per_wor
                 pending.append(client.submit(function, *arguments, pure=False))
             if not pending:
                 return
-            head = pending.pop(0)
-            while not head.done():
-                if progress:
-                    progress.check_cancel()
-                time.sleep(0.05)
-            yield head.result()
+            result = _result(pending[0], progress)  # still outstanding (cancelled on Cancel) until it is in
+            pending.popleft()
+            yield result
     finally:
         if pending:
-            client.cancel(pending)
+            client.cancel(list(pending))
+
+
+def _result(future, progress):
+    """`future`'s result (or its task's error), checking Cancel at least every CANCEL_CHECK_S while
+    the task runs.
+
+    Woken by the future's done-callback. Not distributed.wait(timeout=…): it waits through the
+    process's default client, which runs never set (a QGIS session may hold another), and making ours
+    current (Client.as_current) sets dask's global scheduler setting, which two runs at once can leave
+    changed. Not Future.result(timeout=…) in a loop: its timeout error holds the future in a reference
+    cycle, which kept a finished task's result on the cluster until Python's next garbage collection."""
+    finished = threading.Event()
+    future.add_done_callback(lambda _: finished.set())
+    while True:
+        if progress:
+            progress.check_cancel()
+        if finished.wait(CANCEL_CHECK_S):
+            return future.result()
 
 
 _WORKER_LOCK = threading.Lock()

@@ -1,10 +1,9 @@
 """Explain chosen tiles of a raster with partition SHAP and write the maps where the tiles lie.
 
-Value placement: an engine explains the tile as the model sees it (input_size² pixels), in the
-chosen output space (logit, probability or log-probability). The SHAP raster is on the source's own
-pixel grid: each tile's channel-summed map is spread over the tile's source pixels by area overlap
-(each model-input pixel's value is divided among the source pixels it covers in proportion to the
-shared area). That mapping is exact when tile size = model input size, and it preserves sums.
+An engine explains the tile as the model sees it (input_size² pixels), in the chosen output space
+(logit, probability or log-probability). The SHAP raster is on the source's own pixel grid: each
+tile's channel-summed map is spread over the tile's source pixels by area overlap, preserving sums
+(`geo/placement.py`).
 
 Source pixels the model saw as 0 because they are invalid (nodata, alpha, outside the raster) are
 nodata in the SHAP raster, which ends at the raster's edge: a value there would explain no image.
@@ -17,37 +16,31 @@ mosaic (`geo/mosaic.py`): `blend` (a weighted mean, seamless) or `last` (the lat
 
 import contextlib
 import dataclasses
-import time
 
 import numpy as np
 
 from ..common.errors import AidXaiError
-from ..explain.engine import masker_value
+from ..explain.engine import ExplainSettings, masker_value
 from ..explain.registry import engine_by_name
-from ..ml.classifier import check_output_space
 from ..geo.gdal_context import raising_gdal_errors
 from ..geo.mosaic import OVERLAP_MODES, TileMosaic
+from ..geo.placement import to_source_pixels, window_in
 from ..geo.vector import PolygonWriter
 from ..geo.writers import GeoTiffSink
+from ..ml.classifier import check_output_space
 from ..reports.explanation_report import ExplanationReport
-from .checkpoint import TileCheckpoint, run_key
+from .budget import check_tile_budget, seconds_per_tile
+from .checkpoint import TileCheckpoint, file_identity, run_key
 from .execution import EXECUTION_MODES, DaskSettings, dask_client, job_key, run_ordered, step_for
 from .run import check_outputs
 from .steps import ExplainJob, TileExplainer
-from .tiles import TileSource
+from .tile_table import TILE_TABLE_FIELDS, explained_rows
+from .tiles import TileSource, TilingOptions
 
 SHAP_NODATA = -9999.0
-TILE_CLASS_FIELDS = [("tile_id", int), ("row", int), ("col", int), ("rank", int), ("class_name", str), ("probability", float), ("output_space", str)]
-TILE_TABLE_FIELDS = TILE_CLASS_FIELDS + [
-    ("output_value", float),  # f(tile) in the output space
-    ("base_value", float),  # f(fully masked tile) in the output space
-    ("shap_sum", float),  # Σ SHAP over the tile = output_value − base_value
-    ("margin", float),
-    ("label", str),
-]
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class ExplainRequest:
     # callable(tile footprint corners) → (selected, true label or ""); None → every tile of the grid
     tile_selector: object = None
@@ -56,13 +49,37 @@ class ExplainRequest:
     max_tiles: int = 0  # refuse more tiles than this; 0 → as many as take about an hour (estimated)
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class ExplainOutputs:
     shap_raster: str = None
     tile_table: str = None
     report: str = None
     overlap: str = "blend"  # how overlapping tiles combine in the SHAP raster: blend | last
     report_tiles: int = 50  # the report shows this many least confident tiles (0 = all)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExplainSpec:
+    """What an explain run is: which raster and model, which tiles, how they are explained, where
+    the results go and where the tiles are computed. Its fields are the run's resume key
+    (`resume_key`), all but those in NOT_IN_RESUME_KEY."""
+
+    raster: str
+    model: str
+    tiling: TilingOptions = dataclasses.field(default_factory=TilingOptions)
+    request: ExplainRequest = dataclasses.field(default_factory=ExplainRequest)
+    settings: ExplainSettings = dataclasses.field(default_factory=ExplainSettings)
+    outputs: ExplainOutputs = dataclasses.field(default_factory=ExplainOutputs)
+    engine: str = "fast"
+    device: str = "auto"
+    execution: str = "local"  # where tiles are computed: local | dask
+    dask: DaskSettings = dataclasses.field(default_factory=DaskSettings)
+
+
+# Fields of ExplainSpec that change no value a run computes or writes, so a resumed run may differ in
+# them: where the outputs go (the checkpoint lies beside the first), where the tiles are computed
+# (each tile is explained the same way here or on a cluster) and the tile limit, checked before any work.
+NOT_IN_RESUME_KEY = ("outputs.shap_raster", "outputs.tile_table", "outputs.report", "execution", "dask", "request.max_tiles")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,24 +91,6 @@ class ExplainResult:
     class_names: list
     output_space: str
     fallback_reason: str = None  # why the engine evaluated tiles another way, if it did
-
-
-def area_weights(source_pixels, model_pixels):
-    """source_pixels × model_pixels matrix: share of each model pixel falling in each source pixel."""
-    edges = np.linspace(0.0, model_pixels, source_pixels + 1)
-    lower, upper = edges[:-1, None], edges[1:, None]
-    cells = np.arange(model_pixels)[None, :]
-    return np.clip(np.minimum(upper, cells + 1) - np.maximum(lower, cells), 0.0, None)
-
-
-def to_source_pixels(map_model, tile_h, tile_w):
-    """Spread a model-input-pixel map (S×S×K) over tile_h×tile_w source pixels, preserving sums."""
-    if map_model.shape[:2] == (tile_h, tile_w):
-        return np.array(map_model)  # same grid: the area weights are the identity
-    rows = area_weights(tile_h, map_model.shape[0])
-    cols = area_weights(tile_w, map_model.shape[1])
-    spread_rows = np.tensordot(rows, map_model, axes=(1, 0))  # tile_h × S × K
-    return np.tensordot(spread_rows, cols, axes=(1, 1)).transpose(0, 2, 1)  # two products, not one S⁴ einsum
 
 
 def check_no_blended_ranks(grid, tiles):
@@ -154,14 +153,33 @@ def requested_class_indices(request, names):
     return tuple(names.index(name) for name in request.class_names)
 
 
+def resume_key(spec, source, windows):
+    """The checkpoint key of `spec` (`checkpoint.run_key`): every field but NOT_IN_RESUME_KEY, those of
+    `resolved_fields` as this run resolved them."""
+    return run_key(spec, NOT_IN_RESUME_KEY, resolved_fields(spec, source, windows))
+
+
+def resolved_fields(spec, source, windows):
+    """{field: what this run resolved it to} for the fields a resume key takes by what they stand for."""
+    return {
+        "raster": file_identity(spec.raster),  # a rewritten raster at the same path is another input
+        "model": source.classifier.sha256,  # its content: the same model at another path resumes
+        "device": source.classifier.device,  # 'auto' as it was chosen
+        "tiling.bands": source.inputs.bands,  # empty: the model's band order
+        "tiling.scaling": source.inputs.scaling,  # 'auto' or percentiles as computed (from overviews, if the file has them)
+        "request.tile_selector": windows,  # the features as the tiles they select
+    }
+
+
 @raising_gdal_errors
-def explain_raster(raster_path, model_path, options, request, settings, outputs, engine="fast", device="auto", progress=None, execution="local", dask=None):
-    """Explain the tiles the request selects, here or on a Dask cluster (`execution`, `dask`: a
-    DaskSettings); returns an ExplainResult. Finished tiles are checkpointed beside the outputs, so
-    the same call after an interruption computes only the missing ones."""
+def explain_raster(spec, progress=None):
+    """Explain the tiles `spec.request` selects, here or on a Dask cluster (`spec.execution`,
+    `spec.dask`); returns an ExplainResult. Finished tiles are checkpointed beside the outputs, so the
+    same spec after an interruption computes only the missing ones."""
     from osgeo import gdal
 
-    source = TileSource(raster_path, model_path, options, device)
+    request, settings, outputs, engine = spec.request, spec.settings, spec.outputs, spec.engine
+    source = TileSource(spec.raster, spec.model, spec.tiling, spec.device)
     classifier, grid = source.classifier, source.grid
     names = classifier.class_names
     check_settings(settings)
@@ -169,9 +187,12 @@ def explain_raster(raster_path, model_path, options, request, settings, outputs,
         raise AidXaiError(f"Unknown OVERLAP '{outputs.overlap}'; use one of: {', '.join(OVERLAP_MODES)}.")
     if outputs.report_tiles < 0:
         raise AidXaiError("REPORT_TILES must be 0 (every tile) or a positive number of tiles.")
-    if execution not in EXECUTION_MODES:
-        raise AidXaiError(f"Unknown EXECUTION '{execution}'; use one of: {', '.join(EXECUTION_MODES)}.")
-    check_outputs(outputs.shap_raster, outputs.tile_table, outputs.report)
+    if spec.execution not in EXECUTION_MODES:
+        raise AidXaiError(f"Unknown EXECUTION '{spec.execution}'; use one of: {', '.join(EXECUTION_MODES)}.")
+    output_paths = [path for path in (outputs.shap_raster, outputs.tile_table, outputs.report) if path]
+    if not output_paths:
+        raise AidXaiError("Give at least one output: the SHAP raster, the explained tiles table or the report.")
+    check_outputs(*output_paths)
     fixed_indices = requested_class_indices(request, names)
     if fixed_indices is not None:
         band_names = list(request.class_names)
@@ -181,12 +202,13 @@ def explain_raster(raster_path, model_path, options, request, settings, outputs,
     tiles_and_labels = tiles_to_explain(source, request)
     if fixed_indices is None and outputs.overlap == "blend":
         check_no_blended_ranks(grid, [tile for tile, _ in tiles_and_labels])
-    job = ExplainJob(source.inputs, model_path, classifier.device, engine, settings, fixed_indices, len(band_names), model_sha256=classifier.sha256)
+    job = ExplainJob(source.inputs, spec.model, classifier.device, engine, settings, fixed_indices, len(band_names), model_sha256=classifier.sha256)
     local_engine = engine_by_name(engine)  # analyses the model once: for the estimate and the tiles explained here
     check_tile_budget(len(tiles_and_labels), seconds_per_tile(classifier, settings, local_engine), settings.max_evals, request.max_tiles, progress)
 
     windows = [tile.window for tile, _ in tiles_and_labels]
     window = grid.covering_window([tile for tile, _ in tiles_and_labels])
+    origin = window[:2]
     tags = dict(
         source.provenance(),
         AIDXAI_ENGINE=engine,
@@ -201,23 +223,21 @@ def explain_raster(raster_path, model_path, options, request, settings, outputs,
     explained = 0
     fallback_reason = None
     style_scale = 0.0  # colour-ramp limit: robust to a few extreme pixels, so every tile shows
-    key = run_key(raster_path, classifier.sha256, job.inputs.bands, job.inputs.scaling.offsets, job.inputs.scaling.spans, job.inputs.input_size, job.inputs.min_valid_fraction, engine, classifier.device, dataclasses.asdict(settings), fixed_indices, len(band_names), windows, outputs.overlap)
-    checkpoint = TileCheckpoint(next(path for path in (outputs.shap_raster, outputs.tile_table, outputs.report) if path), key, progress)
+    checkpoint = TileCheckpoint(output_paths[0], resume_key(spec, source, windows), progress)
     with contextlib.ExitStack() as sinks:
         mosaic = table = report = None
         if outputs.shap_raster:
             shap_raster = sinks.enter_context(GeoTiffSink(outputs.shap_raster, window[2], window[3], len(band_names), gdal.GDT_Float32, grid.window_geotransform(window), source.projection, SHAP_NODATA, band_names, tags))
-            in_window = [(x - window[0], y - window[1], w, h) for x, y, w, h in windows]
-            mosaic = TileMosaic(shap_raster, window[2:], in_window, len(band_names), SHAP_NODATA, outputs.overlap, flush=shap_raster.flush)
+            mosaic = TileMosaic(shap_raster, window[2:], [window_in(tile_window, origin) for tile_window in windows], len(band_names), SHAP_NODATA, outputs.overlap, flush=shap_raster.flush)
         if outputs.tile_table:
             table = sinks.enter_context(PolygonWriter(outputs.tile_table, source.projection, TILE_TABLE_FIELDS))
         if outputs.report:
             report = sinks.enter_context(ExplanationReport(outputs.report, names, settings, engine, outputs.report_tiles))
-        for tile, label, result, fraction in _explained_tiles(source, job, local_engine, tiles_and_labels, checkpoint, progress, execution, dask or DaskSettings()):
-            x, y, w, h = tile.window
+        for tile, label, result, fraction in _explained_tiles(spec, source, job, local_engine, tiles_and_labels, checkpoint, progress):
+            _, _, w, h = tile.window
             if result is None:
                 if mosaic is not None:
-                    mosaic.add((x - window[0], y - window[1], w, h), None)
+                    mosaic.add(window_in(tile.window, origin), None)
                 if progress:
                     progress.log(f"Tile row {tile.row}, col {tile.col} skipped: only {fraction:.0%} valid pixels.")
                 continue
@@ -228,12 +248,10 @@ def explain_raster(raster_path, model_path, options, request, settings, outputs,
             on_source = to_source_pixels(result.values, h, w).astype(np.float32)
             style_scale = max(style_scale, float(np.percentile(np.abs(on_source[result.valid]), 99)))
             if mosaic is not None:
-                mosaic.add((x - window[0], y - window[1], w, h), on_source, result.valid)
+                mosaic.add(window_in(tile.window, origin), on_source, result.valid)
             if table is not None:
-                for rank, class_index in enumerate(result.class_indices):
-                    output, base = float(result.output_values[rank]), float(result.base_values[rank])
-                    shap_sum = float(result.values[..., rank].sum())
-                    table.add([tile.index, tile.row, tile.col, rank + 1, names[class_index], float(result.probabilities[rank]), settings.output_space, output, base, shap_sum, result.margin, label], grid.footprint(tile))
+                for row in explained_rows(tile, result, names, settings.output_space, label):
+                    table.add(row, grid.footprint(tile))
             if report is not None:
                 report.add(tile.index, tile.row, tile.col, result, label)
             explained += 1
@@ -245,7 +263,7 @@ def explain_raster(raster_path, model_path, options, request, settings, outputs,
     return ExplainResult(explained, len(tiles_and_labels), style_scale, band_names, names, settings.output_space, fallback_reason)
 
 
-def _explained_tiles(source, job, engine, tiles_and_labels, checkpoint, progress, execution, dask):
+def _explained_tiles(spec, source, job, engine, tiles_and_labels, checkpoint, progress):
     """Yield (tile, label, ExplainedTile or None, valid fraction) in order: from the checkpoint when
     an interrupted run finished the tile, else computed here or on the cluster (and checkpointed)."""
     count = len(tiles_and_labels)
@@ -262,12 +280,12 @@ def _explained_tiles(source, job, engine, tiles_and_labels, checkpoint, progress
 
     @contextlib.contextmanager
     def computed():
-        if execution == "local" or not missing:
+        if spec.execution == "local" or not missing:
             yield computed_locally()
             return
-        with dask_client(dask, progress) as client:
+        with dask_client(spec.dask, progress) as client:
             key = job_key(job)
-            yield run_ordered(client, explain_on_worker, [(key, job, dask.threads, tile.window) for tile, _ in missing], progress)
+            yield run_ordered(client, explain_on_worker, [(key, job, spec.dask.threads, tile.window) for tile, _ in missing], progress)
 
     with computed() as results:
         results = iter(results)
@@ -289,41 +307,3 @@ def _explained_tiles(source, job, engine, tiles_and_labels, checkpoint, progress
 def explain_on_worker(key, job, threads, window):
     """The explain step of one tile window, run by a Dask worker (opens the job's inputs once)."""
     return step_for(key, job, TileExplainer, threads)(window)
-
-
-AUTOMATIC_TILE_BUDGET_S = 3600.0
-
-
-def seconds_per_tile(classifier, settings, engine):
-    """Time one model batch and extrapolate to one tile's MAX_EVALS evaluations as `engine` will
-    evaluate them (a fast engine that falls back is priced as what it falls back to)."""
-    size, bands = classifier.info.input_size, classifier.info.num_bands
-    probe = np.random.default_rng(0).random((min(settings.batch_size, 32), size, size, bands), dtype=np.float32)
-    classifier.predict_probabilities(probe[:1], batch_size=1)  # warm-up: first calls pay set-up costs
-    start = time.perf_counter()
-    classifier.predict_probabilities(probe, batch_size=len(probe))
-    per_eval = (time.perf_counter() - start) / len(probe)
-    return settings.max_evals * per_eval * engine.cost_per_evaluation(classifier, (size, size, bands), settings)
-
-
-def check_tile_budget(tile_count, per_tile, max_evals, max_tiles, progress=None):
-    """Refuse a run over MAX_TILES tiles (0: as many as take about an hour) before any work, with the
-    estimate, so one click on a large raster cannot start days of computation."""
-    estimate = _duration(tile_count * per_tile)
-    limit = max_tiles if max_tiles > 0 else max(1, int(AUTOMATIC_TILE_BUDGET_S // max(per_tile, 1e-9)))
-    if tile_count > limit:
-        why = f"MAX_TILES = {max_tiles}" if max_tiles > 0 else f"about an hour at MAX_EVALS = {max_evals}: MAX_TILES is automatic"
-        raise AidXaiError(
-            f"{tile_count} tiles are selected, which would take about {estimate}; the limit is {limit} tiles ({why}). "
-            f"Choose fewer tiles (FEATURES or EXTENT), lower MAX_EVALS, or set MAX_TILES to {tile_count} or more to run anyway."
-        )
-    if progress is not None:
-        progress.log(f"Explaining {tile_count} tile(s) × {max_evals} evaluations: about {estimate} (model-time estimate). Fewer MAX_EVALS = coarser maps, faster.")
-
-
-def _duration(seconds):
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"

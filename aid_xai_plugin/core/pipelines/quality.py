@@ -12,16 +12,18 @@ import dataclasses
 import math
 
 from ..common.errors import AidXaiError
+from ..explain.engine import ExplainSettings
 from ..explain.faithfulness import faithfulness_curves, rank_correlation
 from ..explain.registry import engine_by_name
 from ..geo.gdal_context import raising_gdal_errors
 from ..geo.vector import PolygonWriter
 from ..ml.randomisation import RANDOMISE_SCOPES, randomised_classifier
 from ..reports.quality_report import QualityReport, correlation_text
-from .explain import TILE_CLASS_FIELDS, check_settings, requested_class_indices, tiles_to_explain
+from .explain import ExplainRequest, check_settings, requested_class_indices, tiles_to_explain
 from .run import check_outputs, with_progress
 from .steps import ExplainJob, TileExplainer
-from .tiles import TileSource
+from .tile_table import TILE_CLASS_FIELDS, class_columns
+from .tiles import TileSource, TilingOptions
 
 QUALITY_TABLE_FIELDS = TILE_CLASS_FIELDS + [
     ("deletion_auc", float),
@@ -33,10 +35,28 @@ QUALITY_TABLE_FIELDS = TILE_CLASS_FIELDS + [
 _MEASURES = ("deletion_auc", "insertion_auc", "random_deletion_auc", "random_insertion_auc", "abs_rank_correlation")
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class QualityOutputs:
     table: str = None
     report: str = None
+
+
+@dataclasses.dataclass(frozen=True)
+class QualitySpec:
+    """What an explanation-quality run is: the tiles and explanations of an explain run, and how
+    they are assessed."""
+
+    raster: str
+    model: str
+    tiling: TilingOptions = dataclasses.field(default_factory=TilingOptions)
+    request: ExplainRequest = dataclasses.field(default_factory=ExplainRequest)
+    settings: ExplainSettings = dataclasses.field(default_factory=ExplainSettings)
+    outputs: QualityOutputs = dataclasses.field(default_factory=QualityOutputs)
+    engine: str = "fast"
+    device: str = "auto"
+    randomise: str = "head"  # layers re-initialised for the randomisation check: head | all
+    steps: int = 20  # curve points at 0, 1/steps, …, 1 of the pixels
+    random_orders: int = 3  # random orders averaged for the baseline
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,9 +92,11 @@ class _RunningMeans:
 
 
 @raising_gdal_errors
-def explanation_quality(raster_path, model_path, options, request, settings, outputs, engine="fast", device="auto", randomise="head", steps=20, random_orders=3, progress=None):
-    """Assess the explanations of the tiles `request` selects; returns a QualityResult."""
-    source = TileSource(raster_path, model_path, options, device)
+def explanation_quality(spec, progress=None):
+    """Assess the explanations of the tiles `spec.request` selects; returns a QualityResult."""
+    request, settings, outputs, engine = spec.request, spec.settings, spec.outputs, spec.engine
+    steps, random_orders, randomise = spec.steps, spec.random_orders, spec.randomise
+    source = TileSource(spec.raster, spec.model, spec.tiling, spec.device)
     classifier, grid = source.classifier, source.grid
     names = classifier.class_names
     check_settings(settings)
@@ -88,7 +110,7 @@ def explanation_quality(raster_path, model_path, options, request, settings, out
     fixed_indices = requested_class_indices(request, names)
     randomised = randomised_classifier(classifier, randomise, settings.seed)
     tiles_and_labels = tiles_to_explain(source, request)
-    job = ExplainJob(source.inputs, model_path, classifier.device, engine, settings, fixed_indices, request.top_k, model_sha256=classifier.sha256)
+    job = ExplainJob(source.inputs, spec.model, classifier.device, engine, settings, fixed_indices, request.top_k, model_sha256=classifier.sha256)
     explain_tile = TileExplainer(job, classifier, source.reader)
     randomised_engine = engine_by_name(engine)
 
@@ -119,7 +141,7 @@ def explanation_quality(raster_path, model_path, options, request, settings, out
                 )
                 running.add(**aucs, abs_rank_correlation=abs(correlations[k]))
                 if table is not None:
-                    table.add([tile.index, tile.row, tile.col, k + 1, names[class_index], float(result.probabilities[k]), settings.output_space, *aucs.values(), _or_null(correlations[k])], grid.footprint(tile))
+                    table.add(class_columns(tile, k + 1, names[class_index], result.probabilities[k], settings.output_space) + [*aucs.values(), _or_null(correlations[k])], grid.footprint(tile))
                 if progress:
                     progress.log(
                         f"Tile row {tile.row}, col {tile.col}, {names[class_index]}: deletion AUC {aucs['deletion_auc']:.3f} (random {aucs['random_deletion_auc']:.3f}), "
