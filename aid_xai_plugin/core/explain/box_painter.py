@@ -23,6 +23,8 @@ class BoxPainter:
         self.image = torch.as_tensor(np.ascontiguousarray(image_hwc) if isinstance(image_hwc, np.ndarray) else image_hwc).to(device)
         self.background = torch.as_tensor(np.ascontiguousarray(background_hwc) if isinstance(background_hwc, np.ndarray) else background_hwc).to(device)
         self.height, self.width, self.bands = self.image.shape
+        self.image_chw = self.image.permute(2, 0, 1).contiguous()
+        self.background_chw = self.background.permute(2, 0, 1).contiguous()
         self.band_positions = torch.arange(self.bands, device=device)[None]
 
     def tiles(self, box_lists):
@@ -33,18 +35,25 @@ class BoxPainter:
         differently for other strides of the same values (the exact engine must match shap bit for
         bit)."""
         torch = self.torch
-        visible = self._visible(box_lists, torch.arange(self.height, device=self.device)[None], torch.arange(self.width, device=self.device)[None])
+        inside = self._inside(box_lists)
+        rows = inside(torch.arange(self.height, device=self.device)[None], 0)
+        cols_bands = (inside(torch.arange(self.width, device=self.device)[None], 2)[..., :, None] * inside(self.band_positions, 4)[..., None, :]).flatten(2)  # N×B×(W·C)
+        visible = torch.bmm(rows.transpose(1, 2), cols_bands).view(len(box_lists), self.height, self.width, self.bands)
         return torch.where(visible > 0.5, self.image, self.background).permute(0, 3, 1, 2).contiguous()
 
     def windows(self, box_lists, rows, cols):
-        """N×C×h×w masked windows at the absolute pixel `rows` (N×h) and `cols` (N×w) of each list."""
+        """N×C×h×w masked windows at the absolute pixel `rows` (N×h) and `cols` (N×w) of each list,
+        gathered band-first (no layout change after the selection)."""
         torch = self.torch
         rows = torch.as_tensor(rows, device=self.device)
         cols = torch.as_tensor(cols, device=self.device)
-        visible = self._visible(box_lists, rows, cols)
+        inside = self._inside(box_lists)
+        bands_rows = (inside(self.band_positions, 4)[..., :, None] * inside(rows, 0)[..., None, :]).flatten(2)  # N×B×(C·h)
+        visible = torch.bmm(bands_rows.transpose(1, 2), inside(cols, 2)).view(len(box_lists), self.bands, rows.shape[1], cols.shape[1])
         row_index, col_index = rows[:, :, None], cols[:, None, :]
-        picked = torch.where(visible > 0.5, self.image[row_index, col_index], self.background[row_index, col_index])
-        return picked.permute(0, 3, 1, 2).contiguous()
+        image = self.image_chw[:, row_index, col_index].transpose(0, 1)
+        background = self.background_chw[:, row_index, col_index].transpose(0, 1)
+        return torch.where(visible > 0.5, image, background)
 
     def windows_at(self, box_lists, row_starts, col_starts, height, width):
         """N×C×height×width masked windows whose first pixel is at (row_starts, col_starts)."""
@@ -52,14 +61,12 @@ class BoxPainter:
         cols = np.asarray(col_starts, dtype=np.int64)[:, None] + np.arange(width)
         return self.windows(box_lists, self.torch.from_numpy(rows), self.torch.from_numpy(cols))
 
-    def _visible(self, box_lists, rows, cols):
-        """N×h×w×C 0/1 float mask of the lists' boxes at `rows` and `cols` ((1 or N)×length each)."""
-        torch = self.torch
-        boxes = box_tensor(box_lists, torch, self.device)
+    def _inside(self, box_lists):
+        """inside(positions, axis): the N×B×length 0/1 indicator that positions ((1 or N)×length) lie
+        in [box[axis], box[axis + 1]) for each box of each list."""
+        boxes = box_tensor(box_lists, self.torch, self.device)
 
-        def inside(positions, low, high):  # N×B×length indicator of low <= position < high
-            return ((positions[:, None, :] >= boxes[..., low, None]) & (positions[:, None, :] < boxes[..., high, None])).float()
+        def inside(positions, axis):
+            return ((positions[:, None, :] >= boxes[..., axis, None]) & (positions[:, None, :] < boxes[..., axis + 1, None])).float()
 
-        cols_bands = (inside(cols, 2, 3)[..., :, None] * inside(self.band_positions, 4, 5)[..., None, :]).flatten(2)  # N×B×(w·C)
-        visible = torch.bmm(inside(rows, 0, 1).transpose(1, 2), cols_bands)
-        return visible.view(len(box_lists), visible.shape[1], -1, self.bands)
+        return inside
