@@ -1,17 +1,21 @@
 """What incremental evaluation is expected to cost, relative to full evaluations, for the boxes a
 budget reaches: the planner keeps the layers where it pays and prices tiles for MAX_TILES.
 
-The constants are measured, with `benchmarks/bench_engine.py` (its "cost per evaluation" line is
-the fast engine's seconds per evaluation over the exact engine's, on the same tile and budget):
-- REGIONAL_COST: the time per FLOP of layers run on assembled windows over that of the same layers
-  run on whole maps (window assembly, uniform group windows, no channels-last speed-up). Measured
-  1.1–1.4 for resnet18 and convnext_tiny at 96²–224², 5 000 evaluations, 2 CPU cores.
-- LINEAR_UPDATE_COST: Net-like models (a windowed front, then the first Linear layer updated): the
-  cost per evaluation, measured 0.05–0.1 for Net at 96² and 256², 500–50 000 evaluations.
+The constants, and what `benchmarks/bench_engine.py --engines exact fast` measures for them (its
+"cost per evaluation" line: the fast engine's seconds per evaluation over the exact engine's on the
+same tile and budget, and that times the FLOP bound: the time per executed FLOP relative to full
+evaluations). Figures from 2 CPU cores (AMD, AVX-512), 5 000 evaluations:
+- REGIONAL_COST, the time per FLOP of layers run on assembled windows relative to whole maps, a
+  planning margin for window assembly, uniform group windows and no channels-last speed-up. The
+  whole fast evaluation measured 0.83 for resnet18 at 96² (`--model resnet18 --size 96`): the margin
+  errs on the side of planning fewer layers.
+- LINEAR_UPDATE_COST, the cost per evaluation of the first-Linear update (Net-like models) for
+  MAX_TILES: measured 0.046 for Net at 256² (the default run); 0.1 prices tiles on the safe side.
 - GPU_MINIMUM_SAVING: on a GPU a full evaluation costs little next to the regional work's many
   small kernels: on an H200 at 224², a plan saving 49 % of the FLOPs ran 2.1× shap (ResNet-18), one
   saving 22 % ran 0.44× (MobileNetV3) and one saving 4 % 0.87× (EfficientNet-B0).
-- MINIMUM_SAVING: below it the plan's bookkeeping outweighs what it saves on CPU.
+- MINIMUM_SAVING, 3 %: about the spread of identical whole-process runs (paired ratios 0.97–1.04
+  measured for Net at 256²), so a smaller saving would not show.
 """
 
 import numpy as np
