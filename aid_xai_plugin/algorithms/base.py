@@ -50,7 +50,7 @@ def network_raster_layer(text, context):
     layer = QgsProcessingUtils.mapLayerFromString(text, context, False, QgsProcessingUtils.LayerHint.Raster)
     if layer is not None:
         return layer
-    with network_reading(text):
+    with network_reading(text), collected_gdal_messages():  # GDAL's messages go into the plugin's one, not raw to the log
         layer = QgsRasterLayer(text, text, "gdal")
     if not layer.isValid():
         return None

@@ -112,6 +112,7 @@ def read_error(dataset, bands, window, error):
     x, y, width, height = window
     detail = gdal_error_details(error) or "GDAL could not read the pixels"
     if is_network_path(path):
+        detail = detail.rstrip(".")
         return AidXaiError(
             f"Cannot read raster '{path}', band(s) {','.join(map(str, bands))}, pixel window x={x}, y={y}, width={width}, height={height}: "
             f"{detail}. The server stopped answering or failed; {network_hint(path)}, then run the same command again: "
