@@ -377,3 +377,37 @@ def test_processing_run_names_an_unreachable_url_before_any_work(aid_xai_provide
     with pytest.raises(QgsProcessingException, match=rf"INPUT: could not open '{re.escape(url)}': the server did not answer or has no raster there; check that the URL is right"):
         processing.run("aid_xai:classify", dict(INPUT=url, MODEL=str(folder / "net.aidx.pt"), OUTPUT_CLASSES=str(tmp_path / "classes.tif")))
     assert not (tmp_path / "classes.tif").exists()
+
+
+def test_a_qgis_layer_with_a_vsicurl_source_is_read_by_url(aid_xai_provider, served, local_runs, tmp_path):
+    """A raster layer (as added to a project) whose source is a URL: the run reads that URL itself."""
+    import processing
+    import torch
+    from qgis.core import QgsRasterLayer
+
+    folder, server = served
+    layer = QgsRasterLayer(raster_url(server), "remote mosaic", "gdal")
+    assert layer.isValid()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        processing.run("aid_xai:classify", dict(INPUT=layer, MODEL=str(folder / "net.aidx.pt"), DEVICE="cpu", OUTPUT_CLASSES=str(tmp_path / "classes.tif"), OUTPUT_PROBABILITIES=str(tmp_path / "probabilities.tif"), OUTPUT_TILES=""))
+    finally:
+        torch.set_num_threads(threads)
+    np.testing.assert_array_equal(read(tmp_path / "classes.tif"), local_runs[1])
+    np.testing.assert_array_equal(read(tmp_path / "probabilities.tif"), local_runs[2])
+
+
+def test_vsis3_against_the_local_server_as_an_s3_endpoint(served, local_runs, monkeypatch, tmp_path):
+    """Another of GDAL's network file systems: /vsis3/bucket/key with the server as the S3 endpoint
+    (path-style, unsigned): the same outputs; no listing of the bucket on open."""
+    import shutil
+
+    folder, server = served
+    os.makedirs(folder / "bucket", exist_ok=True)
+    shutil.copy2(folder / "mosaic.tif", folder / "bucket" / "mosaic.tif")
+    for key, value in {"AWS_S3_ENDPOINT": f"127.0.0.1:{server.port}", "AWS_HTTPS": "NO", "AWS_VIRTUAL_HOSTING": "FALSE", "AWS_NO_SIGN_REQUEST": "YES"}.items():
+        monkeypatch.setenv(key, value)
+    server.reset_counts()
+    np.testing.assert_array_equal(explain("/vsis3/bucket/mosaic.tif", str(folder / "net.aidx.pt"), tmp_path / "shap.tif"), local_runs[0])
+    assert server.requests and all(request[1] == "bucket/mosaic.tif" for request in server.requests), server.requests
