@@ -108,6 +108,30 @@ def model_downloads(server, name="net.aidx.pt"):
     return len([request for request in server.requests if request[0] == "GET" and request[1] == name])
 
 
+def test_the_server_answers_head_one_range_several_ranges_and_counts_bytes(served):
+    """What GDAL versions ask of it: HEAD for the size and date, one range, several ranges at once."""
+    import urllib.request
+
+    folder, server = served
+    data = (folder / "mosaic.tif").read_bytes()
+    url = server.url("mosaic.tif")
+
+    def fetch(method="GET", ranges=None):
+        request = urllib.request.Request(url, method=method, headers={"Range": ranges} if ranges else {})
+        with urllib.request.urlopen(request, timeout=hang_limit(10)) as response:
+            return response.status, response.headers, response.read()
+
+    server.reset_counts()
+    status, headers, body = fetch("HEAD")
+    assert (status, int(headers["Content-Length"]), body) == (200, len(data), b"") and headers["Last-Modified"]
+    status, headers, body = fetch(ranges="bytes=10-19")
+    assert (status, headers["Content-Range"], body) == (206, f"bytes 10-19/{len(data)}", data[10:20])
+    status, headers, body = fetch(ranges="bytes=0-3,100-103")
+    assert status == 206 and headers["Content-Type"].startswith("multipart/byteranges")
+    assert body.index(data[:4]) < body.index(data[100:104]) and f"Content-Range: bytes 100-103/{len(data)}".encode() in body
+    assert server.bytes_served == 10 + len(body) and len(server.requests) == 3
+
+
 def test_gdal_http_options_are_set_only_where_nobody_set_them_and_only_in_the_block(monkeypatch):
     """The environment's (GDAL_HTTP_MAX_RETRY here) and a GDAL config option the user set are kept; the
     others are set in this thread only, and nothing is left once the block ends; a local file gets none."""
