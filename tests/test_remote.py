@@ -1,9 +1,10 @@
 """Rasters and models by URL, served by a real HTTP server on 127.0.0.1 (helpers.RangeServer: HEAD,
 byte ranges, a count of the bytes it sends, stoppable mid-run): classify, explain and the quality
 measures through /vsicurl/ equal the local file's outputs, here, on a LocalCluster whose workers
-share no path with the data, and through qgis_process; a 1-tile explain of a 10 240² COG fetches a
-small fraction of it; a server that stops mid-run ends in one clear line and the re-run resumes; a
-model URL that serves another file than the run loaded is refused. Loopback only, every wait bounded."""
+share no path with the data, through processing.run (text and a layer) and qgis_process, and as
+/vsis3/ with the server as S3 endpoint; a 1-tile explain of a 10 240² COG fetches a small fraction of
+it; a server that goes away or stalls mid-run ends in one clear line and the re-run resumes; a model
+URL that serves another file than the run loaded is refused. Loopback only, every wait bounded."""
 
 import dataclasses
 import importlib.util

@@ -64,7 +64,7 @@ def network_reading(path):
 
 def forget_cached(path):
     """Drop what GDAL cached of `path` in this process (its size, date and blocks), so the next open
-    sees the file as the server has it now: a file replaced since is read afresh, whole."""
+    sees the file as the server has it now: nothing of a file replaced since is mixed in."""
     if is_network_path(path):
         from osgeo import gdal
 
