@@ -10,10 +10,14 @@ scripts run from the repository root put this folder on sys.path first:
 """
 
 import functools
+import http.server
 import json
 import os
+import socket
 import subprocess
+import threading
 import time
+import urllib.parse
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QGIS_PROCESS = os.path.join(ROOT, "bin", "qgis_process")
@@ -208,6 +212,191 @@ def slowness():
 def hang_limit(seconds):
     """`seconds` (set on the reference machine) stretched to this one's speed."""
     return seconds * slowness()
+
+
+# --- a file server on 127.0.0.1, as object storage answers ----------------------------------------
+
+
+class RangeServer:
+    """Serves the files of `folder` on 127.0.0.1 over HTTP/1.1 as object storage does: HEAD, GET of the
+    whole file, of one byte range (206) or of several (206 multipart/byteranges), Last-Modified from
+    the file's time. Counts the body bytes it sends (`bytes_served`) and the requests (`requests`:
+    (method, path, Range header)). `stop()` ends it at once, its open keep-alive connections cut too (a
+    server that goes away mid-run); `start()` again serves on the same port, so the same URLs work.
+    `hang()` keeps connections open but answers nothing more (a server that stalls) until `release()`.
+    Use as a context manager; `url(name)` is a file's URL."""
+
+    def __init__(self, folder, port=0):
+        self.folder = os.path.abspath(folder)
+        self.port = port
+        self.bytes_served = 0
+        self.requests = []
+        self._lock = threading.Lock()
+        self._connections = set()
+        self._server = self._thread = None
+        self._answering = threading.Event()
+        self._answering.set()
+
+    def url(self, name):
+        return f"http://127.0.0.1:{self.port}/{urllib.parse.quote(name)}"
+
+    def start(self):
+        server = _QuietServer(("127.0.0.1", self.port), _RangeHandler)
+        server.owner = self
+        self.port = server.server_address[1]
+        self._server = server
+        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self._thread.start()
+        return self
+
+    def hang(self):
+        self._answering.clear()
+
+    def release(self):
+        self._answering.set()
+
+    def stop(self):
+        self._answering.set()  # a stalled handler ends too
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.shutdown()
+        server.server_close()
+        with self._lock:
+            connections = list(self._connections)
+        for connection in connections:  # keep-alive connections would otherwise go on answering
+            try:
+                connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        self._thread.join(timeout=10)
+
+    def reset_counts(self):
+        with self._lock:
+            self.bytes_served = 0
+            self.requests = []
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *_):
+        self.stop()
+
+    def _track(self, connection, open_):
+        with self._lock:
+            (self._connections.add if open_ else self._connections.discard)(connection)
+
+    def _count(self, method, path, ranges, sent):
+        with self._lock:
+            self.bytes_served += sent
+            self.requests.append((method, path, ranges))
+
+
+class _QuietServer(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):  # a connection cut by stop(): expected, not news
+        pass
+
+
+class _RangeHandler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as GDAL's curl expects of a file server
+
+    def log_message(self, *_):
+        pass
+
+    def setup(self):
+        super().setup()
+        self.server.owner._track(self.connection, True)
+
+    def finish(self):
+        try:
+            super().finish()
+        finally:
+            self.server.owner._track(self.connection, False)
+
+    def do_HEAD(self):  # noqa: N802 (http.server's name)
+        self._serve(body=False)
+
+    def do_GET(self):  # noqa: N802
+        self._serve(body=True)
+
+    def _serve(self, body):
+        import email.utils
+
+        owner = self.server.owner
+        if not owner._answering.is_set():
+            owner._answering.wait(timeout=600)
+            self.close_connection = True
+            return
+        name = urllib.parse.unquote(urllib.parse.urlsplit(self.path).path).lstrip("/")
+        path = os.path.abspath(os.path.join(owner.folder, name))
+        if not path.startswith(owner.folder + os.sep) or not os.path.isfile(path):
+            owner._count(self.command, name, None, 0)
+            self.send_response(404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        size = os.path.getsize(path)
+        header = self.headers.get("Range")
+        ranges = _byte_ranges(header, size) if header else None
+        self.send_response(200 if ranges is None else 206 if ranges else 416)
+        self.send_header("Accept-Ranges", "bytes")
+        self.send_header("Last-Modified", email.utils.formatdate(os.path.getmtime(path), usegmt=True))
+        if ranges == []:
+            self.send_header("Content-Range", f"bytes */{size}")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            owner._count(self.command, name, header, 0)
+            return
+        boundary = "aidxaiboundary"
+        if ranges is None:
+            parts = [(None, 0, size - 1)]
+            self.send_header("Content-Type", "application/octet-stream")
+        elif len(ranges) == 1:
+            parts = [(None, *ranges[0])]
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Range", f"bytes {ranges[0][0]}-{ranges[0][1]}/{size}")
+        else:
+            parts = [(f"\r\n--{boundary}\r\nContent-Type: application/octet-stream\r\nContent-Range: bytes {a}-{b}/{size}\r\n\r\n".encode(), a, b) for a, b in ranges]
+            parts.append((f"\r\n--{boundary}--\r\n".encode(), None, None))
+            self.send_header("Content-Type", f"multipart/byteranges; boundary={boundary}")
+        length = sum(len(head or b"") + (b - a + 1 if a is not None else 0) for head, a, b in parts)
+        self.send_header("Content-Length", str(length))
+        self.end_headers()
+        sent = 0
+        if body:
+            with open(path, "rb") as stream:
+                for head, start, end in parts:
+                    if head:
+                        self.wfile.write(head)
+                        sent += len(head)
+                    if start is not None:
+                        stream.seek(start)
+                        remaining = end - start + 1
+                        while remaining:
+                            chunk = stream.read(min(remaining, 1 << 20))
+                            self.wfile.write(chunk)
+                            sent += len(chunk)
+                            remaining -= len(chunk)
+        owner._count(self.command, name, header, sent)
+
+
+def _byte_ranges(header, size):
+    """[(first, last)] of a Range header within a file of `size` bytes; [] when none is satisfiable;
+    None when the header isn't a byte range (serve the whole file)."""
+    if not header.startswith("bytes="):
+        return None
+    ranges = []
+    for part in header[len("bytes=") :].split(","):
+        first, _, last = part.strip().partition("-")
+        if first:
+            start, end = int(first), min(int(last) if last else size - 1, size - 1)
+        else:
+            start, end = max(0, size - int(last)), size - 1
+        if start <= end:
+            ranges.append((start, end))
+    return ranges
 
 
 # --- subprocesses that answer in JSON ----------------------------------------------------------

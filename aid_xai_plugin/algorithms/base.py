@@ -11,6 +11,8 @@ from qgis.core import (
     QgsProcessingUtils,
     QgsProcessingException,
     QgsProcessingParameterEnum,
+    QgsProcessingParameterRasterLayer,
+    QgsRasterLayer,
 )
 from qgis.PyQt.QtGui import QIcon
 
@@ -19,6 +21,8 @@ from ..core.common.errors import AidXaiError, Cancelled
 from ..core.common.failures import unexpected_error_message, write_failure_message
 from ..core.common.progress import Progress
 from ..core.geo.gdal_context import collected_gdal_messages
+from ..core.geo.remote import is_network_path, network_hint, network_reading
+from ..core.ml.model_source import is_model_url
 from ..provider_paths import HELP_URL, ICON_PATH
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
@@ -37,6 +41,31 @@ def open_raster_output(context, path):
     there when it hands this step's outputs to the next steps, where QGIS 3.22 would otherwise try
     the path as a vector first and log "[OGR] Cannot open …/OUTPUT.tif"."""
     QgsProcessingUtils.mapLayerFromString(path, context, True, QgsProcessingUtils.LayerHint.Raster)
+
+
+def network_raster_layer(text, context):
+    """A raster layer for `text`, a raster on the network (/vsicurl/https://…, /vsis3/…), kept in the
+    context's temporary layer store under that text as its name, so QGIS's own look-ups of the parameter
+    find it; None if GDAL cannot open it. QGIS 3.22 loads only files that exist on disk from text."""
+    layer = QgsProcessingUtils.mapLayerFromString(text, context, False, QgsProcessingUtils.LayerHint.Raster)
+    if layer is not None:
+        return layer
+    with network_reading(text), collected_gdal_messages():  # GDAL's messages go into the plugin's one, not raw to the log
+        layer = QgsRasterLayer(text, text, "gdal")
+    if not layer.isValid():
+        return None
+    context.temporaryLayerStore().addMapLayer(layer)
+    return layer
+
+
+def _network_raster_parameters(algorithm, parameters):
+    """{name: text} of the raster layer parameters given as a raster on the network."""
+    found = {}
+    for definition in algorithm.parameterDefinitions():
+        value = parameters.get(definition.name())
+        if definition.type() == QgsProcessingParameterRasterLayer.typeName() and isinstance(value, str) and is_network_path(value):
+            found[definition.name()] = value
+    return found
 
 
 def _modified(path):
@@ -79,6 +108,14 @@ class AidXaiAlgorithm(QgsProcessingAlgorithm):
 
     def icon(self):
         return QIcon(ICON_PATH)
+
+    def checkParameterValues(self, parameters, context):  # noqa: N802
+        """QGIS's checks, after a raster on the network given as text is opened (so an unreachable URL
+        is named before any work, and QGIS's check of the parameter finds the layer)."""
+        for name, text in _network_raster_parameters(self, parameters).items():
+            if network_raster_layer(text, context) is None:
+                return False, f"{name}: could not open '{text}': the server did not answer or has no raster there; {network_hint(text)}."
+        return super().checkParameterValues(parameters, context)
 
     def canExecute(self):  # noqa: N802
         message = missing_packages_message(self.required_imports)
@@ -144,12 +181,29 @@ class AidXaiAlgorithm(QgsProcessingAlgorithm):
         return value
 
     def raster_layer(self, parameters, name, context):
-        layer = self.parameterAsRasterLayer(parameters, name, context)
+        """The raster layer `name` names: a loaded layer, a file, or a raster on the network (a URL,
+        /vsicurl/https://…, /vsis3/… : GDAL reads only the blocks the tiles need)."""
+        given = parameters.get(name)
+        given = given if isinstance(given, str) else ""
+        with network_reading(given):  # QGIS opens it in this thread: GDAL's HTTP options as the plugin reads it
+            layer = self.parameterAsRasterLayer(parameters, name, context)
+        if (layer is None or not layer.isValid()) and is_network_path(given):
+            layer = network_raster_layer(given, context)
         if layer is None or not layer.isValid():
+            if is_network_path(given):
+                raise QgsProcessingException(f"{name}: could not open '{given}': the server did not answer or has no raster there; {network_hint(given)}.")
             raise QgsProcessingException(
                 f"{name}: could not open '{parameters.get(name)}' as a raster layer; give a GDAL-readable raster file or a loaded raster layer."
             )
         return layer
+
+    def model_file(self, parameters, context):
+        """MODEL: an existing model file, or an http(s):// URL of one (downloaded into the model cache
+        when the run starts; Dask workers download it too, once per machine)."""
+        value = self.parameterAsFile(parameters, "MODEL", context)
+        if is_model_url(value):
+            return value
+        return self.existing_file(parameters, "MODEL", context, "model file")
 
     def existing_file(self, parameters, name, context, what):
         path = self.parameterAsFile(parameters, name, context)

@@ -39,7 +39,10 @@ class ClassifyAlgorithm(AidXaiAlgorithm):
         "one filter away.\n\n"
         "Values are scaled to 0..1 by \"Value scaling\" (auto: 8-bit /255, other types a 2–98 % stretch; "
         "percentile or minmax with the low/high numbers; none); nodata, alpha and pixels outside the raster "
-        "are invalid, and tiles with less than the minimum valid fraction are skipped (advanced parameters)."
+        "are invalid, and tiles with less than the minimum valid fraction are skipped (advanced parameters).\n\n"
+        "The input raster may be a URL (/vsicurl/https://…, /vsis3/…, or a layer with such a source): GDAL fetches "
+        "only the blocks the tiles need. The model may be an http(s):// URL: it is downloaded into a per-user cache "
+        "(on Dask, once per worker machine, checked against the run's SHA-256)."
     )
 
     def initAlgorithm(self, config=None):  # noqa: N802
@@ -57,7 +60,7 @@ class ClassifyAlgorithm(AidXaiAlgorithm):
 
     def process(self, parameters, context, feedback, progress):
         layer = self.raster_layer(parameters, "INPUT", context)
-        model = self.existing_file(parameters, "MODEL", context, "model file")
+        model = self.model_file(parameters, context)
         outputs = ClassifyOutputs(
             class_raster=self.optional_output(parameters, "OUTPUT_CLASSES", context, layer=True),
             probability_raster=self.optional_output(parameters, "OUTPUT_PROBABILITIES", context, layer=True),

@@ -60,8 +60,12 @@ class ExplainAlgorithm(AidXaiAlgorithm):
         "Long runs: finished tiles are kept in a hidden .resume folder beside the output until the run "
         "completes; running the same command again after a cancel or crash explains only the missing "
         "tiles. \"Run tiles\" = dask spreads tiles over a Dask cluster: a local one started for the run or a "
-        "running scheduler whose workers can read the raster and the model at the same paths (advanced "
-        "parameters)."
+        "running scheduler whose workers can read the raster and the model at the same paths or URLs (advanced "
+        "parameters).\n\n"
+        "Inputs on the network: the input raster may be a URL (/vsicurl/https://…, /vsis3/…, or a layer with such a "
+        "source; GDAL fetches only the blocks the tiles need, e.g. of a Cloud Optimized GeoTIFF) and the model an "
+        "http(s):// URL (downloaded once per machine, checked against the run's SHA-256), so Dask workers need no "
+        "shared disk."
     )
 
     def initAlgorithm(self, config=None):  # noqa: N802
@@ -85,7 +89,7 @@ class ExplainAlgorithm(AidXaiAlgorithm):
 
     def process(self, parameters, context, feedback, progress):
         layer = self.raster_layer(parameters, "INPUT", context)
-        model = self.existing_file(parameters, "MODEL", context, "model file")
+        model = self.model_file(parameters, context)
         engine = self.choice(parameters, "ENGINE", context)
         classes_text = self.parameterAsString(parameters, "CLASSES", context)
         request = ExplainRequest(

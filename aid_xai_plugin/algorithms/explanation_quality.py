@@ -74,7 +74,7 @@ class ExplanationQualityAlgorithm(AidXaiAlgorithm):
 
     def process(self, parameters, context, feedback, progress):
         layer = self.raster_layer(parameters, "INPUT", context)
-        model = self.existing_file(parameters, "MODEL", context, "model file")
+        model = self.model_file(parameters, context)
         classes_text = self.parameterAsString(parameters, "CLASSES", context)
         request = ExplainRequest(
             tile_selector=tile_selector(self, parameters, context, layer),

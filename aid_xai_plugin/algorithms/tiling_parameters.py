@@ -23,7 +23,7 @@ MODEL_FILTER = "AID-XAI model (*.aidx.pt *.pt);;All files (*.*)"
 
 def add_raster_and_model_parameters(algorithm):
     algorithm.addParameter(QgsProcessingParameterRasterLayer("INPUT", "Input raster"))
-    algorithm.addParameter(QgsProcessingParameterFile("MODEL", "Model file (from Train)", fileFilter=MODEL_FILTER))
+    algorithm.addParameter(QgsProcessingParameterFile("MODEL", "Model file (from Train), or its http(s):// URL", fileFilter=MODEL_FILTER))
 
 
 def add_extent_parameter(algorithm):

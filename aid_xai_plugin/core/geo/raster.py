@@ -13,6 +13,7 @@ import numpy as np
 
 from ..common.errors import AidXaiError
 from .gdal_context import gdal_error_details, gdal_exceptions, raising_gdal_errors
+from .remote import gdal_path, is_network_path, network_hint, network_reading
 
 SCALING_HELP = (
     "auto (8-bit: value/255; other types: per-band 2-98 % stretch), percentile(LOW,HIGH), "
@@ -22,14 +23,18 @@ SCALING_HELP = (
 
 @raising_gdal_errors
 def open_raster(path):
+    """Open `path` read-only: a file, or a raster on the network (a URL, /vsicurl/, /vsis3/ …), which
+    GDAL then reads block by block."""
     from osgeo import gdal
 
+    fix = f"The server did not answer or has no raster there: {network_hint(path)}." if is_network_path(path) else "Give a GDAL-readable raster."
     try:
-        dataset = gdal.Open(path, gdal.GA_ReadOnly)
+        with network_reading(path):
+            dataset = gdal.Open(gdal_path(path), gdal.GA_ReadOnly)
     except RuntimeError as error:
-        raise AidXaiError(f"Cannot open raster '{path}': {gdal_error_details(error)}. Give a GDAL-readable raster.") from error
+        raise AidXaiError(f"Cannot open raster '{path}': {gdal_error_details(error)}. {fix}") from error
     if dataset is None:
-        raise AidXaiError(f"Cannot open raster '{path}'. Give a GDAL-readable raster.")
+        raise AidXaiError(f"Cannot open raster '{path}'. {fix}")
     return dataset
 
 
@@ -106,6 +111,13 @@ def read_error(dataset, bands, window, error):
     path = dataset.GetDescription()
     x, y, width, height = window
     detail = gdal_error_details(error) or "GDAL could not read the pixels"
+    if is_network_path(path):
+        detail = detail.rstrip(".")
+        return AidXaiError(
+            f"Cannot read raster '{path}', band(s) {','.join(map(str, bands))}, pixel window x={x}, y={y}, width={width}, height={height}: "
+            f"{detail}. The server stopped answering or failed; {network_hint(path)}, then run the same command again: "
+            "no output was written, and an explain run resumes from the tiles it finished."
+        )
     return AidXaiError(
         f"Cannot read raster '{path}', band(s) {','.join(map(str, bands))}, pixel window x={x}, y={y}, width={width}, height={height}: "
         f"{detail}. The file is damaged or unreadable there; check it with `gdal_translate -of null '{path}' /dev/null` "
@@ -116,7 +128,8 @@ def read_error(dataset, bands, window, error):
 def _read(dataset, bands, window, read):
     """`read()` inside the plugin's GDAL mode; any failure → read_error. A None result (a driver that
     reports no error) is a failure too."""
-    with gdal_exceptions():  # the message is made inside the block, while its GDAL messages are at hand
+    # the message is made inside the block, while its GDAL messages are at hand
+    with gdal_exceptions(), network_reading(dataset.GetDescription()):
         try:
             values = read()
         except (RuntimeError, SystemError) as error:

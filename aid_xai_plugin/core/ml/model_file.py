@@ -14,6 +14,7 @@ import os
 
 from ..common.atomic import atomic_output
 from ..common.errors import AidXaiError
+from .model_source import cached_model, is_model_url
 
 FORMAT = "aid-xai-model"
 FORMAT_VERSION = 1
@@ -66,14 +67,19 @@ def file_sha256(path):
     return digest.hexdigest()
 
 
-def load_model(path, device="cpu"):
-    """Load and check a model file; every way it can be wrong gives an AidXaiError saying why."""
+def load_model(path, device="cpu", expected_sha256=""):
+    """Load and check a model file; every way it can be wrong gives an AidXaiError saying why. `path`
+    may be an http(s):// URL: the file is downloaded into the model cache first (`model_source`; with
+    `expected_sha256`, a cached copy with that content is used and another download refused)."""
     import pickle
 
     import torch
 
     from .net import build_model
 
+    source = path
+    if is_model_url(path):
+        path = cached_model(path, expected_sha256)
     if not os.path.isfile(path):
         raise AidXaiError(f"Model file '{path}' does not exist; train one with aid_xai:train or give the path of a {MODEL_EXTENSION} file.")
     with open(path, "rb") as stream:
@@ -113,7 +119,7 @@ def load_model(path, device="cpu"):
         raise AidXaiError(f"Model file '{path}' has an invalid description ({error}); it was not written by AID-XAI or is damaged.") from error
     check_finite_weights(path, payload["state_dict"])
     module.eval().to(device)
-    return LoadedModel(module=module, info=info, path=os.path.abspath(path), sha256=file_sha256(path))
+    return LoadedModel(module=module, info=info, path=source if is_model_url(source) else os.path.abspath(path), sha256=file_sha256(path))
 
 
 def check_archive(path):

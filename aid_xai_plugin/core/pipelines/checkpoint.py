@@ -6,7 +6,7 @@ The checkpoint is a hidden folder next to the first output, holding one file per
 half tile under a tile's name; a tile file that is unreadable all the same, e.g. after a full disk,
 is explained again) and the run's key (`run_key`): a digest of every field of the run's spec but
 those named as changing no value, each as this run resolved it (the raster's path, size and
-modification time; the model's SHA-256), and the plugin's and torch's versions. A run with another
+modification time, or for a URL the size and date its server reports; the model's SHA-256), and the plugin's and torch's versions. A run with another
 key discards the folder instead of reusing stale tiles; a completed run removes it.
 """
 
@@ -19,6 +19,7 @@ import zipfile
 
 import numpy as np
 
+from ..geo.remote import is_network_path, network_identity
 from .steps import ExplainedTile
 
 _ARRAYS = ("image", "values", "class_indices", "output_values", "base_values", "probabilities", "valid")
@@ -61,7 +62,10 @@ def spec_fields(spec, prefix=""):
 
 def file_identity(path):
     """A file as a run key sees it: its absolute path, and its size and modification time if it exists
-    (a rewritten file at the same path is another input)."""
+    (a rewritten file at the same path is another input). A file on the network (a URL, /vsicurl/,
+    /vsis3/ …): its path as given, and the size and date the server reports (GDAL's VSIStatL)."""
+    if is_network_path(path):
+        return network_identity(path)
     path = os.path.abspath(path)
     if not os.path.exists(path):
         return [path]

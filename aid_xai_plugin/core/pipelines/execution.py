@@ -24,6 +24,9 @@ import threading
 
 from ..common.errors import AidXaiError
 from ..common.shared_setting import SharedSetting
+from ..geo.remote import forget_cached, is_network_path
+from ..ml.model_source import cached_model, is_model_url
+from .checkpoint import file_identity
 
 EXECUTION_MODES = ("local", "dask")
 TASKS_PER_WORKER_THREAD = 3  # queued on each worker thread: busy without a backlog of results
@@ -166,11 +169,9 @@ _TORCH_THREADS = [None]
 
 def job_key(job):
     """What identifies a job's step on the workers: its values (the model's SHA-256 among them) and
-    the raster's identity, so a retrained model or a rewritten raster at the same path is never
-    served stale."""
-    raster = job.inputs.raster_path
-    identity = (os.path.getsize(raster), os.stat(raster).st_mtime_ns) if os.path.exists(raster) else ()
-    return hashlib.sha256(pickle.dumps((job, identity))).hexdigest()
+    the raster's identity (a file's size and time, or those a URL's server reports), so a retrained
+    model or a rewritten raster at the same path or URL is never served stale."""
+    return hashlib.sha256(pickle.dumps((job, file_identity(job.inputs.raster_path)))).hexdigest()
 
 
 def step_for(key, job, make_step, threads):
@@ -178,7 +179,9 @@ def step_for(key, job, make_step, threads):
     reused by every task of the job, and dropped when a thread moves on to another job (a long-lived
     cluster serves many runs). Engines keep per-tile state, so each thread has its own. Missing
     inputs name the worker and the path; a model file whose content is not the run's model (another
-    copy on this machine, or replaced during the run) is refused."""
+    copy on this machine, or replaced during the run) is refused. A raster on the network is opened
+    afresh (nothing an earlier job cached of it); a model given by URL comes from this machine's model
+    cache, downloaded once and checked against the run's SHA-256."""
     thread = threading.get_ident()
     with _WORKER_LOCK:
         if _TORCH_THREADS[0] != threads:  # Dask's nanny sets OMP/MKL threads to 1: use the run's
@@ -191,12 +194,18 @@ def step_for(key, job, make_step, threads):
             return current[1]
         _WORKER_STEPS.pop(thread, None)
         for path, what in ((job.model_path, "model"), (job.inputs.raster_path, "raster")):
-            if not path.startswith("/vsi") and not os.path.exists(path):
-                raise AidXaiError(f"Dask worker {_worker_name()} cannot read the {what} '{path}': the raster and the model must be readable at the same path on every worker.")
+            if not path.startswith("/vsi") and not is_model_url(path) and not is_network_path(path) and not os.path.exists(path):
+                raise AidXaiError(f"Dask worker {_worker_name()} cannot read the {what} '{path}': the raster and the model must be readable at the same path (or URL) on every worker.")
+        if is_model_url(job.model_path):
+            try:
+                cached_model(job.model_path, job.model_sha256)
+            except AidXaiError as error:
+                raise AidXaiError(f"Dask worker {_worker_name()}: {error}") from None
+        forget_cached(job.inputs.raster_path)
         try:
             step = make_step(job)
         except Exception as error:  # e.g. a /vsimem/ raster only the submitting process holds
-            raise AidXaiError(f"Dask worker {_worker_name()} cannot open the raster '{job.inputs.raster_path}' or the model '{job.model_path}' ({error}): both must be readable at the same path on every worker.") from None
+            raise AidXaiError(f"Dask worker {_worker_name()} cannot open the raster '{job.inputs.raster_path}' or the model '{job.model_path}' ({error}): both must be readable at the same path (or URL) on every worker.") from None
         if job.model_sha256 and step.classifier.sha256 != job.model_sha256:
             raise AidXaiError(
                 f"Dask worker {_worker_name()} reads another model at '{job.model_path}' (SHA-256 {step.classifier.sha256[:12]}…) than the run loaded ({job.model_sha256[:12]}…): "

@@ -60,7 +60,7 @@ class ClassifyStep:
 
     def __init__(self, job):
         self.job = job
-        self.classifier = Classifier(load_model(job.model_path), job.device)
+        self.classifier = Classifier(load_model(job.model_path, expected_sha256=job.model_sha256), job.device)
         self.reader = TileReader(job.inputs)
 
     def __call__(self, windows):
@@ -106,7 +106,7 @@ class TileExplainer:
     def __init__(self, job, classifier=None, reader=None, engine=None):
         self.job = job
         self.engine = engine or engine_by_name(job.engine)
-        self.classifier = classifier or Classifier(load_model(job.model_path), job.device)
+        self.classifier = classifier or Classifier(load_model(job.model_path, expected_sha256=job.model_sha256), job.device)
         self.reader = reader or TileReader(job.inputs)
 
     def __call__(self, window, progress=None):

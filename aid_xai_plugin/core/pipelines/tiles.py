@@ -13,6 +13,7 @@ from ..geo.gdal_context import raising_gdal_errors
 from ..geo.grid import make_grid, tile_size_in_pixels
 from ..geo.ground import metres_per_map_unit, same_crs
 from ..geo.raster import BandScaling, band_scaling, check_bands, open_raster, parse_bands, read_tile
+from ..geo.remote import forget_cached
 from ..ml.classifier import Classifier
 from ..ml.model_file import load_model
 from ..ml.preprocess import resize_to_input
@@ -79,6 +80,7 @@ class TileSource:
 
     def __init__(self, raster_path, model_path, options, device="auto"):
         self.options = options
+        forget_cached(raster_path)  # a raster on the network as its server has it now, not as an earlier run saw it
         dataset = open_raster(raster_path)
         self.classifier = Classifier(load_model(model_path), device)
         info = self.classifier.info
