@@ -81,7 +81,7 @@ def _expected_overviews(width, height):
 # --- the sink ------------------------------------------------------------------------------------
 
 
-def _write_pair(folder, width, height, bands, data_type, nodata, windows, resampling="AVERAGE", **extra):
+def _write_pair(folder, width, height, bands, data_type, nodata, windows, resampling="AVERAGE"):
     """The same windows written as GeoTIFF and as COG; the two paths."""
     paths = []
     for output_format in ("GTiff", "COG"):
