@@ -30,7 +30,7 @@ from qgis.PyQt import sip  # noqa: E402
 from qgis.PyQt.QtWidgets import QComboBox, QGroupBox  # noqa: E402
 
 ALGORITHMS = ("aid_xai:classify", "aid_xai:explain")
-CHOICES = ("ENGINE", "DEVICE", "MASKER", "SCALING")
+CHOICES = ("ENGINE", "DEVICE", "MASKER", "SCALING", "OUTPUT_FORMAT")
 
 
 def wrapped_widget(wrapper):

@@ -125,7 +125,7 @@ def _other(value):
 
 def test_every_field_that_can_change_values_changes_the_resume_key(tmp_path, synthetic_model):
     """The key is built from ExplainSpec's own fields, so a field added later is in it unasked: every
-    field but those NOT_IN_RESUME_KEY names (output paths, where tiles are computed, the tile limit)
+    field but those NOT_IN_RESUME_KEY names (output paths and format, where tiles are computed, the tile limit)
     changes it, a field the run resolves by what it resolved to (the model by its content, 'auto' by
     the device chosen, the features by the tiles they select); a value with no stable form (a callable
     nobody resolved) is refused rather than keyed by its address."""

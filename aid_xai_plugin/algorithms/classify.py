@@ -13,6 +13,7 @@ from ..qgis_compat import NUMBER_INTEGER
 from ..styling import apply_on_load, style_class_raster, style_probability_raster, style_tile_layer
 from .base import AidXaiAlgorithm, open_raster_output
 from .execution_parameters import add_execution_parameters, read_execution
+from .output_parameters import add_output_format_parameter, read_output_format
 from .tiling_parameters import add_extent_parameter, add_raster_and_model_parameters, add_tiling_parameters, raster_input, read_tiling_options
 
 
@@ -36,7 +37,8 @@ class ClassifyAlgorithm(AidXaiAlgorithm):
         "stride-sized block at the tile's centre), on edges of the source pixels; and the tile layer (.gpkg, "
         ".geojson or .shp; drawn as class-coloured outlines labelled with class and probability) with the "
         "top-k classes, probabilities, margin (p1 − p2) and normalised entropy, so low-confidence tiles are "
-        "one filter away.\n\n"
+        "one filter away. \"Raster output format\" = Cloud Optimized GeoTIFF writes both rasters as COGs "
+        "(overviews by the most frequent class and by the mean probability; the same values as a GeoTIFF).\n\n"
         "Values are scaled to 0..1 by \"Value scaling\" (auto: 8-bit /255, other types a 2–98 % stretch; "
         "percentile or minmax with the low/high numbers; none); nodata, alpha and pixels outside the raster "
         "are invalid, and tiles with less than the minimum valid fraction are skipped (advanced parameters).\n\n"
@@ -52,6 +54,7 @@ class ClassifyAlgorithm(AidXaiAlgorithm):
         self.addParameter(QgsProcessingParameterNumber("TOP_K", "Classes listed per tile (top-k)", NUMBER_INTEGER, 4, minValue=1))
         self.add_device_parameter()
         add_execution_parameters(self)
+        add_output_format_parameter(self)
         self.addParameter(QgsProcessingParameterRasterDestination("OUTPUT_CLASSES", "Class raster", optional=True, createByDefault=True))
         self.addParameter(QgsProcessingParameterRasterDestination("OUTPUT_PROBABILITIES", "Probability raster", optional=True, createByDefault=True))
         self.addParameter(QgsProcessingParameterVectorDestination("OUTPUT_TILES", "Tile layer", optional=True, createByDefault=True))
@@ -65,6 +68,7 @@ class ClassifyAlgorithm(AidXaiAlgorithm):
             class_raster=self.optional_output(parameters, "OUTPUT_CLASSES", context, layer=True),
             probability_raster=self.optional_output(parameters, "OUTPUT_PROBABILITIES", context, layer=True),
             tile_layer=self.optional_output(parameters, "OUTPUT_TILES", context, layer=True),
+            raster_format=read_output_format(self, parameters, context),
         )
         if not any((outputs.class_raster, outputs.probability_raster, outputs.tile_layer)):
             raise AidXaiError("All outputs are skipped; choose at least one of OUTPUT_CLASSES, OUTPUT_PROBABILITIES, OUTPUT_TILES.")

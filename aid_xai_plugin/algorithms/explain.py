@@ -16,6 +16,7 @@ from ..styling import apply_on_load, style_explained_tile_table, style_shap_rast
 from .base import AidXaiAlgorithm, choice_parameter, open_raster_output
 from .execution_parameters import add_execution_parameters, read_execution
 from .explain_parameters import add_shap_parameters, add_tile_choice_parameters, read_shap_settings, tile_selector
+from .output_parameters import add_output_format_parameter, read_output_format
 from .tiling_parameters import add_raster_and_model_parameters, add_tiling_parameters, raster_input, read_tiling_options
 
 
@@ -56,7 +57,9 @@ class ExplainAlgorithm(AidXaiAlgorithm):
         "(with top-k ranks, each tile's rank k is another class, so blending them is refused), or with "
         "\"Overlapping tiles combine by\" = last, the later tile overwrites. The explained tiles table (outlines, one "
         "label per tile) holds per tile and class the probability, f, base value and ΣSHAP; the report "
-        "shows the least confident tiles in shap.image_plot's layout.\n\n"
+        "shows the least confident tiles in shap.image_plot's layout. \"Raster output format\" = Cloud "
+        "Optimized GeoTIFF writes the SHAP raster as a COG (overviews by the mean value; the same values "
+        "as a GeoTIFF).\n\n"
         "Long runs: finished tiles are kept in a hidden .resume folder beside the output until the run "
         "completes; running the same command again after a cancel or crash explains only the missing "
         "tiles. \"Run tiles\" = dask spreads tiles over a Dask cluster: a local one started for the run or a "
@@ -82,6 +85,7 @@ class ExplainAlgorithm(AidXaiAlgorithm):
         add_execution_parameters(self)
         self.addParameter(with_advanced_flag(choice_parameter("OVERLAP", "Overlapping tiles combine by", OVERLAP_MODES, "blend")))
         self.addParameter(with_advanced_flag(QgsProcessingParameterNumber("REPORT_TILES", "Least confident tiles in the report (0: all)", NUMBER_INTEGER, 50, minValue=0)))
+        add_output_format_parameter(self)
         self.addParameter(QgsProcessingParameterRasterDestination("OUTPUT", "SHAP raster"))
         self.addParameter(QgsProcessingParameterVectorDestination("OUTPUT_TABLE", "Explained tiles table", optional=True, createByDefault=True))
         self.addParameter(QgsProcessingParameterFileDestination("OUTPUT_REPORT", "Report", "HTML files (*.html)", optional=True, createByDefault=True))
@@ -105,6 +109,7 @@ class ExplainAlgorithm(AidXaiAlgorithm):
             report=self.optional_output(parameters, "OUTPUT_REPORT", context),
             overlap=self.choice(parameters, "OVERLAP", context),
             report_tiles=self.parameterAsInt(parameters, "REPORT_TILES", context),
+            raster_format=read_output_format(self, parameters, context),
         )
         execution, dask = read_execution(self, parameters, context)
         with raster_input(self, parameters, context, layer, read_tiling_options(self, parameters, context, layer), feedback) as (path, options):

@@ -36,9 +36,9 @@ def atomic_output(path):
         os.makedirs(folder, exist_ok=True)
     except OSError as error:
         raise AidXaiError(_write_message(path, error)) from error
-    stem, ext = os.path.splitext(os.path.basename(path))
     remove_stale_temporaries(path)
-    temporary = os.path.join(folder, f".{stem}.{uuid.uuid4().hex[:8]}.{os.getpid()}-{_HOST}.partial{ext}")
+    temporary = temporary_path(path)
+    ext = os.path.splitext(path)[1]
     try:
         yield temporary
         if not os.path.exists(temporary):
@@ -57,10 +57,23 @@ def atomic_output(path):
         except OSError as error:
             raise AidXaiError(_write_message(path, error)) from error
     finally:
-        for leftover in [temporary, *_companions(temporary)]:
-            with contextlib.suppress(OSError):
-                if os.path.exists(leftover):
-                    os.remove(leftover)
+        remove_with_companions(temporary)
+
+
+def temporary_path(path):
+    """A new temporary name beside `path` that records its writer (removed by `remove_stale_temporaries`
+    once that writer is gone); `atomic_output` moves its own into place, other ones are scratch files."""
+    path = os.path.abspath(path)
+    stem, ext = os.path.splitext(os.path.basename(path))
+    return os.path.join(os.path.dirname(path), f".{stem}.{uuid.uuid4().hex[:8]}.{os.getpid()}-{_HOST}.partial{ext}")
+
+
+def remove_with_companions(path):
+    """Remove a temporary and the files GDAL wrote beside it under its name (.aux.xml…), if any."""
+    for leftover in [path, *_companions(path)]:
+        with contextlib.suppress(OSError):
+            if os.path.exists(leftover):
+                os.remove(leftover)
 
 
 def _write_message(path, error):

@@ -4,21 +4,36 @@
 temporary name; on a clean exit it closes the file and moves it (and any GDAL sidecar) into place;
 on an error or cancel it closes and removes it. Pipelines hold their sinks in one ExitStack, so
 every output of a run is committed or removed together.
+
+A Cloud Optimized GeoTIFF (`output_format="COG"`) is written the same way, windows into a tiled
+(sparse) GeoTIFF under a scratch name, and on commit GDAL's COG driver copies that file block by
+block into the temporary that moves into place, adding overviews: memory stays flat, and blending
+or rewriting windows works as for a GeoTIFF (a COG's blocks can only be written once, in order).
 """
 
+import os
 import sys
 
-from ..common.atomic import atomic_output
+from ..common.atomic import atomic_output, remove_with_companions, temporary_path
 from ..common.errors import AidXaiError
 from ..common.failures import write_failure_message
 from .gdal_context import gdal_error_details, gdal_exceptions
 
 BLOCK_SIZE = 256
 GEOTIFF_EXTENSIONS = (".tif", ".tiff")
+OUTPUT_FORMATS = ("GTiff", "COG")
+# how overviews of a COG are computed: a class raster's by the most frequent class (never a class
+# that isn't there, nor an average of class numbers), values (probabilities, SHAP) by their mean;
+# GDAL skips nodata pixels in both
+OVERVIEW_RESAMPLINGS = ("MODE", "NEAREST", "AVERAGE")
 
 
-def check_geotiff_path(path):
+def check_geotiff_path(path, output_format="GTiff"):
+    if output_format not in OUTPUT_FORMATS:
+        raise AidXaiError(f"Unknown raster output format '{output_format}'; use one of: {', '.join(OUTPUT_FORMATS)}.")
     if not path.lower().endswith(GEOTIFF_EXTENSIONS):
+        if output_format == "COG":
+            raise AidXaiError(f"Cannot write the raster output '{path}' as a Cloud Optimized GeoTIFF: a COG is a GeoTIFF file; give a .tif file name.")
         raise AidXaiError(f"Cannot write the raster output '{path}': AID-XAI writes GeoTIFF; give a .tif file name.")
 
 
@@ -45,26 +60,79 @@ def create_geotiff(path, width, height, band_count, data_type, geotransform, pro
     return dataset
 
 
-class GeoTiffSink:
-    """A GeoTIFF output (see the module docstring); `write(bands_hw…, x, y)` puts a window in place."""
+def cog_options(data_type, resampling):
+    """Creation options of GDAL's COG driver (GDAL ≥ 3.1): DEFLATE as the GeoTIFFs, 256² blocks,
+    overviews until the smallest fits one block. Every block is stored (no SPARSE_OK): readers other
+    than GDAL need not know sparse TIFFs."""
+    from osgeo import gdal
 
-    def __init__(self, path, width, height, band_count, data_type, geotransform, projection, nodata=None, band_names=None, tags=None):
-        check_geotiff_path(path)
+    if resampling not in OVERVIEW_RESAMPLINGS:
+        raise AidXaiError(f"Unknown overview resampling '{resampling}'; use one of: {', '.join(OVERVIEW_RESAMPLINGS)}.")
+    floating = data_type in (gdal.GDT_Float32, gdal.GDT_Float64)
+    return [
+        "COMPRESS=DEFLATE",
+        f"PREDICTOR={'FLOATING_POINT' if floating else 'NO'}",
+        f"BLOCKSIZE={BLOCK_SIZE}",
+        "BIGTIFF=IF_SAFER",
+        "OVERVIEWS=AUTO",
+        f"RESAMPLING={resampling}",
+    ]
+
+
+def translate_to_cog(source, destination, resampling):
+    """Copy the closed GeoTIFF `source` into a COG at `destination` (georeferencing, nodata, band
+    descriptions, metadata, colour table and categories kept; overviews added). GDAL reads the
+    source block by block, so memory stays flat however large the raster."""
+    from osgeo import gdal
+
+    dataset = gdal.Open(source)
+    data_type = dataset.GetRasterBand(1).DataType
+    copy = gdal.Translate(destination, dataset, format="COG", creationOptions=cog_options(data_type, resampling))
+    dataset = None
+    if copy is None:  # outside the plugin's exception mode GDAL returns None on failure
+        raise RuntimeError(f"GDAL could not write the Cloud Optimized GeoTIFF {destination}")
+    close = getattr(copy, "Close", None)  # GDAL ≥ 3.8: reports a failed close
+    if close is not None:
+        close()
+    copy = None
+    for leftover in (destination + ".ovr.tmp", destination + ".msk.ovr.tmp"):  # the COG driver's scratch overviews, normally removed by GDAL
+        if os.path.exists(leftover):
+            os.remove(leftover)
+
+
+class GeoTiffSink:
+    """A GeoTIFF output (see the module docstring); `write(bands_hw…, x, y)` puts a window in place.
+    `output_format`: "GTiff" or "COG"; `resampling`: how a COG's overviews are computed."""
+
+    def __init__(self, path, width, height, band_count, data_type, geotransform, projection, nodata=None, band_names=None, tags=None, output_format="GTiff", resampling="AVERAGE"):
+        check_geotiff_path(path, output_format)
         self.path = path
         self._create = (width, height, band_count, data_type, geotransform, projection, nodata, band_names, tags)
+        self._cog = output_format == "COG"
+        self._resampling = resampling
+        if self._cog:
+            cog_options(data_type, resampling)  # an unknown resampling is refused before any work
         self._atomic = atomic_output(path)
+        self._staging = None  # a COG's windows go to this tiled GeoTIFF first
         self.dataset = None
 
     def __enter__(self):
         temporary = self._temporary = self._atomic.__enter__()
         try:
+            if self._cog:
+                self._staging = temporary_path(self.path)
             with self._writing():
-                self.dataset = create_geotiff(temporary, *self._create)
+                self.dataset = create_geotiff(self._staging or temporary, *self._create)
         except BaseException:
             self.dataset = None
+            self._remove_staging()
             self._atomic.__exit__(*sys.exc_info())
             raise
         return self
+
+    def _remove_staging(self):
+        if self._staging is not None:
+            remove_with_companions(self._staging)
 
     def _writing(self):
         return writing(self.path)
@@ -91,12 +159,19 @@ class GeoTiffSink:
                     self.dataset = None
                     if messages.errors:
                         raise RuntimeError(messages.errors[-1])
-                    check_blocks_on_disk(self._temporary)
-            except AidXaiError:
+                    check_blocks_on_disk(self._staging or self._temporary)
+                    if self._cog:
+                        translate_to_cog(self._staging, self._temporary, self._resampling)
+                        if messages.errors:
+                            raise RuntimeError(messages.errors[-1])
+                        check_blocks_on_disk(self._temporary)
+            except BaseException:  # an AidXaiError naming the output, or an interrupt during the copy
                 self.dataset = None
+                self._remove_staging()
                 self._atomic.__exit__(*sys.exc_info())
                 raise
         self.dataset = None  # closes the file before it moves into place (or is removed): no stray sidecar
+        self._remove_staging()
         return self._atomic.__exit__(exc_type, exc, traceback)
 
 

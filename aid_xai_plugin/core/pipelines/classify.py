@@ -15,7 +15,7 @@ from ..common.failures import out_of_memory_as_error
 from ..common.palette import class_colors
 from ..geo.gdal_context import raising_gdal_errors
 from ..geo.vector import PolygonWriter
-from ..geo.writers import GeoTiffSink
+from ..geo.writers import GeoTiffSink, check_geotiff_path
 from .execution import EXECUTION_MODES, DaskSettings, dask_client, job_key, run_ordered, step_for
 from .run import check_outputs, with_progress
 from .steps import ClassifyJob, ClassifyStep, classify_images
@@ -30,6 +30,7 @@ class ClassifyOutputs:
     class_raster: str = None
     probability_raster: str = None
     tile_layer: str = None
+    raster_format: str = "GTiff"  # of the class and probability rasters: GTiff or COG (geo/writers.py)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +62,9 @@ def classify_raster(raster_path, model_path, options, outputs, k=4, batch_size=3
 
     if execution not in EXECUTION_MODES:
         raise AidXaiError(f"Unknown EXECUTION '{execution}'; use one of: {', '.join(EXECUTION_MODES)}.")
+    for path in (outputs.class_raster, outputs.probability_raster):
+        if path:
+            check_geotiff_path(path, outputs.raster_format)
     source = TileSource(raster_path, model_path, options, device)
     check_outputs(outputs.class_raster, outputs.probability_raster, outputs.tile_layer)
     grid, classifier = source.grid, source.classifier
@@ -72,10 +76,14 @@ def classify_raster(raster_path, model_path, options, outputs, k=4, batch_size=3
         sinks.enter_context(out_of_memory_as_error(f"classifying on {classifier.device}", f"BATCH_SIZE (now {batch_size}) or TILE_SIZE"))
         classes = probabilities = table = None
         if outputs.class_raster:
-            classes = sinks.enter_context(GeoTiffSink(outputs.class_raster, *cells, 1, gdal.GDT_Byte, grid.cell_geotransform(), source.projection, CLASS_NODATA, ["class"], tags))
+            classes = sinks.enter_context(
+                GeoTiffSink(outputs.class_raster, *cells, 1, gdal.GDT_Byte, grid.cell_geotransform(), source.projection, CLASS_NODATA, ["class"], tags, outputs.raster_format, "MODE")
+            )
             _describe_classes(classes.dataset.GetRasterBand(1), names)
         if outputs.probability_raster:
-            probabilities = sinks.enter_context(GeoTiffSink(outputs.probability_raster, *cells, len(names), gdal.GDT_Float32, grid.cell_geotransform(), source.projection, PROBABILITY_NODATA, names, tags))
+            probabilities = sinks.enter_context(
+                GeoTiffSink(outputs.probability_raster, *cells, len(names), gdal.GDT_Float32, grid.cell_geotransform(), source.projection, PROBABILITY_NODATA, names, tags, outputs.raster_format, "AVERAGE")
+            )
         if outputs.tile_layer:
             table = sinks.enter_context(PolygonWriter(outputs.tile_layer, source.projection, tile_layer_fields(k)))
 

@@ -26,7 +26,7 @@ from ..geo.gdal_context import raising_gdal_errors
 from ..geo.mosaic import OVERLAP_MODES, TileMosaic
 from ..geo.placement import to_source_pixels, window_in
 from ..geo.vector import PolygonWriter
-from ..geo.writers import GeoTiffSink
+from ..geo.writers import GeoTiffSink, check_geotiff_path
 from ..ml.classifier import check_output_space
 from ..reports.explanation_report import ExplanationReport
 from .budget import check_tile_budget, seconds_per_tile
@@ -56,6 +56,7 @@ class ExplainOutputs:
     report: str = None
     overlap: str = "blend"  # how overlapping tiles combine in the SHAP raster: blend | last
     report_tiles: int = 50  # the report shows this many least confident tiles (0 = all)
+    raster_format: str = "GTiff"  # of the SHAP raster: GTiff or COG (geo/writers.py)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,9 +78,9 @@ class ExplainSpec:
 
 
 # Fields of ExplainSpec that change no value a run computes or writes, so a resumed run may differ in
-# them: where the outputs go (the checkpoint lies beside the first), where the tiles are computed
+# them: where and in which format the outputs go (the checkpoint lies beside the first), where the tiles are computed
 # (each tile is explained the same way here or on a cluster) and the tile limit, checked before any work.
-NOT_IN_RESUME_KEY = ("outputs.shap_raster", "outputs.tile_table", "outputs.report", "execution", "dask", "request.max_tiles")
+NOT_IN_RESUME_KEY = ("outputs.shap_raster", "outputs.tile_table", "outputs.report", "outputs.raster_format", "execution", "dask", "request.max_tiles")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -192,6 +193,8 @@ def explain_raster(spec, progress=None):
     output_paths = [path for path in (outputs.shap_raster, outputs.tile_table, outputs.report) if path]
     if not output_paths:
         raise AidXaiError("Give at least one output: the SHAP raster, the explained tiles table or the report.")
+    if outputs.shap_raster:
+        check_geotiff_path(outputs.shap_raster, outputs.raster_format)
     check_outputs(*output_paths)
     fixed_indices = requested_class_indices(request, names)
     if fixed_indices is not None:
@@ -227,7 +230,12 @@ def explain_raster(spec, progress=None):
     with contextlib.ExitStack() as sinks:
         mosaic = table = report = None
         if outputs.shap_raster:
-            shap_raster = sinks.enter_context(GeoTiffSink(outputs.shap_raster, window[2], window[3], len(band_names), gdal.GDT_Float32, grid.window_geotransform(window), source.projection, SHAP_NODATA, band_names, tags))
+            shap_raster = sinks.enter_context(
+                GeoTiffSink(
+                    outputs.shap_raster, window[2], window[3], len(band_names), gdal.GDT_Float32, grid.window_geotransform(window), source.projection, SHAP_NODATA, band_names, tags,
+                    outputs.raster_format, "AVERAGE",
+                )
+            )
             mosaic = TileMosaic(shap_raster, window[2:], [window_in(tile_window, origin) for tile_window in windows], len(band_names), SHAP_NODATA, outputs.overlap, flush=shap_raster.flush)
         if outputs.tile_table:
             table = sinks.enter_context(PolygonWriter(outputs.tile_table, source.projection, TILE_TABLE_FIELDS))
