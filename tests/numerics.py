@@ -31,8 +31,8 @@ import pickle
 
 import numpy as np
 
-from aid_xai_plugin.core.explain import exact_engine, fast_engine
-from aid_xai_plugin.core.explain.exact_engine import ExactPartitionEngine, FullEvaluator
+from aid_xai_plugin.core.explain import engine as engine_module
+from aid_xai_plugin.core.explain.exact_engine import ExactPartitionEngine, FullEvaluator, model_calls
 from aid_xai_plugin.core.explain.partition import boxes_of
 
 # Each engine's float32 error may be this many times shap's: both round the same sums in float32, in
@@ -122,13 +122,14 @@ class Float64Evaluator(FullEvaluator):
     """The exact engine's evaluator with the model and its normalisation in float64: the same masked
     tiles (composed exactly from the float32 tile and background), evaluated without float32 rounding."""
 
-    def __init__(self, image_hwc, background_hwc, classifier, batch_size, output_space):
-        super().__init__(image_hwc, background_hwc, classifier, batch_size, output_space)
+    def __init__(self, images_hwc, backgrounds_hwc, classifier, batch_size, output_space, merge_tiles=False):
+        super().__init__(images_hwc, backgrounds_hwc, classifier, batch_size, output_space, merge_tiles)
         self.model64 = Float64Model(classifier)
 
-    def scores(self, box_lists):
-        batches = range(0, len(box_lists), self.batch_size)
-        return np.concatenate([self.model64.scores_nchw(self.painter.tiles(box_lists[start : start + self.batch_size]), self.output_space) for start in batches])
+    def scores(self, box_lists, tiles):
+        tiles = np.asarray(tiles)
+        calls = model_calls(tiles, self.batch_size, False)
+        return np.concatenate([self.model64.scores_nchw(self.painter.tiles(box_lists[start:stop], tiles[start:stop]), self.output_space) for start, stop in calls])
 
 
 class Float64ExactEngine(ExactPartitionEngine):
@@ -143,9 +144,8 @@ class Traversal:
     def __init__(self):
         self.outputs = {}
 
-    def record(self, requests, outputs):
-        for (visible, _, box, _), row in zip(requests, outputs):
-            self.outputs[(box, tuple(boxes_of(visible)))] = np.asarray(row, dtype=np.float64)
+    def record(self, request, outputs):
+        self.outputs[(request.box, tuple(boxes_of(request.visible)))] = np.asarray(outputs, dtype=np.float64)
 
     def diverging(self, other):
         """How many evaluations one of the two traversals made and the other did not."""
@@ -158,15 +158,17 @@ class Traversal:
 
 
 class _RecordingEvaluate:
-    """An engine's `evaluate` callback that records what it returns (attributes such as the region
-    evaluator's `max_states` are read through to the real one)."""
+    """An engine's `evaluate` callback that records what it returns for each tile's explained
+    outputs (attributes such as the region evaluator's `max_states` are read through to the real one)."""
 
-    def __init__(self, evaluate, traversal):
-        self._evaluate, self._traversal = evaluate, traversal
+    def __init__(self, evaluate, records):
+        self._evaluate, self._records = evaluate, records  # tile → (Traversal, explained indices)
 
     def __call__(self, requests):
         outputs, states = self._evaluate(requests)
-        self._traversal.record(requests, outputs)
+        for request, row in zip(requests, outputs):
+            traversal, indices = self._records[request.tile]
+            traversal.record(request, np.asarray(row)[indices])
         return outputs, states
 
     def __getattr__(self, name):
@@ -176,20 +178,23 @@ class _RecordingEvaluate:
 @contextlib.contextmanager
 def recorded_traversals(fault=None):
     """Record the evaluations of every traversal the exact and fast engines walk inside the block
-    (a list of Traversal, in call order); the engines themselves run unchanged, unless `fault`
-    (evaluate → evaluate) wraps their evaluations to inject an error (tests/test_engine_faults.py)."""
+    (a list of Traversal, one per tile, in call order); the engines themselves run unchanged, unless
+    `fault` (evaluate → evaluate) wraps their evaluations to inject an error (tests/test_engine_faults.py)."""
     traversals = []
-    original = exact_engine.owen_node_values
+    original = engine_module.walk
 
-    def recording(evaluate, *args, **kwargs):
-        traversals.append(Traversal())
-        return original(_RecordingEvaluate(fault(evaluate) if fault else evaluate, traversals[-1]), *args, **kwargs)
+    def recording(evaluate, owen_traversals, progress=None):
+        records = {}
+        for owen_traversal in owen_traversals:
+            traversals.append(Traversal())
+            records[owen_traversal.tile] = (traversals[-1], owen_traversal.indices)
+        return original(_RecordingEvaluate(fault(evaluate) if fault else evaluate, records), owen_traversals, progress)
 
-    exact_engine.owen_node_values = fast_engine.owen_node_values = recording
+    engine_module.walk = recording
     try:
         yield traversals
     finally:
-        exact_engine.owen_node_values = fast_engine.owen_node_values = original
+        engine_module.walk = original
 
 
 def explain_recorded(engine, tile, classifier, indices, settings, fault=None):

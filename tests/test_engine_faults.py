@@ -56,9 +56,9 @@ def stale_context(wrapper, requests):
 
 def box_a_row_short(wrapper, requests):
     """The first request's box is painted one row short, as an off-by-one in a painter would."""
-    visible, state, box, sibling = requests[0]
+    box = requests[0].box
     if box[1] - box[0] > 1:
-        requests = [(visible, state, (box[0] + 1,) + box[1:], sibling)] + list(requests[1:])
+        requests = [requests[0]._replace(box=(box[0] + 1,) + box[1:])] + list(requests[1:])
         wrapper.corrupted = True
     return wrapper.evaluate(requests)
 

@@ -14,6 +14,7 @@ from torch import nn
 from aid_xai_plugin.core.explain.layer_kinds import CannotSplit
 from aid_xai_plugin.core.explain.linear_update import LinearUpdateEvaluator, WindowedLinear
 from aid_xai_plugin.core.explain.model_plan import analyse, linear_step, make_plan
+from aid_xai_plugin.core.explain.owen import Request
 from aid_xai_plugin.core.explain.partition import masked_background
 from aid_xai_plugin.core.ml.net import Net
 
@@ -76,17 +77,17 @@ def test_incremental_updates_match_full_evaluations(size):
     tile = random_tile((size, size, 3))
     background = masked_background(tile, "blur(9,9)")
     split = split_model(classifier.module, size, size, 3)
-    evaluator = LinearUpdateEvaluator(WindowedLinear(split), tile, background, classifier, np.arange(6), "probability")
+    evaluator = LinearUpdateEvaluator(WindowedLinear(split), tile, background, classifier, "probability")
     root = (0, size, 0, size, 0, 3)
-    (_, state), _ = evaluator.start(root)
+    [((_, state), _)] = evaluator.start(root)
     half = size // 2
     context = ((0, half, 0, size, 0, 3), None)  # the top half revealed
-    context_state = evaluator([(None, state, context[0], (half, size, 0, size, 0, 3))])[1][0]
+    context_state = evaluator([Request(None, state, context[0], (half, size, 0, size, 0, 3), 0)])[1][0]
     unseen = split.rows.cells * 8 + 16  # the first row no cell's 24 px field reaches
     boxes = [(60, 64, 10, 14, 0, 3), (90, 96, 90, 96, 1, 2), (48, 56, 40, 41, 0, 3), (0, size, half, size, 0, 3)]
     if unseen < size:
         boxes += [(unseen, size, 0, size, 0, 3), (half, size, unseen, size, 1, 3), (unseen - 3, size, unseen - 3, size, 0, 3)]
-    outputs, states = evaluator([(context, context_state, box, box) for box in boxes])  # (the sibling doesn't matter here)
+    outputs, states = evaluator([Request(context, context_state, box, box, 0) for box in boxes])  # (the sibling doesn't matter here)
     composed = []
     for box in boxes:
         visible = np.zeros(tile.shape, dtype=bool)
@@ -97,7 +98,7 @@ def test_incremental_updates_match_full_evaluations(size):
     # float32 both, summed in other orders: each within 4× plain torch's error against float64
     assert_float32_outputs({"incremental": outputs}, Float64Model(classifier).scores(np.stack(composed), "probability"), expected, "incremental updates")
     assert len(states) == len(boxes) and states[0].dtype == torch.float32
-    context_outputs = evaluator([(None, state, context[0], None)])[0][0]
+    context_outputs = evaluator([Request(None, state, context[0], None, 0)])[0][0]
     for box, output, box_state in zip(boxes, outputs, states):
         if box[0] >= unseen or box[2] >= unseen:  # changes no feature: exactly the context's
             np.testing.assert_array_equal(box_state.numpy(), context_state.numpy())

@@ -10,10 +10,10 @@ from numerics import FLOOR_ULPS, ROUNDING_MULTIPLE, Float64Evaluator, assert_eff
 from test_fast_engine import top_classes, two_threads  # noqa: F401 - the module's autouse fixture
 from torch import nn
 
-from aid_xai_plugin.core.explain.engine import ExplainSettings, tile_and_background
+from aid_xai_plugin.core.explain.engine import ExplainSettings, stacked_tiles_and_backgrounds
 from aid_xai_plugin.core.explain.exact_engine import FullEvaluator
 from aid_xai_plugin.core.explain.fast_engine import FastPartitionEngine
-from aid_xai_plugin.core.explain.partition import owen_node_values
+from aid_xai_plugin.core.explain.owen import OwenTraversal, walk
 from aid_xai_plugin.core.explain.region_evaluator import RegionEvaluator
 from aid_xai_plugin.core.explain.geometry import Geometry
 from aid_xai_plugin.core.explain.layer_kinds import CannotSplit
@@ -185,25 +185,25 @@ def test_every_incremental_evaluation_equals_a_full_one(family, shape, max_evals
     ROUNDING_MULTIPLE × the float32 error of shap's own full evaluations of those tiles (+ the floor)."""
     classifier = family_classifier(family, *shape)
     tile = random_tile(shape, seed=5)
-    image, background = tile_and_background(tile, ExplainSettings(masker="blur(9,9)"))
+    image, background = stacked_tiles_and_backgrounds([tile], ExplainSettings(masker="blur(9,9)"))
     plan = make_plan(classifier.module, *shape, max_evals, "cpu")
     classes = np.arange(NUM_CLASSES)
-    evaluator = RegionEvaluator(plan, image, background, classifier, classes, "logit")
+    evaluator = RegionEvaluator(plan, image, background, classifier, "logit")
     full32 = FullEvaluator(image, background, classifier, 64, "logit")
     full64 = Float64Evaluator(image, background, classifier, 64, "logit")
     root = (0, shape[0], 0, shape[1], 0, shape[2])
-    (base, state), full = evaluator.start(root)
-    errors = {"fast": [np.abs(base - full64.scores([None])[0]).max()], "shap": [np.abs(full32.scores([None])[0] - full64.scores([None])[0]).max()]}
+    [((base, state), full)] = evaluator.start(root)
+    errors = {"fast": [np.abs(base - full64.scores([None], [0])[0]).max()], "shap": [np.abs(full32.scores([None], [0])[0] - full64.scores([None], [0])[0]).max()]}
 
     def checking(requests):
         outputs, states = evaluator(requests)
-        box_lists = [(box, visible) for visible, _, box, _ in requests]
-        expected = full64.scores(box_lists)
+        box_lists, tiles = [(request.box, request.visible) for request in requests], [0] * len(requests)
+        expected = full64.scores(box_lists, tiles)
         errors["fast"].append(np.abs(outputs - expected).max())
-        errors["shap"].append(np.abs(full32.scores(box_lists) - expected).max())
+        errors["shap"].append(np.abs(full32.scores(box_lists, tiles) - expected).max())
         return outputs, states
 
-    owen_node_values(checking, root, (base, state), full, max_evals, 128, np.random.RandomState(0))
+    walk(checking, [OwenTraversal(root, (base, state), full, classes, max_evals, 128, np.random.RandomState(0))])
     assert len(errors["fast"]) >= (2 * max_evals // 3) // 128  # the traversal ran: most evaluations were checked
     bound = ROUNDING_MULTIPLE * max(errors["shap"]) + FLOOR_ULPS * float32_ulp(np.abs(full).max())
     assert max(errors["fast"]) <= bound, f"incremental evaluations {max(errors['fast']):.3g} from float64, full float32 ones {max(errors['shap']):.3g}"

@@ -13,7 +13,8 @@ import re
 import numpy as np
 
 from ..common.errors import AidXaiError
-from .partition import lower_credit, masked_background
+from .owen import OwenTraversal, walk
+from .partition import Box, lower_credit, masked_background
 
 
 @dataclasses.dataclass
@@ -64,12 +65,23 @@ def shap_image_masker(spec, shape):
 
 
 class ExplanationEngine:
+    """An engine overrides `explain` (one tile at a time) or `explain_tiles` (many tiles in flight)."""
+
     name = ""
 
     def explain(self, image_hwc, classifier, class_indices, settings, progress=None):
         """Return a TileExplanation for `image_hwc` and the outputs `class_indices`; `progress` (a
         core Progress) gets the fraction of `max_evals` spent and may cancel between model calls."""
-        raise NotImplementedError
+        return self.explain_tiles([image_hwc], classifier, [class_indices], settings, progress)[0]
+
+    def explain_tiles(self, images_hwc, classifier, class_indices, settings, progress=None):
+        """TileExplanations of several tiles of one shape (`class_indices`: one list per tile), each
+        as `explain` gives it; here one tile after the other."""
+        count = len(images_hwc)
+        return [
+            self.explain(image, classifier, indices, settings, progress.part(number / count, (number + 1) / count) if progress else None)
+            for number, (image, indices) in enumerate(zip(images_hwc, class_indices))
+        ]
 
     def cost_per_evaluation(self, classifier, shape, settings):
         """Model time of one evaluation on an H×W×C `shape` tile, relative to a full model call: what
@@ -84,15 +96,29 @@ def needs_shap_masking(masker):
     return isinstance(mask_value, str) and mask_value.startswith("inpaint")
 
 
-def tile_and_background(image_hwc, settings):
-    """The tile as float32 and its masked background, or None for inpainting maskers (shap only)."""
+def stacked_tiles_and_backgrounds(images_hwc, settings):
+    """The tiles as one T×H×W×C float32 array and their masked backgrounds, or None for inpainting
+    maskers (shap only)."""
     if needs_shap_masking(settings.masker):
         return None
-    image_hwc = np.asarray(image_hwc, dtype=np.float32)
-    return image_hwc, masked_background(image_hwc, masker_value(settings.masker))
+    images = np.stack([np.asarray(image, dtype=np.float32) for image in images_hwc])
+    mask_value = masker_value(settings.masker)
+    return images, np.stack([masked_background(image, mask_value) for image in images])
 
 
-def explanation_from_nodes(node_values, root, image_hwc, base_all, full_all, indices):
-    """The TileExplanation of a traversal's credit per box (all-class base and full outputs)."""
-    values = lower_credit(node_values, root, image_hwc.shape, len(indices))
-    return TileExplanation(values=values, base_values=base_all[indices], output_values=full_all[indices], class_indices=indices)
+def explained_by_traversals(evaluator, images_hwc, class_indices, settings, progress):
+    """Walk shap's traversal of every tile in flight with `evaluator` (all tiles' rounds in its
+    calls): a TileExplanation per tile."""
+    root = Box(0, images_hwc.shape[1], 0, images_hwc.shape[2], 0, images_hwc.shape[3])
+    starts = evaluator.start(root)
+    traversals = [
+        OwenTraversal(root, base, full, indices, settings.max_evals - 2, settings.batch_size, np.random.RandomState(settings.seed), tile)  # shap's seeded global RNG, per tile
+        for tile, ((base, full), indices) in enumerate(zip(starts, class_indices))
+    ]
+    walk(evaluator, traversals, progress)
+    explanations = []
+    for traversal, image_hwc, ((base_all, _), full_all) in zip(traversals, images_hwc, starts):
+        indices = traversal.indices
+        values = lower_credit(traversal.node_values, root, image_hwc.shape, len(indices))
+        explanations.append(TileExplanation(values=values, base_values=base_all[indices], output_values=full_all[indices], class_indices=indices))
+    return explanations

@@ -1,6 +1,6 @@
 """The fast engine (the default): shap's PartitionExplainer values by incremental evaluation.
 
-It walks shap's tree in shap's order (`partition.py`) like the exact engine, but evaluates each
+It walks shap's tree in shap's order (`owen.py`) like the exact engine, but evaluates each
 masked tile incrementally: every masked tile is an already evaluated context plus one revealed box,
 so only the features near that box are recomputed. `model_plan.py` analyses the model once per tile
 shape and budget (BatchNorm folded into the convolutions) and plans one of two evaluators:
@@ -15,18 +15,19 @@ at a near-tie of priorities within float32 rounding they may expand different on
 be traced, or where incremental evaluation would save next to nothing (a revealed box soon changes
 whole maps, or a squeeze-and-excitation block comes first), fall back to the exact engine (shap's
 values bit for bit), inpainting maskers to shap; the explanation then carries the reason.
+With many tiles in flight, one evaluator takes the rounds of all of them, so each layer runs once
+per box shape for every tile's requests.
 """
 
 import dataclasses
 
 import numpy as np
 
-from .engine import ExplanationEngine, explanation_from_nodes, needs_shap_masking, tile_and_background
+from .engine import ExplanationEngine, explained_by_traversals, needs_shap_masking, stacked_tiles_and_backgrounds
 from .exact_engine import ExactPartitionEngine
 from .layer_kinds import CannotSplit
 from .linear_update import LinearUpdateEvaluator, WindowedLinear
 from .model_plan import make_plan
-from .partition import Box, owen_node_values
 from .region_evaluator import RegionEvaluator
 from .shap_engine import ShapPartitionEngine, explained_by_shap
 
@@ -46,7 +47,7 @@ class FastPartitionEngine(ExplanationEngine):
 
     def __init__(self):
         self._prepared = None
-        self.dropped_state_evaluations = 0  # in the last tile: evaluations in full because a context's state was dropped
+        self.dropped_state_evaluations = 0  # in the last tiles explained: evaluations in full because a context's state was dropped
 
     def _prepare(self, module, shape, max_evals, device):
         """Analyse the model once for all the tiles of one shape and budget this engine explains
@@ -84,24 +85,18 @@ class FastPartitionEngine(ExplanationEngine):
         frontier = ", ".join(plan.layers[position].node.name for position in plan.frontier)
         return f"incremental through {len(plan.layers) - 1} layers up to {frontier}, then in full ({plan.ends_because}); expected FLOP share {plan.expected_fraction:.2f}"
 
-    def explain(self, image_hwc, classifier, class_indices, settings, progress=None):
-        tile = tile_and_background(image_hwc, settings)
-        if tile is None:
-            return explained_by_shap(image_hwc, classifier, class_indices, settings, progress)
-        image_hwc, background_hwc = tile
-        prepared = self._prepare(classifier.module, image_hwc.shape, settings.max_evals, classifier.device)
+    def explain_tiles(self, images_hwc, classifier, class_indices, settings, progress=None):
+        tiles = stacked_tiles_and_backgrounds(images_hwc, settings)
+        if tiles is None:
+            return explained_by_shap(images_hwc, classifier, class_indices, settings, progress)
+        prepared = self._prepare(classifier.module, tiles[0].shape[1:], settings.max_evals, classifier.device)
         if prepared.cannot_split is not None:
-            result = ExactPartitionEngine().explain(image_hwc, classifier, class_indices, settings, progress)
-            return dataclasses.replace(result, fallback_reason=prepared.cannot_split)
-        indices = np.asarray(class_indices, dtype=int)
+            results = ExactPartitionEngine().explain_tiles(images_hwc, classifier, class_indices, settings, progress)
+            return [dataclasses.replace(result, fallback_reason=prepared.cannot_split) for result in results]
         if prepared.windowed is not None:
-            evaluator = LinearUpdateEvaluator(prepared.windowed, image_hwc, background_hwc, classifier, indices, settings.output_space)
+            evaluator = LinearUpdateEvaluator(prepared.windowed, *tiles, classifier, settings.output_space)
         else:
-            evaluator = RegionEvaluator(prepared.plan, image_hwc, background_hwc, classifier, indices, settings.output_space)
-        root = Box(0, image_hwc.shape[0], 0, image_hwc.shape[1], 0, image_hwc.shape[2])
-        (base_all, base_state), full_all = evaluator.start(root)
-        random_state = np.random.RandomState(settings.seed)  # the tie-break draws of shap's seeded global RNG
-        node_values = owen_node_values(evaluator, root, (base_all[indices], base_state), full_all[indices], settings.max_evals - 2, settings.batch_size, random_state, progress)
-        result = explanation_from_nodes(node_values, root, image_hwc, base_all, full_all, indices)
+            evaluator = RegionEvaluator(prepared.plan, *tiles, classifier, settings.output_space)
+        results = explained_by_traversals(evaluator, tiles[0], class_indices, settings, progress)
         self.dropped_state_evaluations = getattr(evaluator, "full_evaluations", 0)
-        return dataclasses.replace(result, flop_bound=evaluator.flop_bound())
+        return [dataclasses.replace(result, flop_bound=evaluator.flop_bound()) for result in results]

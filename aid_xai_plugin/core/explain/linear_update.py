@@ -19,7 +19,7 @@ the update is exactly zero and shap's exact priority ties survive.
 import numpy as np
 
 from ..ml.classifier import outputs_from_logits
-from .box_painter import BoxPainter
+from .box_painter import BoxPainter, normalised_hwc
 from .traced_graph import graph_flops
 
 PIXELS_PER_FRONT_CALL = 1 << 15  # bounds the front's activations (Net: ~35 MB at conv1)
@@ -46,10 +46,11 @@ class WindowedLinear:
 
 
 class LinearUpdateEvaluator:
-    """The `evaluate` callback of `owen_node_values` for a first-Linear plan, on one tile; a
-    context's state is its first Linear layer's output."""
+    """The `evaluate` callback of `owen.walk` for a first-Linear plan, on the tiles in flight
+    (T×H×W×C, or one H×W×C tile); a context's state is its first Linear layer's output. Requests of
+    all tiles whose windows have one size run the front in one call."""
 
-    def __init__(self, linear, image_hwc, background_hwc, classifier, class_indices, output_space):
+    def __init__(self, linear, images_hwc, backgrounds_hwc, classifier, output_space):
         import torch
 
         self.output_space = output_space
@@ -58,10 +59,8 @@ class LinearUpdateEvaluator:
         self.step = linear.step
         self.outputs = linear.outputs
         self.device = classifier.device
-        self.indices = np.asarray(class_indices, dtype=int)
-        image = classifier.normalised_chw(image_hwc)
-        self.painter = BoxPainter(image.permute(1, 2, 0), classifier.normalised_chw(background_hwc).permute(1, 2, 0), self.device)
-        self.bands, self.height, self.width = image.shape
+        self.painter = BoxPainter(normalised_hwc(classifier, images_hwc), normalised_hwc(classifier, backgrounds_hwc), self.device)
+        self.tile_count, self.height, self.width, self.bands = self.painter.images.shape
         self.dtype = self.step.first_linear.weight.dtype
         self.front_flops = {}  # window (height, width) → FLOPs of the front on it
         self.rest_flops = graph_flops(self.step.rest, (1, self.outputs), self.dtype, self.device)
@@ -84,15 +83,15 @@ class LinearUpdateEvaluator:
         per_call = max(2, PIXELS_PER_FRONT_CALL // (windows.shape[2] * windows.shape[3])) // 2 * 2
         return self.torch.cat([self.step.front(windows[start : start + per_call]) for start in range(0, len(windows), per_call)])
 
-    def full_states(self, box_lists):
-        """First-Linear outputs of whole tiles, in chunks."""
+    def full_states(self, box_lists, tiles):
+        """First-Linear outputs of whole masked tiles (list i on tile `tiles[i]`), in chunks."""
         torch = self.torch
         states = []
         per_call = max(1, PIXELS_PER_FRONT_CALL // (self.height * self.width))
         for start in range(0, len(box_lists), per_call):
             chunk = box_lists[start : start + per_call]
-            tiles = self.painter.tiles(chunk)
-            states.append(self.step.first_linear(torch.flatten(self.step.front(tiles), 1)))
+            masked = self.painter.tiles(chunk, tiles[start : start + per_call])
+            states.append(self.step.first_linear(torch.flatten(self.step.front(masked), 1)))
         self.executed_flops += len(box_lists) * (self.full_flops - self.rest_flops)
         return torch.cat(states)
 
@@ -104,18 +103,19 @@ class LinearUpdateEvaluator:
         return outputs_from_logits(logits, self.output_space).astype(np.float64)
 
     def start(self, root):
-        """((f(nothing visible), its state), f(everything visible)), all classes, evaluated in full."""
+        """Per tile ((f(nothing visible), its state), f(everything visible)), all classes, evaluated in full."""
+        count = self.tile_count
         with self.torch.inference_mode():
-            states = self.full_states([None, (root, None)])
+            states = self.full_states([None] * count + [(root, None)] * count, list(range(count)) * 2)
             outputs = self.scores(states)
-        return (outputs[0], states[0]), outputs[1]
+        return [((outputs[tile], states[tile]), outputs[count + tile]) for tile in range(count)]
 
     def __call__(self, requests):
-        """Outputs (N×K) and states of the contexts `visible + box` for (visible, state, box) requests."""
+        """All-class outputs (N×classes) and states of the contexts `visible + box` of `owen.Request`s."""
         torch = self.torch
         rows, cols = self.step.rows, self.step.cols
         full, unseen, groups = [], [], {}
-        for position, (visible, state, box, _) in enumerate(requests):
+        for position, (_, _, box, _, _) in enumerate(requests):
             row_cells = rows.affected_cells(box[0], box[1])
             col_cells = cols.affected_cells(box[2], box[3])
             if row_cells[1] <= row_cells[0] or col_cells[1] <= col_cells[0]:
@@ -132,23 +132,25 @@ class LinearUpdateEvaluator:
         states = torch.empty((len(requests), self.outputs), dtype=self.step.first_linear.weight.dtype, device=self.device)
         with torch.inference_mode():
             for position in unseen:  # the box changes no feature: the context's state is exact
-                states[position] = requests[position][1]
+                states[position] = requests[position].state
             if full:
-                states[full] = self.full_states([(requests[i][2], requests[i][0]) for i in full])
+                states[full] = self.full_states([(requests[i].box, requests[i].visible) for i in full], [requests[i].tile for i in full])
             for (row_count, col_count), members in groups.items():
                 positions = [member[0] for member in members]
                 first_rows = np.array([member[1] for member in members])
                 first_cols = np.array([member[2] for member in members])
                 height = (row_count - 1) * rows.jump + rows.field
                 width = (col_count - 1) * cols.jump + cols.field
-                box_lists = [visible for i in positions for visible in (requests[i][0], (requests[i][2], requests[i][0]))]  # context, revealed
-                windows = self.painter.windows_at(box_lists, np.repeat(first_rows * rows.jump, 2), np.repeat(first_cols * cols.jump, 2), height, width)
+                box_lists = [visible for i in positions for visible in (requests[i].visible, (requests[i].box, requests[i].visible))]  # context, revealed
+                tiles = np.repeat([requests[i].tile for i in positions], 2)
+                windows = self.painter.windows_at(box_lists, np.repeat(first_rows * rows.jump, 2), np.repeat(first_cols * cols.jump, 2), height, width, tiles)
                 features = self.front(windows)
                 self.executed_flops += len(windows) * self._front_flops(height, width) + len(members) * 2.0 * row_count * col_count * self.step.features * self.outputs
                 changes = (features[1::2] - features[0::2]).permute(0, 2, 3, 1).contiguous()
                 changes = changes.view(len(members), row_count, 1, col_count * self.step.features)
                 for slot, position in enumerate(positions):
                     weight = self.linear.window(first_rows[slot], first_cols[slot], row_count, col_count)
-                    states[position] = requests[position][1] + torch.bmm(changes[slot], weight).sum(0)[0]
+                    states[position] = requests[position].state + torch.bmm(changes[slot], weight).sum(0)[0]
             outputs = self.scores(states)
-        return outputs[:, self.indices], list(states)
+        return outputs, list(states)
+

@@ -1,15 +1,11 @@
-"""shap's partition tree and Owen traversal for the Image masker, on boxes instead of pixel masks.
+"""shap's partition tree for the Image masker, on boxes instead of pixel masks, and the way a
+traversal's credit per box becomes values per pixel.
 
 shap's Image masker splits the image into a binary tree of axis-aligned boxes (halving the longer
-of rows and columns, channels once a box is one pixel) and its explainer walks that tree with a
-priority queue, keeping a full boolean mask of M = H·W·C entries for every queued node. Here a queued
-node only holds its box, its two model outputs, its context as a linked list of visible boxes
-(shared with its parent's) and an evaluator-defined state of that context; the traversal order and
-the tie-break draws are shap's `np.random.randn` stream (from a RandomState seeded as shap's global
-RNG would be), so the same outputs give the same values.
-"""
+of rows and columns, channels once a box is one pixel); its explainer walks that tree keeping a full
+boolean mask of M = H·W·C entries for every queued node. Here a context is a linked list of visible
+boxes (shared with its parent's); `owen.py` walks the tree in shap's order."""
 
-import heapq
 import typing
 
 import numpy as np
@@ -76,88 +72,6 @@ def masked_background(image_hwc, mask_value):
         kernel = tuple(int(size) for size in mask_value[5:-1].split(","))
         return cv2.blur(image_hwc, kernel).reshape(image_hwc.shape)  # cv2 drops a single channel axis
     return np.full(image_hwc.shape, mask_value, dtype=np.float64).astype(image_hwc.dtype)
-
-
-def owen_node_values(evaluate, root, base, full, max_evals, batch_size, random_state, progress=None):
-    """shap's `PartitionExplainer.owen` (fixed_context=None) over the box tree: returns the
-    hierarchical credit per box (dict box → K float64), accumulated in shap's order.
-
-    `base` is (f(nothing visible), state of that context) and `full` is f(everything visible).
-    `evaluate(requests)` gets (visible, state, box, sibling) tuples — a context, its state, the box
-    to reveal on top of it and the box the revealed context will be extended by next — and returns
-    the K outputs and the state of each revealed context.
-    `random_state` (a numpy RandomState seeded like shap's global one) draws the tie-breaks.
-    `progress` (optional) may cancel before each model call and hears the fraction of evaluations done.
-    Queued nodes that can no longer be expanded drop their states (see forget_unreachable_states),
-    and so do the least urgent ones beyond `evaluate.max_states` if the evaluator sets it."""
-    node_values = {}
-    root = Box(*root)
-    f00, state00 = base
-    queue = [(0, 0, 0, (None, state00, f00, full, root, 1.0))]
-    pushes = 1
-    eval_count = 0
-    forget_step = max(batch_size, max_evals // 64)
-    next_forget = forget_step
-    while queue:
-        if eval_count >= next_forget:
-            forget_unreachable_states(queue, max_evals - eval_count, getattr(evaluate, "max_states", None))
-            next_forget = eval_count + forget_step
-        if eval_count >= max_evals:
-            while queue:
-                _, _, f00, f11, box, weight = heapq.heappop(queue)[3]
-                node_values[box] = node_values.get(box, 0.0) + (f11 - f00) * weight
-            break
-
-        work = []
-        requests = []
-        while queue and len(requests) < batch_size and eval_count + len(requests) < max_evals:
-            visible, state, f00, f11, box, weight = heapq.heappop(queue)[3]
-            if box.size == 1:
-                node_values[box] = node_values.get(box, 0.0) + (f11 - f00) * weight
-                continue
-            left, right = split_box(box)
-            work.append((visible, state, f00, f11, box, left, right, weight))
-            requests.append((visible, state, left, right))
-            requests.append((visible, state, right, left))
-
-        if work:
-            if progress is not None:
-                progress.check_cancel()
-                progress.fraction(eval_count / max_evals)
-            outputs, states = evaluate(requests)
-            eval_count += len(requests)
-
-        for i, (visible, state, f00, f11, box, left, right, weight) in enumerate(work):
-            f10, f01 = outputs[2 * i], outputs[2 * i + 1]
-            new_weight = weight / 2  # fixed_context=None: shap leaves no interaction term on the node
-            node_values.setdefault(box, 0.0)  # … but it is expanded: lower_credit passes its credit on to the children
-            children = (
-                (visible, state, f00, f10, left),
-                (visible, state, f00, f01, right),
-                ((right, visible), states[2 * i + 1], f01, f11, left),
-                ((left, visible), states[2 * i], f10, f11, right),
-            )
-            for child_visible, child_state, low, high, child in children:
-                priority = float(-np.max(np.abs(high - low)) * new_weight)
-                heapq.heappush(queue, (priority, float(random_state.randn()), pushes, (child_visible, child_state, low, high, child, new_weight)))
-                pushes += 1
-    return node_values
-
-
-def forget_unreachable_states(queue, evaluations_left, keep=None):
-    """Drop the context states of queued nodes that can no longer be expanded, so their memory is
-    freed: every expansion costs two evaluations and nodes leave the queue in key order, so a node
-    with (evaluations_left + 1) // 2 or more expandable nodes ahead of it never will be. With `keep`,
-    only the first `keep` nodes keep their states (the evaluator then evaluates a node without one in
-    full). Keys (and so the traversal) stay as they are."""
-    expandable = [(item[0], item[1], item[2], index) for index, item in enumerate(queue) if item[3][1] is not None and item[3][4].size > 1]
-    reachable = (evaluations_left + 1) // 2 if keep is None else min((evaluations_left + 1) // 2, keep)
-    if len(expandable) <= reachable:
-        return
-    expandable.sort()
-    for *_, index in expandable[reachable:]:
-        priority, draw, order, (visible, _, f00, f11, box, weight) = queue[index]
-        queue[index] = (priority, draw, order, (visible, None, f00, f11, box, weight))
 
 
 def lower_credit(node_values, root, shape, num_outputs):

@@ -23,7 +23,7 @@ import dataclasses
 import numpy as np
 
 from ..ml.classifier import outputs_from_logits
-from .box_painter import BoxPainter
+from .box_painter import BoxPainter, normalised_hwc
 from .geometry import exact_regions, layer_users, needed_by_users, uniform_windows
 from .layer_kinds import NCHW
 from .region_layers import Group, pointwise_layer, window_layer
@@ -41,6 +41,7 @@ class ContextState:
     offsets: dict  # … whose first cell is at this (row, col) of the layer's map
     link: tuple  # (parent link, deltas): deltas are (frontier position, r0, r1, c0, c1, values); None = background
     outputs: np.ndarray  # the context's outputs, all classes
+    tile: int  # which tile in flight it is a context of
 
 
 def _region_index(layout, r0, r1, c0, c1):
@@ -51,9 +52,10 @@ def _region_index(layout, r0, r1, c0, c1):
 
 
 class RegionEvaluator:
-    """The `evaluate` callback of `owen_node_values` for a planned model, on one tile."""
+    """The `evaluate` callback of `owen.walk` for a planned model, on the tiles in flight (T×H×W×C,
+    or one H×W×C tile): requests of all tiles whose boxes have one shape run each layer in one call."""
 
-    def __init__(self, plan, image_hwc, background_hwc, classifier, class_indices, output_space):
+    def __init__(self, plan, images_hwc, backgrounds_hwc, classifier, output_space):
         import torch
 
         self.torch = torch
@@ -65,11 +67,10 @@ class RegionEvaluator:
         self.modules = dict(plan.graph.named_modules())
         self.device = classifier.device
         self.output_space = output_space
-        self.indices = np.asarray(class_indices, dtype=int)
-        self.changes = np.asarray(image_hwc != background_hwc)  # where revealing changes the input
-        self.image = classifier.normalised_chw(image_hwc)
-        self.background = classifier.normalised_chw(background_hwc)
-        self.painter = BoxPainter(self.image.permute(1, 2, 0), self.background.permute(1, 2, 0), self.device)
+        images_hwc, backgrounds_hwc = np.asarray(images_hwc), np.asarray(backgrounds_hwc)
+        self.changes = (images_hwc != backgrounds_hwc).reshape((-1,) + images_hwc.shape[-3:])  # per tile, where revealing changes the input
+        self.painter = BoxPainter(normalised_hwc(classifier, images_hwc), normalised_hwc(classifier, backgrounds_hwc), self.device)
+        self.tile_count = len(self.changes)
         self.executed_flops = 0.0
         self.evaluations = 0
         self.full_evaluations = 0  # requests evaluated in full because their context's state was dropped
@@ -87,10 +88,11 @@ class RegionEvaluator:
 
     # --- full evaluations -------------------------------------------------------------------
 
-    def _full(self, tiles):
-        """All-class outputs of whole normalised tiles (N×C×H×W), with the maps of the stored and
-        frontier layers."""
+    def _full(self, *tiles):
+        """All-class outputs of whole normalised tiles (N×C×H×W, the batches given in order), with
+        the maps of the stored and frontier layers."""
         torch = self.torch
+        tiles = torch.cat(tiles)
         with torch.inference_mode():
             logits, *maps = self.plan.with_maps(tiles)
         captured = dict(zip(self.plan.mapped, maps))
@@ -98,13 +100,22 @@ class RegionEvaluator:
         return outputs_from_logits(logits, self.output_space).astype(np.float64), captured
 
     def start(self, root):
-        """((f(nothing visible), its state), f(everything visible)), all classes, evaluated in full."""
-        outputs, captured = self._full(self.torch.stack([self.background, self.image]))
-        self.evaluations += 2
-        self.background_frontier = {position: captured[position][0] for position in self.plan.frontier}
-        windows = {position: captured[position][0] for position in self.stored}
-        state = ContextState(windows, {position: (0, 0) for position in self.stored}, None, outputs[0])
-        return (outputs[0], state), outputs[1]
+        """Per tile ((f(nothing visible), its state), f(everything visible)), all classes, evaluated
+        in full (a few tiles per call)."""
+        painter, count = self.painter, self.tile_count
+        starts, frontier = [], {position: [] for position in self.plan.frontier}
+        for first in range(0, count, TILES_PER_FULL_CALL // 2):
+            tiles = range(first, min(first + TILES_PER_FULL_CALL // 2, count))
+            outputs, captured = self._full(painter.backgrounds_chw[tiles.start : tiles.stop], painter.images_chw[tiles.start : tiles.stop])
+            for row, tile in enumerate(tiles):
+                for position in self.plan.frontier:
+                    frontier[position].append(captured[position][row])
+                windows = {position: captured[position][row] for position in self.stored}
+                state = ContextState(windows, {position: (0, 0) for position in self.stored}, None, outputs[row], tile)
+                starts.append(((outputs[row], state), outputs[len(tiles) + row]))
+        self.evaluations += 2 * count
+        self.background_frontier = {position: self.torch.stack(maps) for position, maps in frontier.items()}  # position → T maps
+        return starts
 
     def _evaluate_in_full(self, members, states):
         """Requests whose context state was dropped to save memory: whole masked tiles through the
@@ -113,7 +124,7 @@ class RegionEvaluator:
         return np.concatenate([self._evaluate_chunk_in_full(members[start : start + TILES_PER_FULL_CALL], states) for start in range(0, len(members), TILES_PER_FULL_CALL)])
 
     def _evaluate_chunk_in_full(self, members, states):
-        outputs, captured = self._full(self.painter.tiles([(box, visible) for _, visible, _, box, _ in members]))
+        outputs, captured = self._full(self.painter.tiles([(box, visible) for _, visible, _, box, _, _ in members], [member[5] for member in members]))
         sibling_exact = exact_regions(self.layers, np.array([member[4] for member in members], dtype=np.int64))
         needed = {position: needed_by_users(self.layers, self.users, position, sibling_exact) for position in self.stored}
         for index, (request, *_) in enumerate(members):
@@ -126,25 +137,25 @@ class RegionEvaluator:
             for position in self.plan.frontier:
                 rows_f, cols_f = self.layers[position].size
                 deltas.append((position, 0, rows_f, 0, cols_f, captured[position][index].clone()))
-            states[request] = ContextState(windows, offsets, (None, tuple(deltas)), outputs[index])
+            states[request] = ContextState(windows, offsets, (None, tuple(deltas)), outputs[index], members[index][5])
         return outputs
 
     # --- incremental evaluations ------------------------------------------------------------
 
     def __call__(self, requests):
-        """Outputs (N×K) and states of the contexts `visible + box` for (visible, state, box,
-        sibling) requests; `sibling` is the box the new context will be extended by next."""
+        """All-class outputs (N×classes) and states of the contexts `visible + box` of `owen.Request`s
+        (`sibling` is the box the new context will be extended by next)."""
         outputs = [None] * len(requests)
         states = [None] * len(requests)
         groups, unknown = {}, []
-        for position, (visible, state, box, sibling) in enumerate(requests):
-            row0, row1, col0, col1, band0, band1 = box
-            if state is None:
-                unknown.append((position, visible, state, box, sibling))
-            elif not self.changes[row0:row1, col0:col1, band0:band1].any():
-                outputs[position], states[position] = state.outputs, state  # nothing changes: exactly the context
+        for position, request in enumerate(requests):
+            row0, row1, col0, col1, band0, band1 = box = request.box
+            if request.state is None:
+                unknown.append((position, *request))
+            elif not self.changes[request.tile, row0:row1, col0:col1, band0:band1].any():
+                outputs[position], states[position] = request.state.outputs, request.state  # nothing changes: exactly the context
             else:
-                groups.setdefault((box[1] - box[0], box[3] - box[2]), []).append((position, visible, state, box, sibling))
+                groups.setdefault((box[1] - box[0], box[3] - box[2]), []).append((position, *request))
         self.evaluations += len(requests)
         if unknown:
             self.full_evaluations += len(unknown)
@@ -157,7 +168,7 @@ class RegionEvaluator:
             for (position, state), row in zip(evaluated, self._rest(evaluated)):
                 outputs[position] = row
                 state.outputs = row
-        return np.stack([row[self.indices] for row in outputs]), states
+        return np.stack(outputs), states
 
     def _rest(self, evaluated):
         """All-class outputs (float64) of the full part for (request, state) pairs: each request's
@@ -169,13 +180,13 @@ class RegionEvaluator:
                 chunk = evaluated[start : start + MAPS_PER_REST_CALL]
                 inputs = []
                 for position in self.plan.frontier:
-                    background = self.background_frontier[position]
+                    background = self.background_frontier[position][0]
                     layout = self.layers[position].layout
                     batch = torch.empty((len(chunk),) + tuple(background.shape), dtype=background.dtype, device=self.device)
                     if layout == NCHW:
                         batch = batch.contiguous(memory_format=torch.channels_last)
                     for row, (_, state) in enumerate(chunk):
-                        self._materialise(batch[row], position, state.link)
+                        self._materialise(batch[row], position, state)
                     inputs.append(batch)
                 scores.append(outputs_from_logits(self.plan.rest(*inputs), self.output_space).astype(np.float64))
                 self.executed_flops += self.plan.rest_flops * len(chunk)
@@ -220,7 +231,7 @@ class RegionEvaluator:
                         if source not in frontier:
                             values[source] = None
             results = []
-            for index, (request, _, state, _, _) in enumerate(members):
+            for index, (request, _, state, _, _, _) in enumerate(members):
                 deltas = []
                 for position in self.plan.frontier:
                     (r0, c0), (r1, c1) = exact[position][0][index], exact[position][1][index]
@@ -229,7 +240,7 @@ class RegionEvaluator:
                         region = values[position][index][_region_index(self.layers[position].layout, r0 - offset_r, r1 - offset_r, c0 - offset_c, c1 - offset_c)]
                         deltas.append((position, int(r0), int(r1), int(c0), int(c1), region.clone()))  # a copy: the group's batch can go
                 state_windows = member_windows[index]
-                states[request] = ContextState(state_windows, member_offsets[index], (state.link, tuple(deltas)), None)
+                states[request] = ContextState(state_windows, member_offsets[index], (state.link, tuple(deltas)), None, state.tile)
                 self._state_bytes[0] += sum(window.numel() * window.element_size() for window in state_windows.values()) + sum(delta[5].numel() * delta[5].element_size() for delta in deltas)
                 self._state_bytes[1] += 1
                 results.append((request, states[request]))
@@ -245,14 +256,15 @@ class RegionEvaluator:
             member_windows[index][position] = batch[index].clone()
             member_offsets[index][position] = (int(offsets[index, 0]), int(offsets[index, 1]))
 
-    def _materialise(self, target, position, link):
-        """Write a context's full frontier map into `target`: the background's, then the chain's
-        regions from the oldest to the newest."""
+    def _materialise(self, target, position, state):
+        """Write a context's full frontier map into `target`: its tile's background's, then the
+        chain's regions from the oldest to the newest."""
+        link = state.link
         chain = []
         while link is not None:
             link, deltas = link
             chain.append(deltas)
-        target.copy_(self.background_frontier[position])
+        target.copy_(self.background_frontier[position][state.tile])
         layout = self.layers[position].layout
         for deltas in reversed(chain):
             for delta_position, r0, r1, c0, c1, region in deltas:

@@ -93,7 +93,7 @@ class Group:
         new_offsets = self.windows[position][1]
         starts, stops = self.exact[position]
         map_rows, map_cols = layer.size
-        for member, (_, _, state, _, _) in enumerate(self.members):
+        for member, (_, _, state, _, _, _) in enumerate(self.members):
             r0, c0 = int(row_starts[member]), int(col_starts[member])
             r1, c1 = r0 + height, c0 + width
             window = state.windows[position]  # the context, around the box this request splits
@@ -111,5 +111,5 @@ class Group:
 
     def paint(self, rows, cols):
         """N×C×h×w normalised input of the revealed tiles at absolute (clipped) rows and cols."""
-        box_lists = [(box, visible) for _, visible, _, box, _ in self.members]
-        return self.evaluator.painter.windows(box_lists, self.torch.from_numpy(rows), self.torch.from_numpy(cols))
+        box_lists = [(box, visible) for _, visible, _, box, _, _ in self.members]
+        return self.evaluator.painter.windows(box_lists, self.torch.from_numpy(rows), self.torch.from_numpy(cols), [member[5] for member in self.members])

@@ -50,7 +50,7 @@ class ShapPartitionEngine(ExplanationEngine):
         return TileExplanation(values=values, base_values=base_values, output_values=output_values, class_indices=indices)
 
 
-def explained_by_shap(image_hwc, classifier, class_indices, settings, progress=None):
-    """For maskers only shap can apply (inpainting): shap's explanation, saying why it was used."""
-    result = ShapPartitionEngine().explain(image_hwc, classifier, class_indices, settings, progress)
-    return dataclasses.replace(result, fallback_reason=f"masker {settings.masker} needs shap's own masking")
+def explained_by_shap(images_hwc, classifier, class_indices, settings, progress=None):
+    """For maskers only shap can apply (inpainting): shap's explanations, saying why it was used."""
+    reason = f"masker {settings.masker} needs shap's own masking"
+    return [dataclasses.replace(result, fallback_reason=reason) for result in ShapPartitionEngine().explain_tiles(images_hwc, classifier, class_indices, settings, progress)]
