@@ -82,6 +82,9 @@ class ExplainAlgorithm(AidXaiAlgorithm):
         self.addParameter(QgsProcessingParameterString("CLASSES", "…or these classes (comma-separated names)", optional=True))
         add_shap_parameters(self)
         self.add_device_parameter()
+        self.addParameter(
+            with_advanced_flag(QgsProcessingParameterNumber("TILES_IN_FLIGHT", "Tiles explained together (0: automatic, from GPU memory; 4 on a CPU)", NUMBER_INTEGER, 0, minValue=0))
+        )
         add_execution_parameters(self)
         self.addParameter(with_advanced_flag(choice_parameter("OVERLAP", "Overlapping tiles combine by", OVERLAP_MODES, "blend")))
         self.addParameter(with_advanced_flag(QgsProcessingParameterNumber("REPORT_TILES", "Least confident tiles in the report (0: all)", NUMBER_INTEGER, 50, minValue=0)))
@@ -113,7 +116,10 @@ class ExplainAlgorithm(AidXaiAlgorithm):
         )
         execution, dask = read_execution(self, parameters, context)
         with raster_input(self, parameters, context, layer, read_tiling_options(self, parameters, context, layer), feedback) as (path, options):
-            spec = ExplainSpec(path, model, options, request, settings, outputs, engine=engine, device=self.device(parameters, context), execution=execution, dask=dask)
+            spec = ExplainSpec(
+                path, model, options, request, settings, outputs, engine=engine, device=self.device(parameters, context), execution=execution, dask=dask,
+                tiles_in_flight=self.parameterAsInt(parameters, "TILES_IN_FLIGHT", context),
+            )
             summary = explain_raster(spec, progress)
         feedback.pushInfo(f"Explained {summary.explained} of {summary.requested} selected tile(s); bands: {', '.join(summary.band_names)}")
         results = {"OUTPUT": outputs.shap_raster, "TILES_EXPLAINED": summary.explained}

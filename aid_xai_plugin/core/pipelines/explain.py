@@ -21,6 +21,7 @@ import numpy as np
 
 from ..common.errors import AidXaiError
 from ..explain.engine import ExplainSettings, masker_value
+from ..explain.in_flight import check_tiles_in_flight, tiles_in_flight
 from ..explain.registry import engine_by_name
 from ..geo.gdal_context import raising_gdal_errors
 from ..geo.mosaic import OVERLAP_MODES, TileMosaic
@@ -35,7 +36,7 @@ from .execution import EXECUTION_MODES, DaskSettings, dask_client, job_key, run_
 from .run import check_outputs
 from .steps import ExplainJob, TileExplainer
 from .tile_table import TILE_TABLE_FIELDS, explained_rows
-from .tiles import TileSource, TilingOptions
+from .tiles import TileSource, TilingOptions, chunks
 
 SHAP_NODATA = -9999.0
 
@@ -75,12 +76,14 @@ class ExplainSpec:
     device: str = "auto"
     execution: str = "local"  # where tiles are computed: local | dask
     dask: DaskSettings = dataclasses.field(default_factory=DaskSettings)
+    tiles_in_flight: int = 0  # tiles explained together (0: automatic, explain/in_flight.py)
 
 
 # Fields of ExplainSpec that change no value a run computes or writes, so a resumed run may differ in
-# them: where and in which format the outputs go (the checkpoint lies beside the first), where the tiles are computed
-# (each tile is explained the same way here or on a cluster) and the tile limit, checked before any work.
-NOT_IN_RESUME_KEY = ("outputs.shap_raster", "outputs.tile_table", "outputs.report", "outputs.raster_format", "execution", "dask", "request.max_tiles")
+# them: where and in which format the outputs go (the checkpoint lies beside the first), where and how
+# many at a time the tiles are computed (each tile is explained the same way here or on a cluster, alone
+# or with others) and the tile limit, checked before any work.
+NOT_IN_RESUME_KEY = ("outputs.shap_raster", "outputs.tile_table", "outputs.report", "outputs.raster_format", "execution", "dask", "tiles_in_flight", "request.max_tiles")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -190,6 +193,7 @@ def explain_raster(spec, progress=None):
         raise AidXaiError("REPORT_TILES must be 0 (every tile) or a positive number of tiles.")
     if spec.execution not in EXECUTION_MODES:
         raise AidXaiError(f"Unknown EXECUTION '{spec.execution}'; use one of: {', '.join(EXECUTION_MODES)}.")
+    check_tiles_in_flight(spec.tiles_in_flight)
     output_paths = [path for path in (outputs.shap_raster, outputs.tile_table, outputs.report) if path]
     if not output_paths:
         raise AidXaiError("Give at least one output: the SHAP raster, the explained tiles table or the report.")
@@ -273,18 +277,22 @@ def explain_raster(spec, progress=None):
 
 def _explained_tiles(spec, source, job, engine, tiles_and_labels, checkpoint, progress):
     """Yield (tile, label, ExplainedTile or None, valid fraction) in order: from the checkpoint when
-    an interrupted run finished the tile, else computed here or on the cluster (and checkpointed)."""
+    an interrupted run finished the tile, else computed here or on the cluster (and checkpointed),
+    `spec.tiles_in_flight` tiles at a time."""
     count = len(tiles_and_labels)
-    missing = [(tile, label) for tile, label in tiles_and_labels if not checkpoint.has(tile.index)]
+    missing = [tile for tile, _ in tiles_and_labels if not checkpoint.has(tile.index)]
     if progress and len(missing) < count:
         progress.log(f"Resuming an interrupted run: {count - len(missing)} of {count} tile(s) reused from its checkpoint, {len(missing)} to explain.")
+    positions = {tile.index: number for number, (tile, _) in enumerate(tiles_and_labels)}
 
     def computed_locally():
-        explain_tile = TileExplainer(job, source.classifier, source.reader, engine)
-        positions = {tile.index: number for number, (tile, _) in enumerate(tiles_and_labels)}
-        for tile, _ in missing:
-            number = positions[tile.index]
-            yield explain_tile(tile.window, progress.part(number / count, (number + 1) / count) if progress else None)
+        explainer = TileExplainer(job, source.classifier, source.reader, engine)
+        in_flight = tiles_in_flight(spec.tiles_in_flight, source.classifier, source.inputs.model_input_shape, spec.settings)
+        if progress and len(missing) > 1:
+            progress.log(f"Explaining {min(in_flight, len(missing))} tile(s) at a time (TILES_IN_FLIGHT).")
+        for batch in source.batches(missing, in_flight, masked=True):  # the next batch is read while this one is explained
+            first, last = positions[batch[0][0].index], positions[batch[-1][0].index]
+            yield from explainer.explain_read([read for _, *read in batch], progress.part(first / count, (last + 1) / count) if progress else None)
 
     @contextlib.contextmanager
     def computed():
@@ -293,7 +301,9 @@ def _explained_tiles(spec, source, job, engine, tiles_and_labels, checkpoint, pr
             return
         with dask_client(spec.dask, progress) as client:
             key = job_key(job)
-            yield run_ordered(client, explain_on_worker, [(key, job, spec.dask.threads, tile.window) for tile, _ in missing], progress)
+            in_flight = spec.tiles_in_flight or client.submit(tiles_in_flight_on_worker, key, job, spec.dask.threads, pure=False).result()
+            batches = [[tile.window for tile in batch] for batch in chunks(missing, in_flight)]
+            yield (result for batch in run_ordered(client, explain_on_worker, [(key, job, spec.dask.threads, windows) for windows in batches], progress) for result in batch)
 
     with computed() as results:
         results = iter(results)
@@ -312,6 +322,13 @@ def _explained_tiles(spec, source, job, engine, tiles_and_labels, checkpoint, pr
             yield tile, label, result, fraction
 
 
-def explain_on_worker(key, job, threads, window):
-    """The explain step of one tile window, run by a Dask worker (opens the job's inputs once)."""
-    return step_for(key, job, TileExplainer, threads)(window)
+def explain_on_worker(key, job, threads, windows):
+    """The explain step of tile windows (explained together), run by a Dask worker (opens the job's
+    inputs once)."""
+    return step_for(key, job, TileExplainer, threads).explain_windows(windows)
+
+
+def tiles_in_flight_on_worker(key, job, threads):
+    """The automatic TILES_IN_FLIGHT for a worker's device (a GPU worker's memory, not this machine's)."""
+    step = step_for(key, job, TileExplainer, threads)
+    return tiles_in_flight(0, step.classifier, job.inputs.model_input_shape, job.settings)

@@ -99,9 +99,10 @@ class ExplainedTile:
 
 
 class TileExplainer:
-    """The explain step: a tile window → its partition-SHAP values, or None when the tile has too
-    few valid pixels. Opens the raster, model and engine named by the job unless this process
-    already holds them (pass them in to share)."""
+    """The explain step: tile windows → their partition-SHAP values (None for a tile with too few
+    valid pixels), the tiles explained together (`engine.explain_tiles`: many tiles in flight).
+    Opens the raster, model and engine named by the job unless this process already holds them
+    (pass them in to share)."""
 
     def __init__(self, job, classifier=None, reader=None, engine=None):
         self.job = job
@@ -110,19 +111,35 @@ class TileExplainer:
         self.reader = reader or TileReader(job.inputs)
 
     def __call__(self, window, progress=None):
-        """(ExplainedTile or None, fraction of valid source pixels)."""
-        image, valid, fraction = self.reader.read_masked(window)
-        if image is None:
-            return None, fraction
-        job = self.job
-        probabilities = self.classifier.predict_probabilities(image[None])
+        """(ExplainedTile or None, fraction of valid source pixels) of one window."""
+        return self.explain_windows([window], progress)[0]
+
+    def explain_windows(self, windows, progress=None):
+        """[(ExplainedTile or None, fraction of valid source pixels)] of the windows, explained together."""
+        return self.explain_read([self.reader.read_masked(window) for window in windows], progress)
+
+    def explain_read(self, read, progress=None):
+        """As explain_windows, for tiles already read ((image or None, valid, fraction) each)."""
+        job, classifier, settings = self.job, self.classifier, self.job.settings
+        usable = [number for number, (image, _, _) in enumerate(read) if image is not None]
+        results = [(None, fraction) for _, _, fraction in read]
+        if not usable:
+            return results
+        images = [read[number][0] for number in usable]
+        probabilities = classifier.predict_probabilities(np.stack(images), batch_size=1)  # each tile alone, as when explained one at a time
         if job.class_indices is not None:
-            indices = np.asarray(job.class_indices)
+            indices = [np.asarray(job.class_indices)] * len(images)
         else:
-            indices = top_k(probabilities, job.top_k)[0]
-        settings = job.settings
-        with out_of_memory_as_error(f"explaining a tile on {self.classifier.device}", f"BATCH_SIZE (now {settings.batch_size}), MAX_EVALS (now {settings.max_evals}) or TILE_SIZE"):
-            result = self.engine.explain(image, self.classifier, indices, settings, progress)
-        values = result.values.sum(axis=2)
-        margin = float(confidence(probabilities)[0][0])
-        return ExplainedTile(image, values, indices, result.output_values, result.base_values, probabilities[0][indices], margin, valid, result.fallback_reason), fraction
+            indices = list(top_k(probabilities, job.top_k))
+        with out_of_memory_as_error(
+            f"explaining {len(images)} tile(s) at once on {classifier.device}", f"TILES_IN_FLIGHT, BATCH_SIZE (now {settings.batch_size}), MAX_EVALS (now {settings.max_evals}) or TILE_SIZE"
+        ):
+            explanations = self.engine.explain_tiles(images, classifier, indices, settings, progress)
+        margins = confidence(probabilities)[0]
+        for row, (number, result, tile_indices) in enumerate(zip(usable, explanations, indices)):
+            image, valid, fraction = read[number]
+            explained = ExplainedTile(
+                image, result.values.sum(axis=2), tile_indices, result.output_values, result.base_values, probabilities[row][tile_indices], float(margins[row]), valid, result.fallback_reason
+            )
+            results[number] = (explained, fraction)
+        return results

@@ -44,6 +44,11 @@ class TileInputs:
     input_size: int
     min_valid_fraction: float
 
+    @property
+    def model_input_shape(self):
+        """H×W×C of the tiles as the model sees them."""
+        return (self.input_size, self.input_size, len(self.bands))
+
 
 class TileReader:
     """Reads tile windows of the raster as the model sees them."""
@@ -100,9 +105,10 @@ class TileSource:
         self.inputs = TileInputs(raster_path, tuple(self.bands), scaling, info.input_size, options.min_valid_fraction)
         self.reader = TileReader(self.inputs, dataset)
 
-    def batches(self, tiles, batch_size):
-        """Yield lists of (tile, image, valid_fraction); tiles with too few valid pixels come through
-        with image None so callers can count and mark them. The next batch is read in a background
+    def batches(self, tiles, batch_size, masked=False):
+        """Yield lists of (tile, image, valid_fraction) — with `masked`, (tile, image, valid source
+        pixels, valid_fraction); tiles with too few valid pixels come through with image None so
+        callers can count and mark them. The next batch is read in a background
         thread while the caller runs the model on this one (GDAL releases the GIL while it reads).
 
         Tiles come row by row, so when a new tile row starts, the source blocks GDAL cached for the
@@ -119,7 +125,7 @@ class TileSource:
                 if tile.row != current_row[0]:
                     self.reader.drop_cache()
                     current_row[0] = tile.row
-                batch.append((tile, *self.reader.read(tile.window)))
+                batch.append((tile, *(self.reader.read_masked if masked else self.reader.read)(tile.window)))
             return batch
 
         with ThreadPoolExecutor(max_workers=1) as reader:
