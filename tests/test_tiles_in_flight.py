@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import rasterio
 import torch
-from helpers import random_net_classifier, random_tile, random_torchvision_classifier
+from helpers import random_net_classifier, random_tile, random_torchvision_classifier, run_algorithm_json
 from numerics import assert_efficient, assert_within_float32_rounding, float64_yardstick, recorded_traversals
 from osgeo import ogr
 
@@ -192,3 +192,19 @@ def test_tiles_in_flight_on_a_dask_cluster_write_the_local_runs_values(scene, sy
 def test_negative_tiles_in_flight_is_a_clear_error(scene, synthetic_model, tmp_path):
     with pytest.raises(AidXaiError, match="TILES_IN_FLIGHT must be 0"):
         run(scene, synthetic_model, tmp_path, -1)
+
+
+def test_qgis_process_tiles_in_flight_writes_the_one_at_a_time_map(scene, synthetic_model, tmp_path):
+    """TILES_IN_FLIGHT through qgis_process (the exact engine: each tile's calls are its own, so the
+    maps are equal bit for bit)."""
+    maps = []
+    for in_flight in (1, 3):
+        output = tmp_path / f"shap_{in_flight}.tif"
+        result = run_algorithm_json(
+            "aid_xai:explain",
+            {"INPUT": scene, "MODEL": synthetic_model, "ENGINE": "exact", "MAX_EVALS": 120, "MASKER": "blur", "MASKER_KERNEL": 16, "TOP_K": 2, "TILES_IN_FLIGHT": in_flight, "OUTPUT": output},
+        )
+        assert result["results"]["TILES_EXPLAINED"] == 7
+        with rasterio.open(output) as raster:
+            maps.append(raster.read())
+    np.testing.assert_array_equal(maps[1], maps[0])

@@ -83,7 +83,7 @@ class ExplainAlgorithm(AidXaiAlgorithm):
         add_shap_parameters(self)
         self.add_device_parameter()
         self.addParameter(
-            with_advanced_flag(QgsProcessingParameterNumber("TILES_IN_FLIGHT", "Tiles explained together (0: automatic, from GPU memory; 4 on a CPU)", NUMBER_INTEGER, 0, minValue=0))
+            with_advanced_flag(QgsProcessingParameterNumber("TILES_IN_FLIGHT", "Tiles explained together (0: automatic, from GPU memory; 1 on a CPU)", NUMBER_INTEGER, 0, minValue=0))
         )
         add_execution_parameters(self)
         self.addParameter(with_advanced_flag(choice_parameter("OVERLAP", "Overlapping tiles combine by", OVERLAP_MODES, "blend")))

@@ -1,13 +1,16 @@
 """How many tiles an explain run keeps in flight (TILES_IN_FLIGHT): their traversals' rounds go to
 the model together, so a GPU gets batches of tiles × BATCH_SIZE masked tiles instead of one tile's.
 
-On a GPU the automatic choice fills a share of the free device memory with model calls of that size;
-on a CPU a few tiles (CPU_TILES_IN_FLIGHT, measured by benchmarks/bench_scene.py) are enough.
+On a GPU the automatic choice fills a share of the free device memory with model calls of that size.
+On a CPU the engines are bound by arithmetic, not by calls: measured with benchmarks/bench_scene.py
+on 2 cores, 8 AID tiles at 5 000 evaluations, 4 tiles in flight ran 0.99× one at a time for resnet18
+at 96² (peak RSS 4.5 GB instead of 2.1 GB: a round's layer windows grow with the tiles) and 0.99–1.18×
+for Net at 256² (within the runs' spread), so a CPU takes one tile at a time.
 """
 
 from ..common.errors import AidXaiError
 
-CPU_TILES_IN_FLIGHT = 4
+CPU_TILES_IN_FLIGHT = 1
 MAX_TILES_IN_FLIGHT = 64
 # Share of the free device memory one round of all tiles in flight may take: the rest is for the
 # incremental engine's context states, cuDNN's workspaces and the allocator's fragmentation
