@@ -107,14 +107,18 @@ def style_shap_raster(path, max_abs, output_space, band=1):
     magnitude between tiles, and a linear ramp hides the weaker tiles under the strongest one, while
     a scale per tile would draw noise as dark as a real explanation. The legend names the units."""
     layer = QgsRasterLayer(path, "shap", "gdal")
-    unit = output_space.replace("_", "-")
+    unit = "logit difference" if output_space == "contrast" else output_space.replace("_", "-")
     m = max(float(max_abs), 1e-12)
     values = [-m * d for d in SHAP_DECADES] + [0.0] + [m * d for d in reversed(SHAP_DECADES)]
     colours = SHAP_NEGATIVE + [(255, 255, 255, 0)] + list(reversed(SHAP_POSITIVE))
     stops = [((value + m) / (2 * m), colour) for value, colour in zip(values, colours)]
     labels = [f"{value:+.2g} {unit}" if value else "0" for value in values]
-    labels[0] += " (pushes the class down)"
-    labels[-1] += " (pushes the class up)"
+    if output_space == "contrast":  # each band is "A vs B"
+        labels[0] += " (pushes towards B rather than A)"
+        labels[-1] += " (pushes towards A rather than B)"
+    else:
+        labels[0] += " (pushes the class down)"
+        labels[-1] += " (pushes the class up)"
     layer.setRenderer(_ramp_renderer(layer, band, stops, -m, m, labels))
     return _save(layer, path)
 

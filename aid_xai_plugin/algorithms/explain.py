@@ -80,6 +80,9 @@ class ExplainAlgorithm(AidXaiAlgorithm):
         add_tiling_parameters(self, default_batch=128)
         self.addParameter(QgsProcessingParameterNumber("TOP_K", "Explain the k most probable classes", NUMBER_INTEGER, 4, minValue=1))
         self.addParameter(QgsProcessingParameterString("CLASSES", "…or these classes (comma-separated names)", optional=True))
+        self.addParameter(
+            QgsProcessingParameterString("CONTRAST_CLASS", "OUTPUT_SPACE contrast: explain against this class (empty: each class's strongest rival)", optional=True)
+        )
         add_shap_parameters(self)
         self.add_device_parameter()
         self.addParameter(
@@ -103,6 +106,7 @@ class ExplainAlgorithm(AidXaiAlgorithm):
             tile_selector=tile_selector(self, parameters, context, layer),
             top_k=self.parameterAsInt(parameters, "TOP_K", context),
             class_names=[name.strip() for name in classes_text.split(",") if name.strip()] if classes_text else None,
+            contrast_class=(self.parameterAsString(parameters, "CONTRAST_CLASS", context) or "").strip() or None,
             max_tiles=self.parameterAsInt(parameters, "MAX_TILES", context) or 0,
         )
         settings = read_shap_settings(self, parameters, context)

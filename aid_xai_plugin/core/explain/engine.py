@@ -23,6 +23,7 @@ class TileExplanation:
     base_values: np.ndarray  # K: f(fully masked tile)
     output_values: np.ndarray  # K: f(tile)
     class_indices: np.ndarray  # K: which model outputs were explained
+    rival_indices: np.ndarray = None  # K: OUTPUT_SPACE contrast: each explained against this class (logit difference)
     fallback_reason: str = None  # why the engine evaluated this tile another way (e.g. fast → exact)
     flop_bound: float = None  # FLOPs of full evaluations / FLOPs the engine executed (incremental engines)
 
@@ -33,7 +34,7 @@ class ExplainSettings:
     max_evals: int = 500
     batch_size: int = 128
     seed: int = 0
-    output_space: str = "logit"  # what is explained: the model's logits, probabilities or log-probabilities
+    output_space: str = "logit"  # what is explained: the model's logits, probabilities, log-probabilities or logit differences (contrast)
 
 
 _BLUR = re.compile(r"^blur\(\s*(\d+)\s*,\s*(\d+)\s*\)$")
@@ -69,18 +70,20 @@ class ExplanationEngine:
 
     name = ""
 
-    def explain(self, image_hwc, classifier, class_indices, settings, progress=None):
-        """Return a TileExplanation for `image_hwc` and the outputs `class_indices`; `progress` (a
-        core Progress) gets the fraction of `max_evals` spent and may cancel between model calls."""
-        return self.explain_tiles([image_hwc], classifier, [class_indices], settings, progress)[0]
+    def explain(self, image_hwc, classifier, class_indices, settings, progress=None, rivals=None):
+        """Return a TileExplanation for `image_hwc` and the outputs `class_indices` (OUTPUT_SPACE
+        contrast: each against the class `rivals[k]`); `progress` (a core Progress) gets the fraction
+        of `max_evals` spent and may cancel between model calls."""
+        return self.explain_tiles([image_hwc], classifier, [class_indices], settings, progress, None if rivals is None else [rivals])[0]
 
-    def explain_tiles(self, images_hwc, classifier, class_indices, settings, progress=None):
-        """TileExplanations of several tiles of one shape (`class_indices`: one list per tile), each
-        as `explain` gives it; here one tile after the other."""
+    def explain_tiles(self, images_hwc, classifier, class_indices, settings, progress=None, rivals=None):
+        """TileExplanations of several tiles of one shape (`class_indices`, and `rivals` in the
+        contrast space: one list per tile), each as `explain` gives it; here one tile after the other."""
         count = len(images_hwc)
+        rivals = rivals or [None] * count
         return [
-            self.explain(image, classifier, indices, settings, progress.part(number / count, (number + 1) / count) if progress else None)
-            for number, (image, indices) in enumerate(zip(images_hwc, class_indices))
+            self.explain(image, classifier, indices, settings, progress.part(number / count, (number + 1) / count) if progress else None, tile_rivals)
+            for number, (image, indices, tile_rivals) in enumerate(zip(images_hwc, class_indices, rivals))
         ]
 
     def cost_per_evaluation(self, classifier, shape, settings):
@@ -106,19 +109,27 @@ def stacked_tiles_and_backgrounds(images_hwc, settings):
     return images, np.stack([masked_background(image, mask_value) for image in images])
 
 
-def explained_by_traversals(evaluator, images_hwc, class_indices, settings, progress):
+def explained_by_traversals(evaluator, images_hwc, class_indices, settings, progress, rivals=None):
     """Walk shap's traversal of every tile in flight with `evaluator` (all tiles' rounds in its
     calls): a TileExplanation per tile."""
     root = Box(0, images_hwc.shape[1], 0, images_hwc.shape[2], 0, images_hwc.shape[3])
     starts = evaluator.start(root)
+    rivals = rivals or [None] * len(starts)
     traversals = [
-        OwenTraversal(root, base, full, indices, settings.max_evals - 2, settings.batch_size, np.random.RandomState(settings.seed), tile)  # shap's seeded global RNG, per tile
-        for tile, ((base, full), indices) in enumerate(zip(starts, class_indices))
+        OwenTraversal(root, base, full, indices, settings.max_evals - 2, settings.batch_size, np.random.RandomState(settings.seed), tile, tile_rivals)  # shap's seeded global RNG, per tile
+        for tile, ((base, full), indices, tile_rivals) in enumerate(zip(starts, class_indices, rivals))
     ]
     walk(evaluator, traversals, progress)
     explanations = []
     for traversal, image_hwc, ((base_all, _), full_all) in zip(traversals, images_hwc, starts):
-        indices = traversal.indices
-        values = lower_credit(traversal.node_values, root, image_hwc.shape, len(indices))
-        explanations.append(TileExplanation(values=values, base_values=base_all[indices], output_values=full_all[indices], class_indices=indices))
+        values = lower_credit(traversal.node_values, root, image_hwc.shape, len(traversal.indices))
+        explanations.append(
+            TileExplanation(
+                values=values,
+                base_values=traversal.explained(base_all),
+                output_values=traversal.explained(full_all),
+                class_indices=traversal.indices,
+                rival_indices=traversal.rivals,
+            )
+        )
     return explanations

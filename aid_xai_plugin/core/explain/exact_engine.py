@@ -88,10 +88,10 @@ class ExactPartitionEngine(ExplanationEngine):
     def __init__(self, merge_tiles=None):
         self.merge_tiles = merge_tiles
 
-    def explain_tiles(self, images_hwc, classifier, class_indices, settings, progress=None):
+    def explain_tiles(self, images_hwc, classifier, class_indices, settings, progress=None, rivals=None):
         tiles = stacked_tiles_and_backgrounds(images_hwc, settings)
         if tiles is None:
-            return explained_by_shap(images_hwc, classifier, class_indices, settings, progress)
+            return explained_by_shap(images_hwc, classifier, class_indices, settings, progress, rivals)
         merge_tiles = str(classifier.device).startswith("cuda") if self.merge_tiles is None else self.merge_tiles
         evaluator = self.evaluator_type(*tiles, classifier, settings.batch_size, settings.output_space, merge_tiles)
-        return explained_by_traversals(evaluator, tiles[0], class_indices, settings, progress)
+        return explained_by_traversals(evaluator, tiles[0], class_indices, settings, progress, rivals)

@@ -85,18 +85,18 @@ class FastPartitionEngine(ExplanationEngine):
         frontier = ", ".join(plan.layers[position].node.name for position in plan.frontier)
         return f"incremental through {len(plan.layers) - 1} layers up to {frontier}, then in full ({plan.ends_because}); expected FLOP share {plan.expected_fraction:.2f}"
 
-    def explain_tiles(self, images_hwc, classifier, class_indices, settings, progress=None):
+    def explain_tiles(self, images_hwc, classifier, class_indices, settings, progress=None, rivals=None):
         tiles = stacked_tiles_and_backgrounds(images_hwc, settings)
         if tiles is None:
-            return explained_by_shap(images_hwc, classifier, class_indices, settings, progress)
+            return explained_by_shap(images_hwc, classifier, class_indices, settings, progress, rivals)
         prepared = self._prepare(classifier.module, tiles[0].shape[1:], settings.max_evals, classifier.device)
         if prepared.cannot_split is not None:
-            results = ExactPartitionEngine().explain_tiles(images_hwc, classifier, class_indices, settings, progress)
+            results = ExactPartitionEngine().explain_tiles(images_hwc, classifier, class_indices, settings, progress, rivals)
             return [dataclasses.replace(result, fallback_reason=prepared.cannot_split) for result in results]
         if prepared.windowed is not None:
             evaluator = LinearUpdateEvaluator(prepared.windowed, *tiles, classifier, settings.output_space)
         else:
             evaluator = RegionEvaluator(prepared.plan, *tiles, classifier, settings.output_space)
-        results = explained_by_traversals(evaluator, tiles[0], class_indices, settings, progress)
+        results = explained_by_traversals(evaluator, tiles[0], class_indices, settings, progress, rivals)
         self.dropped_state_evaluations = getattr(evaluator, "full_evaluations", 0)
         return [dataclasses.replace(result, flop_bound=evaluator.flop_bound()) for result in results]

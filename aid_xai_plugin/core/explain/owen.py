@@ -14,6 +14,7 @@ import typing
 
 import numpy as np
 
+from ..ml.classifier import explained_outputs
 from .partition import Box, split_box
 
 
@@ -30,23 +31,28 @@ class Request(typing.NamedTuple):
 
 class OwenTraversal:
     """One tile's traversal. `base` is (f(nothing visible), state of that context) and `full`
-    f(everything visible), all classes; the credit is kept for the outputs `indices`."""
+    f(everything visible), all classes; the credit is kept for the outputs `indices` (with `rivals`:
+    their differences to those classes, `classifier.explained_outputs`)."""
 
-    def __init__(self, root, base, full, indices, max_evals, batch_size, random_state, tile=0):
+    def __init__(self, root, base, full, indices, max_evals, batch_size, random_state, tile=0, rivals=None):
         self.indices = np.asarray(indices, dtype=int)
+        self.rivals = None if rivals is None else np.asarray(rivals, dtype=int)
         self.node_values = {}
         self.max_evals = max_evals
         self.batch_size = batch_size
         self.random_state = random_state
         self.tile = tile
         f00, state00 = base
-        self.queue = [(0, 0, 0, (None, state00, f00[self.indices], np.asarray(full)[self.indices], Box(*root), 1.0))]
+        self.queue = [(0, 0, 0, (None, state00, self.explained(f00), self.explained(full), Box(*root), 1.0))]
         self.pushes = 1
         self.eval_count = 0
         self.forget_step = max(batch_size, max_evals // 64)
         self.next_forget = self.forget_step
         self.work = []
         self.finished = False
+
+    def explained(self, outputs):
+        return explained_outputs(outputs, self.indices, self.rivals)
 
     def requests(self, max_states=None):
         """The next round's requests ([] once the traversal is finished). Nodes that can no longer be
@@ -80,7 +86,7 @@ class OwenTraversal:
 
     def receive(self, outputs, states):
         """The all-class outputs and the states of the last round's requests, in their order."""
-        outputs = np.asarray(outputs)[:, self.indices]
+        outputs = self.explained(outputs)
         self.eval_count += len(outputs)
         queue, random_state = self.queue, self.random_state
         for i, (visible, state, f00, f11, box, left, right, weight) in enumerate(self.work):

@@ -1,12 +1,13 @@
 """Batched, device-aware prediction: model-input arrays (N×H×W×C in [0, 1]) → class scores in one
-of three output spaces: the model's raw logits, softmax probabilities, or log-probabilities."""
+of the output spaces: the model's raw logits, softmax probabilities, log-probabilities, or (for
+contrastive explanations) the difference of two classes' logits."""
 
 import numpy as np
 
 from ..common.errors import AidXaiError
 from ..common.failures import out_of_memory_as_error
 
-OUTPUT_SPACES = ("logit", "probability", "log_probability")
+OUTPUT_SPACES = ("logit", "probability", "log_probability", "contrast")
 
 
 def check_output_space(space):
@@ -17,7 +18,8 @@ def check_output_space(space):
 
 def outputs_from_logits(logits, space):
     """N×classes float32 numpy scores in `space` from a logit tensor; every engine goes through this
-    one function, so they all explain bit-identical model outputs."""
+    one function, so they all explain bit-identical model outputs. `contrast` scores are the logits:
+    `explained_outputs` takes the differences per tile."""
     import torch
 
     check_finite_logits(logits)
@@ -28,6 +30,16 @@ def outputs_from_logits(logits, space):
     else:
         check_output_space(space)
     return logits.float().cpu().numpy()
+
+
+def explained_outputs(scores, indices, rivals=None):
+    """The explained outputs (…×K, float64) of all-class scores (…×classes): the classes `indices`,
+    or with `rivals` (OUTPUT_SPACE contrast) score(indices[k]) − score(rivals[k]), subtracted in
+    float64 (shap's predict function returns the same float64 differences)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    if rivals is None:
+        return scores[..., indices]
+    return scores[..., indices] - scores[..., rivals]
 
 
 def check_finite_logits(logits):

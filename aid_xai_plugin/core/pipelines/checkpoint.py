@@ -143,6 +143,8 @@ class TileCheckpoint:
                 np.savez(stream, fraction=fraction)
             else:
                 arrays = {name: getattr(explained, name) for name in _ARRAYS}
+                if explained.rival_indices is not None:
+                    arrays["rival_indices"] = explained.rival_indices
                 np.savez(stream, fraction=fraction, margin=explained.margin, fallback_reason=explained.fallback_reason or "", **arrays)
             stream.flush()
             os.fsync(stream.fileno())  # the data is on disk before the name says the tile is finished
@@ -161,7 +163,8 @@ def _read_tile(path):
             return None, fraction
         arrays = {name: stored[name] for name in _ARRAYS}
         reason = str(stored["fallback_reason"]) or None
-        return ExplainedTile(**arrays, margin=float(stored["margin"]), fallback_reason=reason), fraction
+        rivals = stored["rival_indices"] if "rival_indices" in stored else None
+        return ExplainedTile(**arrays, margin=float(stored["margin"]), fallback_reason=reason, rival_indices=rivals), fraction
 
 
 def _sync_folder(folder):

@@ -47,6 +47,7 @@ class ExplainRequest:
     tile_selector: object = None
     top_k: int = 4
     class_names: list = None  # explain these classes instead of the top-k
+    contrast_class: str = None  # OUTPUT_SPACE contrast: each explained class against this one; None: against its strongest rival
     max_tiles: int = 0  # refuse more tiles than this; 0 → as many as take about an hour (estimated)
 
 
@@ -157,6 +158,36 @@ def requested_class_indices(request, names):
     return tuple(names.index(name) for name in request.class_names)
 
 
+def contrast_class_index(request, space, names):
+    """The model output CONTRAST_CLASS names (checked against the space, the model and CLASSES), or
+    None: not the contrast space, or each class against its strongest rival."""
+    if request.contrast_class and space != "contrast":
+        raise AidXaiError(f"CONTRAST_CLASS '{request.contrast_class}' is only used with OUTPUT_SPACE=contrast; set OUTPUT_SPACE=contrast, or leave CONTRAST_CLASS empty.")
+    if space != "contrast":
+        return None
+    if len(names) < 2:
+        raise AidXaiError("OUTPUT_SPACE=contrast explains one class against another, but this model has a single class; use OUTPUT_SPACE=logit.")
+    if not request.contrast_class:
+        return None
+    if request.contrast_class not in names:
+        raise AidXaiError(f"CONTRAST_CLASS '{request.contrast_class}' is not a class of this model; it knows: {', '.join(names)}.")
+    if request.class_names and request.contrast_class in request.class_names:
+        raise AidXaiError(f"CONTRAST_CLASS '{request.contrast_class}' is also in CLASSES: a class against itself explains nothing; remove it from CLASSES.")
+    return names.index(request.contrast_class)
+
+
+def explained_band_names(request, space, class_count):
+    """The SHAP raster's band names: the CLASSES, or each tile's rank k (the class differs per tile:
+    the band says where to find it); in the contrast space with the class each is explained against."""
+    rival = ""
+    if space == "contrast":
+        rival = f" vs {request.contrast_class}" if request.contrast_class else " vs its strongest rival (tile table: rival_class)"
+    if request.class_names:
+        return [f"{name}{rival}" for name in request.class_names]
+    ranks = min(request.top_k, class_count - (1 if space == "contrast" and request.contrast_class else 0))
+    return [f"rank {rank}{rival} (each tile's {'classes' if rival else 'class'}: tile table, rank = {rank})" for rank in range(1, ranks + 1)]
+
+
 def resume_key(spec, source, windows):
     """The checkpoint key of `spec` (`checkpoint.run_key`): every field but NOT_IN_RESUME_KEY, those of
     `resolved_fields` as this run resolved them."""
@@ -201,15 +232,12 @@ def explain_raster(spec, progress=None):
         check_geotiff_path(outputs.shap_raster, outputs.raster_format)
     check_outputs(*output_paths)
     fixed_indices = requested_class_indices(request, names)
-    if fixed_indices is not None:
-        band_names = list(request.class_names)
-    else:
-        # the class differs per tile: the band says where to find it
-        band_names = [f"rank {rank} (each tile's class: tile table, rank = {rank})" for rank in range(1, min(request.top_k, len(names)) + 1)]
+    contrast_index = contrast_class_index(request, settings.output_space, names)
+    band_names = explained_band_names(request, settings.output_space, len(names))
     tiles_and_labels = tiles_to_explain(source, request)
     if fixed_indices is None and outputs.overlap == "blend":
         check_no_blended_ranks(grid, [tile for tile, _ in tiles_and_labels])
-    job = ExplainJob(source.inputs, spec.model, classifier.device, engine, settings, fixed_indices, len(band_names), model_sha256=classifier.sha256)
+    job = ExplainJob(source.inputs, spec.model, classifier.device, engine, settings, fixed_indices, len(band_names), contrast_index, model_sha256=classifier.sha256)
     local_engine = engine_by_name(engine)  # analyses the model once: for the estimate and the tiles explained here
     check_tile_budget(len(tiles_and_labels), seconds_per_tile(classifier, settings, local_engine), settings.max_evals, request.max_tiles, progress)
 
@@ -226,6 +254,7 @@ def explain_raster(spec, progress=None):
         AIDXAI_OUTPUT_SPACE=settings.output_space,
         AIDXAI_OVERLAP=outputs.overlap,
         AIDXAI_MODE="classes" if fixed_indices is not None else f"top-{len(band_names)}",
+        AIDXAI_CONTRAST_CLASS=request.contrast_class or ("each class's strongest rival" if settings.output_space == "contrast" else ""),
     )
     explained = 0
     fallback_reason = None

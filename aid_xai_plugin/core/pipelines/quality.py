@@ -100,6 +100,8 @@ def explanation_quality(spec, progress=None):
     classifier, grid = source.classifier, source.grid
     names = classifier.class_names
     check_settings(settings)
+    if settings.output_space == "contrast":
+        raise AidXaiError("Explanation quality measures one class's output as pixels are hidden; it does not take OUTPUT_SPACE=contrast yet. Use OUTPUT_SPACE=logit.")
     if steps < 2:
         raise AidXaiError(f"STEPS must be at least 2 (got {steps}): a curve needs points between all pixels shown and none; 20 is a good start.")
     if random_orders < 1:

@@ -82,6 +82,7 @@ class ExplainJob:
     settings: ExplainSettings
     class_indices: tuple = None  # explain these model outputs …
     top_k: int = 4  # … or the k most probable classes of each tile
+    contrast_class: int = None  # OUTPUT_SPACE contrast: each class against this one (None: against its strongest rival)
     model_sha256: str = ""  # the model this run loaded: a worker reading another file at model_path refuses
 
 
@@ -96,6 +97,7 @@ class ExplainedTile:
     margin: float  # p1 − p2 of the tile (low = the model is unsure)
     valid: np.ndarray  # h×w bool: the source pixels inside the raster and not masked (nodata, alpha)
     fallback_reason: str = None
+    rival_indices: np.ndarray = None  # K: OUTPUT_SPACE contrast: the class each was explained against
 
 
 class TileExplainer:
@@ -127,19 +129,39 @@ class TileExplainer:
             return results
         images = [read[number][0] for number in usable]
         probabilities = classifier.predict_probabilities(np.stack(images), batch_size=1)  # each tile alone, as when explained one at a time
+        contrast = settings.output_space == "contrast"
         if job.class_indices is not None:
             indices = [np.asarray(job.class_indices)] * len(images)
         else:
-            indices = list(top_k(probabilities, job.top_k))
+            candidates = probabilities.copy()
+            if contrast and job.contrast_class is not None:
+                candidates[:, job.contrast_class] = -np.inf  # a class against itself explains nothing
+            indices = list(top_k(candidates, job.top_k))
+        rivals = [contrast_rivals(row, tile_indices, job.contrast_class) for row, tile_indices in zip(probabilities, indices)] if contrast else None
         with out_of_memory_as_error(
             f"explaining {len(images)} tile(s) at once on {classifier.device}", f"TILES_IN_FLIGHT, BATCH_SIZE (now {settings.batch_size}), MAX_EVALS (now {settings.max_evals}) or TILE_SIZE"
         ):
-            explanations = self.engine.explain_tiles(images, classifier, indices, settings, progress)
+            explanations = self.engine.explain_tiles(images, classifier, indices, settings, progress, rivals)
         margins = confidence(probabilities)[0]
         for row, (number, result, tile_indices) in enumerate(zip(usable, explanations, indices)):
             image, valid, fraction = read[number]
             explained = ExplainedTile(
-                image, result.values.sum(axis=2), tile_indices, result.output_values, result.base_values, probabilities[row][tile_indices], float(margins[row]), valid, result.fallback_reason
+                image, result.values.sum(axis=2), tile_indices, result.output_values, result.base_values, probabilities[row][tile_indices], float(margins[row]), valid, result.fallback_reason,
+                result.rival_indices,
             )
             results[number] = (explained, fraction)
         return results
+
+
+def contrast_rivals(probabilities, indices, contrast_class=None):
+    """The class each of `indices` is explained against in the contrast space: `contrast_class`, or
+    each class's strongest rival, the most probable other class of the tile (the runner-up for the
+    top class, the top class for the others)."""
+    if contrast_class is not None:
+        return np.full(len(indices), contrast_class, dtype=int)
+    rivals = []
+    for class_index in indices:
+        others = np.asarray(probabilities, dtype=np.float64).copy()
+        others[class_index] = -np.inf
+        rivals.append(int(np.argmax(others)))
+    return np.asarray(rivals, dtype=int)

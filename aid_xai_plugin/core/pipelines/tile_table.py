@@ -8,6 +8,7 @@ TILE_TABLE_FIELDS = TILE_CLASS_FIELDS + [
     ("shap_sum", float),  # Σ SHAP over the tile = output_value − base_value
     ("margin", float),
     ("label", str),
+    ("rival_class", str),  # OUTPUT_SPACE contrast: the class this one is explained against (else empty)
 ]
 
 
@@ -21,4 +22,5 @@ def explained_rows(tile, explained, class_names, output_space, label):
     for rank, class_index in enumerate(explained.class_indices):
         output, base = float(explained.output_values[rank]), float(explained.base_values[rank])
         shap_sum = float(explained.values[..., rank].sum())
-        yield class_columns(tile, rank + 1, class_names[class_index], explained.probabilities[rank], output_space) + [output, base, shap_sum, explained.margin, label]
+        rival = class_names[explained.rival_indices[rank]] if explained.rival_indices is not None else ""
+        yield class_columns(tile, rank + 1, class_names[class_index], explained.probabilities[rank], output_space) + [output, base, shap_sum, explained.margin, label, rival]

@@ -32,7 +32,7 @@ _MAX_FIGURE_WIDTH = 20.0  # inches, as shap.image_plot's default width
 
 _FOOTER = "</body></html>\n"
 _SPOOLED = ("image", "values", "class_indices", "output_values", "base_values", "probabilities")
-SPACE_WORDS = {"logit": "logit", "probability": "probability", "log_probability": "log-probability"}
+SPACE_WORDS = {"logit": "logit", "probability": "probability", "log_probability": "log-probability", "contrast": "logit difference"}
 
 
 class ExplanationReport:
@@ -63,6 +63,8 @@ class ExplanationReport:
             return
         spooled = os.path.join(self._spool, f"{tile_index:012d}.npz")
         arrays = {name: np.asarray(getattr(tile, name)) for name in _SPOOLED}
+        if tile.rival_indices is not None:
+            arrays["rival_indices"] = np.asarray(tile.rival_indices)
         np.savez(spooled, values=arrays.pop("values").astype(np.float32), **arrays)  # float32 is plenty to draw
         heapq.heappush(self._kept, (*key, spooled, tile_index, row, col, tile.margin, label))
         if self._max_tiles and len(self._kept) > self._max_tiles:
@@ -71,6 +73,8 @@ class ExplanationReport:
     def _row_html(self, painter, tile_index, row, col, margin, label, tile):
         values = tile["values"]
         names = [self._class_names[c] for c in tile["class_indices"]]
+        if "rival_indices" in tile:
+            names = [f"{name} vs {self._class_names[rival]}" for name, rival in zip(names, tile["rival_indices"])]
         space = SPACE_WORDS[self._settings.output_space]
         facts = ", ".join(
             f"{html.escape(name)}: p={float(p):.3f}, f={float(f):.3f}, base={float(b):.3f}, ΣSHAP={values[..., k].sum():+.3f}"
@@ -102,13 +106,21 @@ def _header(settings, engine, shown, explained, max_tiles):
         selection = f"The {shown} least confident of {explained} explained tiles (smallest margin p1 − p2), in tile order; the SHAP raster and the tile table hold every tile."
     else:
         selection = f"All {explained} explained tiles, in tile order."
+    if settings.output_space == "contrast":
+        colours = "Each map explains why the tile is class A rather than class B (“A vs B”): red pixels push the model towards A rather than B (they raise logit(A) − logit(B)), blue pixels towards B"
+        f_is = "logit(A) − logit(B) for the tile"
+        p_is = "the probability of A"
+    else:
+        colours = f"Red pixels raise the model's {space} of the class, blue pixels lower it"
+        f_is = f"the model's {space} for the tile"
+        p_is = "the probability"
     return f"""<!DOCTYPE html><html><head><meta charset="utf-8"><title>AID-XAI explanation report</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:80em}} img{{max-width:100%}}</style></head><body>
 <h1>Partition-SHAP explanations</h1>
 <p>Engine {html.escape(engine)}, masker {html.escape(settings.masker)}, max_evals {settings.max_evals}, batch size {settings.batch_size}, seed {settings.seed}, output space <b>{space}</b>.
-Red pixels raise the model's {space} of the class, blue pixels lower it, pixels near 0 stay transparent over the grey tile;
+{colours}, pixels near 0 stay transparent over the grey tile;
 the colour scale is symmetric around 0 and shared by the maps of a tile. Per tile and class the values sum to
-f − base, where f is the model's {space} for the tile and base the same for the fully masked tile; p is the probability.</p>
+f − base, where f is {f_is} and base the same for the fully masked tile; p is {p_is}.</p>
 <p>{selection}</p>
 """
 
