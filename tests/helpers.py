@@ -221,7 +221,8 @@ class RangeServer:
     """Serves the files of `folder` on 127.0.0.1 over HTTP/1.1 as object storage does: HEAD, GET of the
     whole file, of one byte range (206) or of several (206 multipart/byteranges), Last-Modified from
     the file's time. Counts the body bytes it sends (`bytes_served`) and the requests (`requests`:
-    (method, path, Range header)). `stop()` ends it at once, its open keep-alive connections cut too (a
+    (method, path, Range header)), each before it goes out, so a client that has read a response
+    finds it counted. `stop()` ends it at once, its open keep-alive connections cut too (a
     server that goes away mid-run); `start()` again serves on the same port, so the same URLs work.
     `hang()` keeps connections open but answers nothing more (a server that stalls) until `release()`.
     Use as a context manager; `url(name)` is a file's URL."""
@@ -286,10 +287,13 @@ class RangeServer:
         with self._lock:
             (self._connections.add if open_ else self._connections.discard)(connection)
 
-    def _count(self, method, path, ranges, sent):
+    def _count(self, method, path, ranges):
         with self._lock:
-            self.bytes_served += sent
             self.requests.append((method, path, ranges))
+
+    def _sending(self, size):
+        with self._lock:
+            self.bytes_served += size
 
 
 class _QuietServer(http.server.ThreadingHTTPServer):
@@ -332,7 +336,7 @@ class _RangeHandler(http.server.BaseHTTPRequestHandler):
         name = urllib.parse.unquote(urllib.parse.urlsplit(self.path).path).lstrip("/")
         path = os.path.abspath(os.path.join(owner.folder, name))
         if not path.startswith(owner.folder + os.sep) or not os.path.isfile(path):
-            owner._count(self.command, name, None, 0)
+            owner._count(self.command, name, None)
             self.send_response(404)
             self.send_header("Content-Length", "0")
             self.end_headers()
@@ -346,8 +350,8 @@ class _RangeHandler(http.server.BaseHTTPRequestHandler):
         if ranges == []:
             self.send_header("Content-Range", f"bytes */{size}")
             self.send_header("Content-Length", "0")
+            owner._count(self.command, name, header)
             self.end_headers()
-            owner._count(self.command, name, header, 0)
             return
         boundary = "aidxaiboundary"
         if ranges is None:
@@ -363,23 +367,22 @@ class _RangeHandler(http.server.BaseHTTPRequestHandler):
             self.send_header("Content-Type", f"multipart/byteranges; boundary={boundary}")
         length = sum(len(head or b"") + (b - a + 1 if a is not None else 0) for head, a, b in parts)
         self.send_header("Content-Length", str(length))
+        owner._count(self.command, name, header)
         self.end_headers()
-        sent = 0
         if body:
             with open(path, "rb") as stream:
                 for head, start, end in parts:
                     if head:
+                        owner._sending(len(head))
                         self.wfile.write(head)
-                        sent += len(head)
                     if start is not None:
                         stream.seek(start)
                         remaining = end - start + 1
                         while remaining:
                             chunk = stream.read(min(remaining, 1 << 20))
+                            owner._sending(len(chunk))
                             self.wfile.write(chunk)
-                            sent += len(chunk)
                             remaining -= len(chunk)
-        owner._count(self.command, name, header, sent)
 
 
 def _byte_ranges(header, size):
