@@ -10,10 +10,11 @@ from qgis.core import (
 
 from ..core.common.atomic import atomic_output
 from ..core.common.errors import AidXaiError
-from ..core.data.synthetic import make_scene_mosaic
+from ..core.data.synthetic import NIR_MODES, make_scene_mosaic
 from ..core.geo.vector import write_polygons
 from ..qgis_compat import NUMBER_DOUBLE, NUMBER_INTEGER
-from .base import AidXaiAlgorithm, open_raster_output
+from .base import AidXaiAlgorithm, choice_parameter, open_raster_output
+from .synthetic_scenes import NIR_BAND_HELP
 
 
 class SyntheticMosaicAlgorithm(AidXaiAlgorithm):
@@ -26,7 +27,8 @@ class SyntheticMosaicAlgorithm(AidXaiAlgorithm):
         "Writes a north-up, georeferenced RGB GeoTIFF made of rows × columns synthetic scenes, and a "
         "GeoPackage of the scene footprints with their true class (field 'label'). Classify it with a "
         "model trained on synthetic scenes of the same size to check the whole chain; explain tiles by "
-        "choosing features of the truth layer."
+        "choosing features of the truth layer. "
+        f"{NIR_BAND_HELP} Band 4 of the GeoTIFF is then named NIR."
     )
 
     def initAlgorithm(self, config=None):  # noqa: N802
@@ -36,6 +38,7 @@ class SyntheticMosaicAlgorithm(AidXaiAlgorithm):
         self.addParameter(QgsProcessingParameterNumber("PIXEL_SIZE", "Pixel size (map units)", NUMBER_DOUBLE, 2.0, minValue=1e-9))
         self.addParameter(QgsProcessingParameterCrs("CRS", "CRS (a projected CRS in metres; origin 500000, 5600000)", "EPSG:32633", optional=True))
         self.addParameter(QgsProcessingParameterNumber("SEED", "Random seed", NUMBER_INTEGER, 0))
+        self.addParameter(choice_parameter("NIR_BAND", "Near-infrared band (4th band)", NIR_MODES, "none"))
         self.addParameter(QgsProcessingParameterRasterDestination("OUTPUT", "Mosaic"))
         self.addParameter(QgsProcessingParameterVectorDestination("TRUTH", "Ground-truth scene footprints", optional=True, createByDefault=True))
 
@@ -57,6 +60,7 @@ class SyntheticMosaicAlgorithm(AidXaiAlgorithm):
                 pixel_size=self.parameterAsDouble(parameters, "PIXEL_SIZE", context),
                 epsg=epsg,
                 seed=self.parameterAsInt(parameters, "SEED", context),
+                nir=self.choice(parameters, "NIR_BAND", context),
             )
         results = {"OUTPUT": output}
         open_raster_output(context, output)

@@ -27,9 +27,13 @@ def uint8_to_unit(image_hwc):
 
 
 def load_image_file(path, size):
-    """An image file (PNG/JPEG/TIFF, 8-bit) as the model sees it: size×size×C float32 in [0, 1]."""
+    """An image file (PNG/JPEG/TIFF, 8-bit) as the model sees it: size×size×C float32 in [0, 1].
+
+    Images become RGB (alpha dropped), except a TIFF of RGB plus one band that is not alpha (e.g. NIR),
+    which Pillow opens as "RGBX": it keeps all four bands, as the raster path reads them.
+    """
     from PIL import Image
 
     with Image.open(path) as image:
-        array = np.asarray(image.convert("RGB"))
+        array = np.asarray(image if image.mode == "RGBX" else image.convert("RGB"))
     return resize_to_input(uint8_to_unit(array), size)
