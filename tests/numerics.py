@@ -197,10 +197,10 @@ def recorded_traversals(fault=None):
         engine_module.walk = original
 
 
-def explain_recorded(engine, tile, classifier, indices, settings, fault=None, rivals=None):
-    """(explanation, its traversal) of one engine on one tile."""
+def explain_recorded(engine, tile, classifier, indices, settings, fault=None, rivals=None, background=None):
+    """(explanation, its traversal) of one engine on one tile (hidden pixels: the masker's, or `background`)."""
     with recorded_traversals(fault) as traversals:
-        explanation = engine.explain(tile, classifier, indices, settings, rivals=rivals)
+        explanation = engine.explain(tile, classifier, indices, settings, rivals=rivals, background=background)
     assert len(traversals) == 1, "the engine did not walk the traversal itself (it delegated to shap)"
     return explanation, traversals[0]
 
@@ -222,35 +222,37 @@ class Float64Yardstick:
         return ROUNDING_MULTIPLE * self.values_error + self.floor
 
 
-def float64_reference(classifier, tile, indices, settings, rivals=None):
+def float64_reference(classifier, tile, indices, settings, rivals=None, background=None):
     """(explanation, traversal) of `tile` in float64. It does not depend on the float32 kernels
     `make test-numerics` varies (float64 rounding is ~1e-16, nine orders below the float32 bounds),
     so that script keeps each one in AID_XAI_FLOAT64_CACHE for its later runs."""
     folder = os.environ.get("AID_XAI_FLOAT64_CACHE")
     if not folder:
-        return explain_recorded(Float64ExactEngine(), tile, classifier, indices, settings, rivals=rivals)
+        return explain_recorded(Float64ExactEngine(), tile, classifier, indices, settings, rivals=rivals, background=background)
     key = hashlib.sha256()
     for tensor in classifier.module.state_dict().values():
         key.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     for part in (classifier.mean, classifier.std):
         key.update(part.cpu().numpy().tobytes())
     key.update(np.ascontiguousarray(tile, dtype=np.float32).tobytes() + np.asarray(indices).tobytes() + repr((settings, tile.shape, None if rivals is None else list(rivals))).encode())
+    if background is not None:
+        key.update(np.ascontiguousarray(background, dtype=np.float32).tobytes())
     path = os.path.join(folder, key.hexdigest() + ".pickle")
     if os.path.exists(path):
         with open(path, "rb") as stream:
             return pickle.load(stream)  # written by this script's own first run, in a folder it made
-    result = explain_recorded(Float64ExactEngine(), tile, classifier, indices, settings, rivals=rivals)
+    result = explain_recorded(Float64ExactEngine(), tile, classifier, indices, settings, rivals=rivals, background=background)
     with open(path + ".partial", "wb") as stream:
         pickle.dump(result, stream)
     os.replace(path + ".partial", path)
     return result
 
 
-def float64_yardstick(classifier, tile, indices, settings, rivals=None):
+def float64_yardstick(classifier, tile, indices, settings, rivals=None, background=None):
     """Explain `tile` in float64 and measure shap's float32 errors against that (shap's values and
     model calls are the exact engine's in float32, bit for bit)."""
-    reference, traversal = float64_reference(classifier, tile, indices, settings, rivals)
-    shap32, shap_traversal = explain_recorded(ExactPartitionEngine(), tile, classifier, indices, settings, rivals=rivals)
+    reference, traversal = float64_reference(classifier, tile, indices, settings, rivals, background)
+    shap32, shap_traversal = explain_recorded(ExactPartitionEngine(), tile, classifier, indices, settings, rivals=rivals, background=background)
     diverging = shap_traversal.diverging(traversal)
     assert diverging == 0, f"shap's float32 traversal left the float64 one at {diverging} evaluations: a near-tie, not a portable case"
     largest_output = max(np.abs(reference.output_values).max(), np.abs(reference.base_values).max())

@@ -4,9 +4,11 @@ from qgis.core import (
     QgsFeatureRequest,
     QgsGeometry,
     QgsPointXY,
+    QgsProcessingParameterBoolean,
     QgsProcessingParameterFeatureSource,
     QgsProcessingParameterField,
     QgsProcessingParameterNumber,
+    QgsProcessingParameterString,
     QgsSpatialIndex,
 )
 
@@ -39,6 +41,20 @@ def add_shap_parameters(algorithm, default_max_evals=500):
     algorithm.addParameter(QgsProcessingParameterNumber("MASKER_VALUE", "Constant for hidden pixels (0..1)", NUMBER_DOUBLE, 0.5, minValue=0.0, maxValue=1.0))
     algorithm.addParameter(choice_parameter("ENGINE", "Engine", tuple(ENGINES), "fast"))
     algorithm.addParameter(with_advanced_flag(QgsProcessingParameterNumber("SEED", "Random seed (shap's tie-breaks)", NUMBER_INTEGER, 0)))
+
+
+def add_band_group_parameters(algorithm):
+    """Evidence per group of bands (core/explain/band_groups.py)."""
+    algorithm.addParameter(QgsProcessingParameterBoolean("BY_BAND_GROUP", "Explain by band group (a map per class and group of bands)", False))
+    algorithm.addParameter(QgsProcessingParameterString("BAND_GROUPS", "Band groups, e.g. RGB=1,2,3;NIR=4 (empty: one group per band)", optional=True))
+
+
+def read_band_groups(algorithm, parameters, context):
+    """ExplainRequest fields (by_band_group, band_groups) from the parameters `add_band_group_parameters` adds."""
+    return dict(
+        by_band_group=algorithm.parameterAsBoolean(parameters, "BY_BAND_GROUP", context),
+        band_groups=algorithm.parameterAsString(parameters, "BAND_GROUPS", context) or "",
+    )
 
 
 def read_shap_settings(algorithm, parameters, context):

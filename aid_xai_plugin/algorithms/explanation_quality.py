@@ -14,7 +14,7 @@ from ..core.pipelines.quality import QualityOutputs, QualitySpec, explanation_qu
 from ..qgis_compat import NUMBER_INTEGER
 from ..styling import apply_on_load, style_explained_tile_table
 from .base import AidXaiAlgorithm, choice_parameter
-from .explain_parameters import add_shap_parameters, add_tile_choice_parameters, read_shap_settings, tile_selector
+from .explain_parameters import add_band_group_parameters, add_shap_parameters, add_tile_choice_parameters, read_band_groups, read_shap_settings, tile_selector
 from .tiling_parameters import add_raster_and_model_parameters, add_tiling_parameters, raster_input, read_tiling_options
 
 # numeric outputs: QualityResult field → (output name, description)
@@ -50,6 +50,8 @@ class ExplanationQualityAlgorithm(AidXaiAlgorithm):
         "To choose settings: run this on a few typical tiles with each candidate (e.g. 500 vs 5 000 evaluations, blur "
         "vs constant masker, logit vs probability) and keep the cheapest one whose deletion AUC stays clearly below "
         "random, insertion AUC clearly above, and |ρ| small.\n\n"
+        "By band group (\"Explain by band group\", \"Band groups\" as in Explain tiles): each class's map of each group "
+        "is assessed on its own, hiding and revealing only that group's bands of the pixels, one table row per class and group.\n\n"
         "Outputs: a table per tile and class (AUCs, random AUCs, ρ, probability), an HTML report with the curves and "
         "the trained vs randomised maps, and the means as numbers (of |ρ| for the correlation). Each tile costs two explanations plus "
         "(2 × classes + 2 × random orders) × (curve steps + 1) model calls."
@@ -62,6 +64,7 @@ class ExplanationQualityAlgorithm(AidXaiAlgorithm):
         add_shap_parameters(self)
         self.addParameter(QgsProcessingParameterNumber("TOP_K", "Assess the k most probable classes", NUMBER_INTEGER, 1, minValue=1))
         self.addParameter(QgsProcessingParameterString("CLASSES", "…or these classes (comma-separated names)", optional=True))
+        add_band_group_parameters(self)
         self.addParameter(QgsProcessingParameterNumber("STEPS", "Curve steps (points at 0, 1/steps, …, 1 of the pixels)", NUMBER_INTEGER, 20, minValue=2))
         self.addParameter(QgsProcessingParameterNumber("RANDOM_ORDERS", "Random orders averaged for the baseline", NUMBER_INTEGER, 3, minValue=1))
         self.addParameter(choice_parameter("RANDOMISE", "Layers re-initialised for the randomisation check", RANDOMISE_SCOPES, "head"))
@@ -80,6 +83,7 @@ class ExplanationQualityAlgorithm(AidXaiAlgorithm):
             tile_selector=tile_selector(self, parameters, context, layer),
             top_k=self.parameterAsInt(parameters, "TOP_K", context),
             class_names=[name.strip() for name in classes_text.split(",") if name.strip()] if classes_text else None,
+            **read_band_groups(self, parameters, context),
         )
         outputs = QualityOutputs(
             table=self.optional_output(parameters, "OUTPUT_TABLE", context, layer=True),

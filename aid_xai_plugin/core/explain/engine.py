@@ -70,20 +70,24 @@ class ExplanationEngine:
 
     name = ""
 
-    def explain(self, image_hwc, classifier, class_indices, settings, progress=None, rivals=None):
+    def explain(self, image_hwc, classifier, class_indices, settings, progress=None, rivals=None, background=None):
         """Return a TileExplanation for `image_hwc` and the outputs `class_indices` (OUTPUT_SPACE
         contrast: each against the class `rivals[k]`); `progress` (a core Progress) gets the fraction
-        of `max_evals` spent and may cancel between model calls."""
-        return self.explain_tiles([image_hwc], classifier, [class_indices], settings, progress, None if rivals is None else [rivals])[0]
+        of `max_evals` spent and may cancel between model calls. `background` (H×W×C float32) is
+        what hidden pixels show instead of the masker's (band groups: some bands hidden everywhere)."""
+        backgrounds = None if background is None else [background]
+        return self.explain_tiles([image_hwc], classifier, [class_indices], settings, progress, None if rivals is None else [rivals], backgrounds)[0]
 
-    def explain_tiles(self, images_hwc, classifier, class_indices, settings, progress=None, rivals=None):
+    def explain_tiles(self, images_hwc, classifier, class_indices, settings, progress=None, rivals=None, backgrounds=None):
         """TileExplanations of several tiles of one shape (`class_indices`, and `rivals` in the
-        contrast space: one list per tile), each as `explain` gives it; here one tile after the other."""
+        contrast space, and `backgrounds`: one per tile), each as `explain` gives it; here one tile
+        after the other."""
         count = len(images_hwc)
         rivals = rivals or [None] * count
+        backgrounds = [None] * count if backgrounds is None else backgrounds
         return [
-            self.explain(image, classifier, indices, settings, progress.part(number / count, (number + 1) / count) if progress else None, tile_rivals)
-            for number, (image, indices, tile_rivals) in enumerate(zip(images_hwc, class_indices, rivals))
+            self.explain(image, classifier, indices, settings, progress.part(number / count, (number + 1) / count) if progress else None, tile_rivals, background)
+            for number, (image, indices, tile_rivals, background) in enumerate(zip(images_hwc, class_indices, rivals, backgrounds))
         ]
 
     def cost_per_evaluation(self, classifier, shape, settings):
@@ -99,12 +103,14 @@ def needs_shap_masking(masker):
     return isinstance(mask_value, str) and mask_value.startswith("inpaint")
 
 
-def stacked_tiles_and_backgrounds(images_hwc, settings):
-    """The tiles as one T×H×W×C float32 array and their masked backgrounds, or None for inpainting
-    maskers (shap only)."""
-    if needs_shap_masking(settings.masker):
+def stacked_tiles_and_backgrounds(images_hwc, settings, backgrounds=None):
+    """The tiles as one T×H×W×C float32 array and their masked backgrounds (the masker's, or the
+    `backgrounds` given), or None for inpainting maskers (shap only)."""
+    if backgrounds is None and needs_shap_masking(settings.masker):
         return None
     images = np.stack([np.asarray(image, dtype=np.float32) for image in images_hwc])
+    if backgrounds is not None:
+        return images, np.stack([np.asarray(background, dtype=np.float32) for background in backgrounds])
     mask_value = masker_value(settings.masker)
     return images, np.stack([masked_background(image, mask_value) for image in images])
 

@@ -88,8 +88,8 @@ class ExactPartitionEngine(ExplanationEngine):
     def __init__(self, merge_tiles=None):
         self.merge_tiles = merge_tiles
 
-    def explain_tiles(self, images_hwc, classifier, class_indices, settings, progress=None, rivals=None):
-        tiles = stacked_tiles_and_backgrounds(images_hwc, settings)
+    def explain_tiles(self, images_hwc, classifier, class_indices, settings, progress=None, rivals=None, backgrounds=None):
+        tiles = stacked_tiles_and_backgrounds(images_hwc, settings, backgrounds)
         if tiles is None:
             return explained_by_shap(images_hwc, classifier, class_indices, settings, progress, rivals)
         merge_tiles = str(classifier.device).startswith("cuda") if self.merge_tiles is None else self.merge_tiles

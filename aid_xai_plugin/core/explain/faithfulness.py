@@ -64,10 +64,11 @@ class PixelHider:
     """Model-input tiles with chosen pixels hidden exactly as the explanation's masker hides them.
 
     blur and constant maskers replace a hidden pixel by a fixed background (cv2.blur of the tile or
-    the constant); inpainting fills hidden pixels from the visible ones, so each mask goes through
-    shap's own Image masker."""
+    the constant), in every band or only in `bands` (a band group's map hides that group's bands);
+    inpainting fills hidden pixels from the visible ones, so each mask goes through shap's own Image
+    masker."""
 
-    def __init__(self, image_hwc, masker):
+    def __init__(self, image_hwc, masker, bands=None):
         self.image = np.asarray(image_hwc, dtype=np.float32)
         mask_value = masker_value(masker)
         self._shap_masker = None
@@ -77,6 +78,8 @@ class PixelHider:
             self._shap_masker = shap.maskers.Image(mask_value, self.image.shape)
         else:
             self.background = masked_background(self.image, mask_value)
+            if bands is not None:
+                self.background = np.where(np.isin(np.arange(self.image.shape[2]), bands), self.background, self.image)
 
     def compose(self, visible):
         """N×H×W×C float32 tiles from N×H×W booleans (True = the tile's own pixel is shown)."""
@@ -104,25 +107,31 @@ def curve_masks(order, shape, steps):
     return ~insertion, insertion
 
 
-def faithfulness_curves(image_hwc, values_hwk, class_indices, classifier, masker, steps=20, random_orders=3, seed=0, batch_size=64):
+def faithfulness_curves(image_hwc, values_hwk, class_indices, classifier, masker, steps=20, random_orders=3, seed=0, batch_size=64, hidden_bands=None):
     """Deletion/insertion curves of the attribution maps `values_hwk` (H×W×K, channels summed) for
     the model outputs `class_indices`, and the mean curves of `random_orders` random orders drawn
-    from a generator seeded with `seed` (the same orders for every class)."""
+    from a generator seeded with `seed` (the same orders for every map). With `hidden_bands` (K
+    band lists: band groups) map k hides and reveals only those bands of its pixels."""
     values = np.asarray(values_hwk)
     shape = values.shape[:2]
     indices = np.asarray(class_indices, dtype=int)
-    hider = PixelHider(image_hwc, masker)
+    bands = [None] * len(indices) if hidden_bands is None else [tuple(group) for group in hidden_bands]
+    hiders = {group: PixelHider(image_hwc, masker, group) for group in dict.fromkeys(bands)}
 
-    def probabilities(masks):  # (steps+1)×K probabilities of the explained classes
-        return classifier.predict_probabilities(hider.compose(masks), batch_size)[:, indices].astype(np.float64)
+    def probabilities(group, masks):  # (steps+1)×K probabilities of the explained classes
+        return classifier.predict_probabilities(hiders[group].compose(masks), batch_size)[:, indices].astype(np.float64)
 
-    rng = np.random.default_rng(seed)
-    random_curves = [[probabilities(masks) for masks in curve_masks(rng.permutation(shape[0] * shape[1]), shape, steps)] for _ in range(random_orders)]
-    random_deletion, random_insertion = np.mean(random_curves, axis=0).transpose(0, 2, 1)  # one model call per order and kind serves every class
+    random_means = {}
+    for group in hiders:  # one model call per order and kind serves every class hiding these bands
+        rng = np.random.default_rng(seed)
+        random_curves = [[probabilities(group, masks) for masks in curve_masks(rng.permutation(shape[0] * shape[1]), shape, steps)] for _ in range(random_orders)]
+        random_means[group] = np.mean(random_curves, axis=0).transpose(0, 2, 1)  # (deletion, insertion) × K × (steps+1)
+    random_deletion = np.stack([random_means[group][0][k] for k, group in enumerate(bands)])
+    random_insertion = np.stack([random_means[group][1][k] for k, group in enumerate(bands)])
     deletion, insertion = np.zeros_like(random_deletion), np.zeros_like(random_insertion)
-    for k in range(len(indices)):
+    for k, group in enumerate(bands):
         deletion_masks, insertion_masks = curve_masks(pixel_order(values[..., k]), shape, steps)
-        deletion[k], insertion[k] = probabilities(deletion_masks)[:, k], probabilities(insertion_masks)[:, k]
+        deletion[k], insertion[k] = probabilities(group, deletion_masks)[:, k], probabilities(group, insertion_masks)[:, k]
     return FaithfulnessCurves(np.linspace(0.0, 1.0, steps + 1), deletion, insertion, random_deletion, random_insertion)
 
 

@@ -85,13 +85,13 @@ class FastPartitionEngine(ExplanationEngine):
         frontier = ", ".join(plan.layers[position].node.name for position in plan.frontier)
         return f"incremental through {len(plan.layers) - 1} layers up to {frontier}, then in full ({plan.ends_because}); expected FLOP share {plan.expected_fraction:.2f}"
 
-    def explain_tiles(self, images_hwc, classifier, class_indices, settings, progress=None, rivals=None):
-        tiles = stacked_tiles_and_backgrounds(images_hwc, settings)
+    def explain_tiles(self, images_hwc, classifier, class_indices, settings, progress=None, rivals=None, backgrounds=None):
+        tiles = stacked_tiles_and_backgrounds(images_hwc, settings, backgrounds)
         if tiles is None:
             return explained_by_shap(images_hwc, classifier, class_indices, settings, progress, rivals)
         prepared = self._prepare(classifier.module, tiles[0].shape[1:], settings.max_evals, classifier.device)
         if prepared.cannot_split is not None:
-            results = ExactPartitionEngine().explain_tiles(images_hwc, classifier, class_indices, settings, progress, rivals)
+            results = ExactPartitionEngine().explain_tiles(images_hwc, classifier, class_indices, settings, progress, rivals, backgrounds)
             return [dataclasses.replace(result, fallback_reason=prepared.cannot_split) for result in results]
         if prepared.windowed is not None:
             evaluator = LinearUpdateEvaluator(prepared.windowed, *tiles, classifier, settings.output_space)

@@ -21,13 +21,17 @@ class ShapPartitionEngine(ExplanationEngine):
     def cost_per_evaluation(self, classifier, shape, settings):
         return 2.0  # its masking and bookkeeping per evaluation come on top of the model call
 
-    def explain(self, image_hwc, classifier, class_indices, settings, progress=None, rivals=None):
+    def explain(self, image_hwc, classifier, class_indices, settings, progress=None, rivals=None, background=None):
         """With `rivals` (OUTPUT_SPACE contrast) shap's predict function is the K differences
-        logit(class) − logit(rival), as a user would write it for shap."""
+        logit(class) − logit(rival), as a user would write it for shap; a `background` is the
+        array the Image masker puts in hidden pixels."""
         import shap
 
         image_hwc = np.asarray(image_hwc, dtype=np.float32)
-        masker = shap_image_masker(settings.masker, image_hwc.shape)
+        if background is None:
+            masker = shap_image_masker(settings.masker, image_hwc.shape)
+        else:
+            masker = shap.maskers.Image(np.asarray(background, dtype=np.float32), image_hwc.shape)
 
         evaluated = [0]
         indices = np.asarray(class_indices, dtype=int)
@@ -57,7 +61,8 @@ class ShapPartitionEngine(ExplanationEngine):
 
 
 def explained_by_shap(images_hwc, classifier, class_indices, settings, progress=None, rivals=None):
-    """For maskers only shap can apply (inpainting): shap's explanations, saying why it was used."""
+    """For maskers only shap can apply (inpainting, never with given backgrounds): shap's
+    explanations, saying why it was used."""
     reason = f"masker {settings.masker} needs shap's own masking"
     results = ShapPartitionEngine().explain_tiles(images_hwc, classifier, class_indices, settings, progress, rivals)
     return [dataclasses.replace(result, fallback_reason=reason) for result in results]

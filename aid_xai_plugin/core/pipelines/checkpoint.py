@@ -23,6 +23,7 @@ from ..geo.remote import is_network_path, network_identity
 from .steps import ExplainedTile
 
 _ARRAYS = ("image", "values", "class_indices", "output_values", "base_values", "probabilities", "valid")
+_OPTIONAL_ARRAYS = ("rival_indices", "group_maps", "group_values")  # None unless the run computes them
 _UNREADABLE = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile)
 
 
@@ -142,9 +143,7 @@ class TileCheckpoint:
             if explained is None:
                 np.savez(stream, fraction=fraction)
             else:
-                arrays = {name: getattr(explained, name) for name in _ARRAYS}
-                if explained.rival_indices is not None:
-                    arrays["rival_indices"] = explained.rival_indices
+                arrays = {name: getattr(explained, name) for name in _ARRAYS + _OPTIONAL_ARRAYS if getattr(explained, name) is not None}
                 np.savez(stream, fraction=fraction, margin=explained.margin, fallback_reason=explained.fallback_reason or "", **arrays)
             stream.flush()
             os.fsync(stream.fileno())  # the data is on disk before the name says the tile is finished
@@ -161,10 +160,9 @@ def _read_tile(path):
         fraction = float(stored["fraction"])
         if "values" not in stored:
             return None, fraction
-        arrays = {name: stored[name] for name in _ARRAYS}
+        arrays = {name: stored[name] for name in _ARRAYS + _OPTIONAL_ARRAYS if name in stored}
         reason = str(stored["fallback_reason"]) or None
-        rivals = stored["rival_indices"] if "rival_indices" in stored else None
-        return ExplainedTile(**arrays, margin=float(stored["margin"]), fallback_reason=reason, rival_indices=rivals), fraction
+        return ExplainedTile(**arrays, margin=float(stored["margin"]), fallback_reason=reason), fraction
 
 
 def _sync_folder(folder):

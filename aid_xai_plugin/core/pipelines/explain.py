@@ -20,6 +20,7 @@ import dataclasses
 import numpy as np
 
 from ..common.errors import AidXaiError
+from ..explain.band_groups import check_group_masker, group_games, parse_band_groups
 from ..explain.engine import ExplainSettings, masker_value
 from ..explain.in_flight import check_tiles_in_flight, tiles_in_flight
 from ..explain.registry import engine_by_name
@@ -48,6 +49,8 @@ class ExplainRequest:
     top_k: int = 4
     class_names: list = None  # explain these classes instead of the top-k
     contrast_class: str = None  # OUTPUT_SPACE contrast: each explained class against this one; None: against its strongest rival
+    by_band_group: bool = False  # evidence per group of bands: a band per (class, group) and the groups' values (explain/band_groups.py)
+    band_groups: str = ""  # the groups, 'RGB=1,2,3;NIR=4' (model input bands); empty: one group per band
     max_tiles: int = 0  # refuse more tiles than this; 0 → as many as take about an hour (estimated)
 
 
@@ -176,6 +179,24 @@ def contrast_class_index(request, space, names):
     return names.index(request.contrast_class)
 
 
+def requested_band_groups(request, settings, band_count):
+    """The BandGroups of a run by band group (checked against the model's bands and the masker), or
+    None: bands explained together."""
+    if not request.by_band_group:
+        if request.band_groups.strip():
+            raise AidXaiError(f"BAND_GROUPS '{request.band_groups}' is only used when explaining by band group; tick BY_BAND_GROUP, or leave BAND_GROUPS empty.")
+        return None
+    check_group_masker(settings.masker)
+    return parse_band_groups(request.band_groups, band_count)
+
+
+def grouped_band_names(class_band_names, groups):
+    """A band per (class, group), class by class: 'Forest · NIR'."""
+    if groups is None:
+        return class_band_names
+    return [f"{name} · {group.name}" for name in class_band_names for group in groups]
+
+
 def explained_band_names(request, space, class_count):
     """The SHAP raster's band names: the CLASSES, or each tile's rank k (the class differs per tile:
     the band says where to find it); in the contrast space with the class each is explained against."""
@@ -233,13 +254,18 @@ def explain_raster(spec, progress=None):
     check_outputs(*output_paths)
     fixed_indices = requested_class_indices(request, names)
     contrast_index = contrast_class_index(request, settings.output_space, names)
-    band_names = explained_band_names(request, settings.output_space, len(names))
+    class_band_names = explained_band_names(request, settings.output_space, len(names))
+    groups = requested_band_groups(request, settings, classifier.info.num_bands)
+    band_names = grouped_band_names(class_band_names, groups)
     tiles_and_labels = tiles_to_explain(source, request)
     if fixed_indices is None and outputs.overlap == "blend":
         check_no_blended_ranks(grid, [tile for tile, _ in tiles_and_labels])
-    job = ExplainJob(source.inputs, spec.model, classifier.device, engine, settings, fixed_indices, len(band_names), contrast_index, model_sha256=classifier.sha256)
+    job = ExplainJob(source.inputs, spec.model, classifier.device, engine, settings, fixed_indices, len(class_band_names), contrast_index, groups, model_sha256=classifier.sha256)
     local_engine = engine_by_name(engine)  # analyses the model once: for the estimate and the tiles explained here
-    check_tile_budget(len(tiles_and_labels), seconds_per_tile(classifier, settings, local_engine), settings.max_evals, request.max_tiles, progress)
+    explanations_per_tile = 1 if groups is None else len(list(group_games(len(groups))))
+    check_tile_budget(len(tiles_and_labels), explanations_per_tile * seconds_per_tile(classifier, settings, local_engine), settings.max_evals, request.max_tiles, progress)
+    if groups is not None and progress:
+        progress.log(f"Band groups {', '.join(group.name for group in groups)}: {explanations_per_tile} explanation(s) per tile for the maps, {2 ** len(groups)} model evaluations for the groups' values.")
 
     windows = [tile.window for tile, _ in tiles_and_labels]
     window = grid.covering_window([tile for tile, _ in tiles_and_labels])
@@ -254,8 +280,11 @@ def explain_raster(spec, progress=None):
         AIDXAI_OUTPUT_SPACE=settings.output_space,
         AIDXAI_OVERLAP=outputs.overlap,
         AIDXAI_MODE="classes" if fixed_indices is not None else f"top-{len(band_names)}",
-        AIDXAI_CONTRAST_CLASS=request.contrast_class or ("each class's strongest rival" if settings.output_space == "contrast" else ""),
     )
+    if settings.output_space == "contrast":
+        tags["AIDXAI_CONTRAST_CLASS"] = request.contrast_class or "each class's strongest rival"
+    if groups is not None:
+        tags["AIDXAI_BAND_GROUPS"] = ";".join(f"{group.name}={','.join(str(band + 1) for band in group.bands)}" for group in groups)
     explained = 0
     fallback_reason = None
     style_scale = 0.0  # colour-ramp limit: robust to a few extreme pixels, so every tile shows
@@ -273,7 +302,7 @@ def explain_raster(spec, progress=None):
         if outputs.tile_table:
             table = sinks.enter_context(PolygonWriter(outputs.tile_table, source.projection, TILE_TABLE_FIELDS))
         if outputs.report:
-            report = sinks.enter_context(ExplanationReport(outputs.report, names, settings, engine, outputs.report_tiles))
+            report = sinks.enter_context(ExplanationReport(outputs.report, names, settings, engine, outputs.report_tiles, None if groups is None else [group.name for group in groups]))
         for tile, label, result, fraction in _explained_tiles(spec, source, job, local_engine, tiles_and_labels, checkpoint, progress):
             _, _, w, h = tile.window
             if result is None:
@@ -286,12 +315,13 @@ def explain_raster(spec, progress=None):
                 fallback_reason = result.fallback_reason
                 if progress:
                     progress.log(f"The {engine} engine evaluates this model another way because {fallback_reason}.")
-            on_source = to_source_pixels(result.values, h, w).astype(np.float32)
+            mapped = result.values if result.group_maps is None else result.group_maps.reshape(result.group_maps.shape[:2] + (-1,))  # class by class, its groups together
+            on_source = to_source_pixels(mapped, h, w).astype(np.float32)
             style_scale = max(style_scale, float(np.percentile(np.abs(on_source[result.valid]), 99)))
             if mosaic is not None:
                 mosaic.add(window_in(tile.window, origin), on_source, result.valid)
             if table is not None:
-                for row in explained_rows(tile, result, names, settings.output_space, label):
+                for row in explained_rows(tile, result, names, settings.output_space, label, groups):
                     table.add(row, grid.footprint(tile))
             if report is not None:
                 report.add(tile.index, tile.row, tile.col, result, label)

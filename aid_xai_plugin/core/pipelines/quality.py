@@ -12,17 +12,19 @@ import dataclasses
 import math
 
 from ..common.errors import AidXaiError
-from ..explain.engine import ExplainSettings
+from ..explain.band_groups import explain_band_groups
+from ..explain.engine import ExplainSettings, masker_value
 from ..explain.faithfulness import faithfulness_curves, rank_correlation
 from ..explain.registry import engine_by_name
 from ..geo.gdal_context import raising_gdal_errors
 from ..geo.vector import PolygonWriter
 from ..ml.randomisation import RANDOMISE_SCOPES, randomised_classifier
 from ..reports.quality_report import QualityReport, correlation_text
-from .explain import ExplainRequest, check_settings, requested_class_indices, tiles_to_explain
+from ..explain.partition import masked_background
+from .explain import ExplainRequest, check_settings, requested_band_groups, requested_class_indices, tiles_to_explain
 from .run import check_outputs, with_progress
 from .steps import ExplainJob, TileExplainer
-from .tile_table import TILE_CLASS_FIELDS, class_columns
+from .tile_table import ALL_BANDS, TILE_CLASS_FIELDS, class_columns
 from .tiles import TileSource, TilingOptions
 
 QUALITY_TABLE_FIELDS = TILE_CLASS_FIELDS + [
@@ -31,6 +33,7 @@ QUALITY_TABLE_FIELDS = TILE_CLASS_FIELDS + [
     ("random_deletion_auc", float),
     ("random_insertion_auc", float),
     ("randomised_rank_correlation", float),
+    ("band_group", str),  # by band group: the group whose map (and bands) the row assesses
 ]
 _MEASURES = ("deletion_auc", "insertion_auc", "random_deletion_auc", "random_insertion_auc", "abs_rank_correlation")
 
@@ -110,9 +113,10 @@ def explanation_quality(spec, progress=None):
         raise AidXaiError(f"Unknown RANDOMISE '{randomise}'; use one of: {', '.join(RANDOMISE_SCOPES)}.")
     check_outputs(outputs.table, outputs.report)
     fixed_indices = requested_class_indices(request, names)
+    groups = requested_band_groups(request, settings, classifier.info.num_bands)
     randomised = randomised_classifier(classifier, randomise, settings.seed)
     tiles_and_labels = tiles_to_explain(source, request)
-    job = ExplainJob(source.inputs, spec.model, classifier.device, engine, settings, fixed_indices, request.top_k, model_sha256=classifier.sha256)
+    job = ExplainJob(source.inputs, spec.model, classifier.device, engine, settings, fixed_indices, request.top_k, band_groups=groups, model_sha256=classifier.sha256)
     explain_tile = TileExplainer(job, classifier, source.reader)
     randomised_engine = engine_by_name(engine)
 
@@ -129,12 +133,13 @@ def explanation_quality(spec, progress=None):
                 if progress:
                     progress.log(f"Tile row {tile.row}, col {tile.col} skipped: only {fraction:.0%} valid pixels.")
                 continue
-            indices = result.class_indices
-            on_random = randomised_engine.explain(result.image, randomised, indices, settings, tile_progress.part(0.45, 0.9) if tile_progress else None)
-            randomised_values = on_random.values.sum(axis=2)
-            curves = faithfulness_curves(result.image, result.values, indices, classifier, settings.masker, steps, random_orders, settings.seed, settings.batch_size)
-            correlations = [rank_correlation(result.values[..., k], randomised_values[..., k]) for k in range(len(indices))]
-            for k, class_index in enumerate(indices):
+            maps = _assessed_maps(result, groups)
+            randomised_values = _randomised_maps(randomised_engine, result, randomised, settings, groups, tile_progress.part(0.45, 0.9) if tile_progress else None)
+            curves = faithfulness_curves(
+                result.image, maps.values, maps.class_indices, classifier, settings.masker, steps, random_orders, settings.seed, settings.batch_size, maps.hidden_bands
+            )
+            correlations = [rank_correlation(maps.values[..., k], randomised_values[..., k]) for k in range(len(maps.class_indices))]
+            for k, (class_index, rank, group_name) in enumerate(zip(maps.class_indices, maps.ranks, maps.group_names)):
                 aucs = dict(
                     deletion_auc=float(curves.deletion_auc[k]),
                     insertion_auc=float(curves.insertion_auc[k]),
@@ -143,14 +148,15 @@ def explanation_quality(spec, progress=None):
                 )
                 running.add(**aucs, abs_rank_correlation=abs(correlations[k]))
                 if table is not None:
-                    table.add(class_columns(tile, k + 1, names[class_index], result.probabilities[k], settings.output_space) + [*aucs.values(), _or_null(correlations[k])], grid.footprint(tile))
+                    columns = class_columns(tile, rank + 1, names[class_index], result.probabilities[rank], settings.output_space)
+                    table.add(columns + [*aucs.values(), _or_null(correlations[k]), group_name], grid.footprint(tile))
                 if progress:
                     progress.log(
-                        f"Tile row {tile.row}, col {tile.col}, {names[class_index]}: deletion AUC {aucs['deletion_auc']:.3f} (random {aucs['random_deletion_auc']:.3f}), "
+                        f"Tile row {tile.row}, col {tile.col}, {maps.names(names)[k]}: deletion AUC {aucs['deletion_auc']:.3f} (random {aucs['random_deletion_auc']:.3f}), "
                         f"insertion AUC {aucs['insertion_auc']:.3f} (random {aucs['random_insertion_auc']:.3f}), rank correlation with the randomised model {correlation_text(correlations[k])}"
                     )
             if report is not None:
-                report.add(tile.index, tile.row, tile.col, result.image, [names[c] for c in indices], result.probabilities, curves, result.values, randomised_values, correlations, label)
+                report.add(tile.index, tile.row, tile.col, result.image, maps.names(names), result.probabilities[maps.ranks], curves, maps.values, randomised_values, correlations, label)
             assessed += 1
         if not assessed:
             raise AidXaiError("No selected tile had enough valid pixels to assess; lower the minimum valid fraction or choose other tiles.")
@@ -158,6 +164,43 @@ def explanation_quality(spec, progress=None):
         if report is not None:
             report.summarise(summary)
     return summary
+
+
+@dataclasses.dataclass(frozen=True)
+class _AssessedMaps:
+    """The maps a tile's rows assess: one per class, or per class and band group (class by class)."""
+
+    values: object  # H×W×M channel-summed maps
+    class_indices: list  # M: the class of each map
+    ranks: list  # M: its position among the tile's explained classes
+    group_names: list  # M: its band group (ALL_BANDS without groups)
+    hidden_bands: list = None  # M band lists that each map's curves hide (None: all bands)
+
+    def names(self, class_names):
+        return [class_names[index] + ("" if group == ALL_BANDS else f" · {group}") for index, group in zip(self.class_indices, self.group_names)]
+
+
+def _assessed_maps(result, groups):
+    classes = list(result.class_indices)
+    if groups is None:
+        return _AssessedMaps(result.values, classes, list(range(len(classes))), [ALL_BANDS] * len(classes))
+    pairs = [(rank, group) for rank in range(len(classes)) for group in groups]
+    return _AssessedMaps(
+        result.group_maps.reshape(result.group_maps.shape[:2] + (-1,)),
+        [classes[rank] for rank, _ in pairs],
+        [rank for rank, _ in pairs],
+        [group.name for _, group in pairs],
+        [group.bands for _, group in pairs],
+    )
+
+
+def _randomised_maps(engine, result, randomised, settings, groups, progress):
+    """The same maps of the model with re-initialised layers (H×W×M, as `_assessed_maps`)."""
+    if groups is None:
+        return engine.explain(result.image, randomised, result.class_indices, settings, progress).values.sum(axis=2)
+    background = masked_background(result.image, masker_value(settings.masker))
+    maps = explain_band_groups(engine, [result.image], [background], randomised, [result.class_indices], settings, groups, progress)[0].maps
+    return maps.reshape(maps.shape[:2] + (-1,))
 
 
 def _or_null(value):

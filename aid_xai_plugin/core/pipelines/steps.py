@@ -11,7 +11,9 @@ import dataclasses
 import numpy as np
 
 from ..common.failures import out_of_memory_as_error
-from ..explain.engine import ExplainSettings
+from ..explain.band_groups import explain_band_groups
+from ..explain.engine import ExplainSettings, masker_value
+from ..explain.partition import masked_background
 from ..explain.registry import engine_by_name
 from ..ml.classifier import Classifier, top_k
 from ..ml.model_file import load_model
@@ -83,6 +85,7 @@ class ExplainJob:
     class_indices: tuple = None  # explain these model outputs …
     top_k: int = 4  # … or the k most probable classes of each tile
     contrast_class: int = None  # OUTPUT_SPACE contrast: each class against this one (None: against its strongest rival)
+    band_groups: tuple = None  # BandGroups: evidence per group of bands (explain/band_groups.py); None: bands together
     model_sha256: str = ""  # the model this run loaded: a worker reading another file at model_path refuses
 
 
@@ -98,6 +101,8 @@ class ExplainedTile:
     valid: np.ndarray  # h×w bool: the source pixels inside the raster and not masked (nodata, alpha)
     fallback_reason: str = None
     rival_indices: np.ndarray = None  # K: OUTPUT_SPACE contrast: the class each was explained against
+    group_maps: np.ndarray = None  # S×S×K×G: with band groups, each group's evidence (`values` is their sum)
+    group_values: np.ndarray = None  # K×G: with band groups, each group's exact Shapley value
 
 
 class TileExplainer:
@@ -141,13 +146,18 @@ class TileExplainer:
         with out_of_memory_as_error(
             f"explaining {len(images)} tile(s) at once on {classifier.device}", f"TILES_IN_FLIGHT, BATCH_SIZE (now {settings.batch_size}), MAX_EVALS (now {settings.max_evals}) or TILE_SIZE"
         ):
-            explanations = self.engine.explain_tiles(images, classifier, indices, settings, progress, rivals)
+            if job.band_groups is None:
+                explanations = self.engine.explain_tiles(images, classifier, indices, settings, progress, rivals)
+            else:
+                backgrounds = [masked_background(image, masker_value(settings.masker)) for image in images]
+                explanations = explain_band_groups(self.engine, images, backgrounds, classifier, indices, settings, job.band_groups, progress, rivals, in_flight=len(images))
         margins = confidence(probabilities)[0]
         for row, (number, result, tile_indices) in enumerate(zip(usable, explanations, indices)):
             image, valid, fraction = read[number]
+            grouped = job.band_groups is not None
             explained = ExplainedTile(
-                image, result.values.sum(axis=2), tile_indices, result.output_values, result.base_values, probabilities[row][tile_indices], float(margins[row]), valid, result.fallback_reason,
-                result.rival_indices,
+                image, result.maps.sum(axis=3) if grouped else result.values.sum(axis=2), tile_indices, result.output_values, result.base_values, probabilities[row][tile_indices],
+                float(margins[row]), valid, result.fallback_reason, result.rival_indices, result.maps if grouped else None, result.shapley if grouped else None,
             )
             results[number] = (explained, fraction)
         return results

@@ -9,7 +9,10 @@ TILE_TABLE_FIELDS = TILE_CLASS_FIELDS + [
     ("margin", float),
     ("label", str),
     ("rival_class", str),  # OUTPUT_SPACE contrast: the class this one is explained against (else empty)
+    ("band_group", str),  # explained by band group: the group of this row ("all bands" when explained together)
+    ("group_value", float),  # the group's exact Shapley value; its map sums to it (all bands: output_value − base_value)
 ]
+ALL_BANDS = "all bands"
 
 
 def class_columns(tile, rank, class_name, probability, output_space):
@@ -17,10 +20,16 @@ def class_columns(tile, rank, class_name, probability, output_space):
     return [tile.index, tile.row, tile.col, rank, class_name, float(probability), output_space]
 
 
-def explained_rows(tile, explained, class_names, output_space, label):
-    """TILE_TABLE_FIELDS rows of an ExplainedTile, one per explained class in rank order."""
+def explained_rows(tile, explained, class_names, output_space, label, groups=None):
+    """TILE_TABLE_FIELDS rows of an ExplainedTile, one per explained class in rank order (and per
+    band group, with `groups`)."""
     for rank, class_index in enumerate(explained.class_indices):
         output, base = float(explained.output_values[rank]), float(explained.base_values[rank])
-        shap_sum = float(explained.values[..., rank].sum())
         rival = class_names[explained.rival_indices[rank]] if explained.rival_indices is not None else ""
-        yield class_columns(tile, rank + 1, class_names[class_index], explained.probabilities[rank], output_space) + [output, base, shap_sum, explained.margin, label, rival]
+        columns = class_columns(tile, rank + 1, class_names[class_index], explained.probabilities[rank], output_space)
+        if groups is None:
+            yield columns + [output, base, float(explained.values[..., rank].sum()), explained.margin, label, rival, ALL_BANDS, output - base]
+            continue
+        for position, group in enumerate(groups):
+            shap_sum = float(explained.group_maps[..., rank, position].sum())
+            yield columns + [output, base, shap_sum, explained.margin, label, rival, group.name, float(explained.group_values[rank, position])]

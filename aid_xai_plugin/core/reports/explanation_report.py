@@ -39,9 +39,10 @@ class ExplanationReport:
     """Context manager: rows spooled to a hidden folder beside `path`, the report written under a
     temporary name and moved into place on success; on error or cancel nothing is left."""
 
-    def __init__(self, path, class_names, settings, engine, max_tiles=50):
+    def __init__(self, path, class_names, settings, engine, max_tiles=50, group_names=None):
         self.path = os.path.abspath(path)
         self._class_names = list(class_names)
+        self._group_names = group_names  # explained by band group: each class's map is the sum of its groups' maps
         self._settings = settings
         self._engine = engine
         self._max_tiles = max_tiles
@@ -63,8 +64,9 @@ class ExplanationReport:
             return
         spooled = os.path.join(self._spool, f"{tile_index:012d}.npz")
         arrays = {name: np.asarray(getattr(tile, name)) for name in _SPOOLED}
-        if tile.rival_indices is not None:
-            arrays["rival_indices"] = np.asarray(tile.rival_indices)
+        for optional in ("rival_indices", "group_values"):
+            if getattr(tile, optional) is not None:
+                arrays[optional] = np.asarray(getattr(tile, optional))
         np.savez(spooled, values=arrays.pop("values").astype(np.float32), **arrays)  # float32 is plenty to draw
         heapq.heappush(self._kept, (*key, spooled, tile_index, row, col, tile.margin, label))
         if self._max_tiles and len(self._kept) > self._max_tiles:
@@ -77,12 +79,18 @@ class ExplanationReport:
             names = [f"{name} vs {self._class_names[rival]}" for name, rival in zip(names, tile["rival_indices"])]
         space = SPACE_WORDS[self._settings.output_space]
         facts = ", ".join(
-            f"{html.escape(name)}: p={float(p):.3f}, f={float(f):.3f}, base={float(b):.3f}, ΣSHAP={values[..., k].sum():+.3f}"
+            f"{html.escape(name)}: p={float(p):.3f}, f={float(f):.3f}, base={float(b):.3f}, ΣSHAP={values[..., k].sum():+.3f}{self._group_facts(tile, k)}"
             for k, (name, p, f, b) in enumerate(zip(names, tile["probabilities"], tile["output_values"], tile["base_values"]))
         )
         true_label = f" — true label: <b>{html.escape(label)}</b>" if label else ""
         png = base64.b64encode(painter.png(tile["image"], values, names, tile["probabilities"], label, f"SHAP value ({space})")).decode("ascii")
         return f"<h3>Tile {tile_index} (row {row}, col {col}), margin {margin:.3f}{true_label}</h3><p>{facts}</p><img src='data:image/png;base64,{png}'/>\n"
+
+    def _group_facts(self, tile, rank):
+        """' (RGB +1.234, NIR +2.100)': each band group's value, when explained by band group."""
+        if "group_values" not in tile:
+            return ""
+        return " (" + ", ".join(f"{html.escape(name)} {float(value):+.3f}" for name, value in zip(self._group_names, tile["group_values"][rank])) + ")"
 
     def __exit__(self, exc_type, exc, tb):
         try:
