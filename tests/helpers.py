@@ -210,8 +210,9 @@ def slowness():
 
 
 def hang_limit(seconds):
-    """`seconds` (set on the reference machine) stretched to this one's speed."""
-    return seconds * slowness()
+    """`seconds` (set on the reference machine) stretched to this one's speed; None (no limit, as the
+    demo runs its steps) stays None."""
+    return None if seconds is None else seconds * slowness()
 
 
 # --- a file server on 127.0.0.1, as object storage answers ----------------------------------------

@@ -406,6 +406,17 @@ def test_invalid_and_outside_pixels_are_nodata_and_the_map_ends_at_the_raster_ed
         assert np.isfinite(written[~invalid]).all() and (written[~invalid] != -9999.0).all(), kind
 
 
+def test_the_demos_steps_run_qgis_process_without_a_time_limit(tmp_path):
+    """`make demo` runs each step with no hang limit (timeout None): a step must still start."""
+    import sys
+
+    sys.path.insert(0, os.path.join(ROOT, "scripts"))
+    from demo import run
+
+    run("aid_xai:synthetic_scenes", PER_CLASS=1, SIZE=32, SEED=0, OUTPUT=str(tmp_path / "scenes"))
+    assert len(list((tmp_path / "scenes").glob("*/*.png"))) == 6
+
+
 def test_the_demos_configuration_shows_structure_on_every_explained_tile(aid_xai_provider, mosaic, synthetic_model, tmp_path):
     """`make demo`'s explain settings with the algorithm's default output space (logits): every
     explained tile and rank has a map with visible spread, where probabilities left most blank."""
