@@ -122,6 +122,29 @@ def test_one_group_of_every_band_is_todays_map_bit_for_bit(net4, tile4):
 
 
 @pytest.mark.numerics
+def test_where_only_one_group_matters_its_map_is_todays_map_and_the_others_vanish(tile4):
+    """A Net blind to bands 1–3 (their first-layer weights zero): NIR's games are today's game (the
+    model sees the same numbers whatever RGB shows), so NIR's map is today's map, and every RGB game
+    reveals nothing the model sees, so RGB's map vanishes. Both up to the float32 rounding of
+    evaluating a tile in chunks of another size (measured: a last-bit difference of an output): at
+    most 4 ulps of the largest output per evaluation, spread over the map."""
+    import torch
+
+    tile, background = tile4
+    blind = random_net_classifier(SIZE, 5, bands=4, seed=11, logit_scale=30.0)
+    with torch.no_grad():
+        blind.module.conv1.weight[:, :3] = 0.0
+    classes = np.array([0, 3])
+    grouped = explain_band_groups(ExactPartitionEngine(), [tile], [background], blind, [classes], SETTINGS, RGB_NIR)[0]
+    today = ExactPartitionEngine().explain(tile, blind, classes, SETTINGS)
+    ulp = np.spacing(np.float32(np.abs(today.output_values).max()), dtype=np.float32)
+    bound = SETTINGS.max_evals * 4 * float(ulp)
+    assert np.abs(grouped.maps[..., 0]).sum(axis=(0, 1)).max() <= bound
+    assert np.abs(grouped.maps[..., 1] - today.values.sum(axis=2)).sum(axis=(0, 1)).max() <= bound
+    assert np.abs(today.values).sum(axis=(0, 1, 2)).min() > 100 * bound  # a real difference (a band not blind) would show
+
+
+@pytest.mark.numerics
 def test_exact_group_maps_are_shap_games_weighted_bit_for_bit_and_sum_to_the_group_values(net4, tile4):
     tile, background = tile4
     classes = np.array([2, 0])
