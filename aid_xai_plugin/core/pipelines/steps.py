@@ -169,9 +169,6 @@ def contrast_rivals(probabilities, indices, contrast_class=None):
     top class, the top class for the others)."""
     if contrast_class is not None:
         return np.full(len(indices), contrast_class, dtype=int)
-    rivals = []
-    for class_index in indices:
-        others = np.asarray(probabilities, dtype=np.float64).copy()
-        others[class_index] = -np.inf
-        rivals.append(int(np.argmax(others)))
-    return np.asarray(rivals, dtype=int)
+    others = np.tile(np.asarray(probabilities, dtype=np.float64), (len(indices), 1))  # one row per explained class …
+    others[np.arange(len(indices)), indices] = -np.inf  # … without that class
+    return np.argmax(others, axis=1).astype(int)
