@@ -32,6 +32,7 @@ from aid_xai_plugin.core.explain.partition import masked_background
 from aid_xai_plugin.core.ml.classifier import Classifier
 from aid_xai_plugin.core.ml.model_file import load_model
 from aid_xai_plugin.core.ml.training import TrainingConfig, train_model
+from aid_xai_plugin.core.pipelines.execution import DaskSettings
 from aid_xai_plugin.core.pipelines.explain import ExplainOutputs, ExplainRequest, ExplainSpec, explain_raster
 from aid_xai_plugin.core.pipelines.quality import QualityOutputs, QualitySpec, explanation_quality
 from aid_xai_plugin.core.pipelines.tiles import TilingOptions
@@ -236,12 +237,17 @@ def four_band_run_inputs(tmp_path_factory):
     return raster, model
 
 
-def grouped_run(inputs, folder, progress=None, engine="exact", **request_fields):
+def grouped_spec(inputs, folder, engine="exact", **request_fields):
+    """An explain run by band group (RGB, NIR) of two classes on the 4-band raster, writing into `folder`."""
     raster, model = inputs
     folder.mkdir(exist_ok=True)
     outputs = ExplainOutputs(shap_raster=str(folder / "shap.tif"), tile_table=str(folder / "tiles.gpkg"), report=str(folder / "report.html"))
     request = ExplainRequest(**{"class_names": ["Crops", "Water"], "by_band_group": True, "band_groups": "RGB=1,2,3;NIR=4", **request_fields})
-    spec = ExplainSpec(raster, model, TilingOptions(), request, SETTINGS, outputs, engine=engine)
+    return ExplainSpec(raster, model, TilingOptions(), request, SETTINGS, outputs, engine=engine)
+
+
+def grouped_run(inputs, folder, progress=None, engine="exact", **request_fields):
+    spec = grouped_spec(inputs, folder, engine, **request_fields)
     return spec, explain_raster(spec, progress)
 
 
@@ -464,3 +470,12 @@ def test_a_graphical_model_makes_a_nir_mosaic_and_explains_it_by_band_group(aid_
     with rasterio.open(results["CHILD_RESULTS"]["explain"]["OUTPUT"]) as raster:
         assert [name.split(" · ")[-1] for name in raster.descriptions] == ["RGB", "NIR"]
         assert raster.tags()["AIDXAI_BAND_GROUPS"] == "RGB=1,2,3;NIR=4"
+
+
+def test_a_run_by_band_group_on_a_dask_cluster_writes_the_local_runs_values(four_band_run_inputs, tmp_path):
+    local_spec, _ = grouped_run(four_band_run_inputs, tmp_path / "local")
+    dask_spec = dataclasses.replace(grouped_spec(four_band_run_inputs, tmp_path / "dask"), execution="dask", dask=DaskSettings(workers=1, threads=1))
+    explain_raster(dask_spec)
+    with rasterio.open(dask_spec.outputs.shap_raster) as on_cluster, rasterio.open(local_spec.outputs.shap_raster) as here:
+        np.testing.assert_array_equal(on_cluster.read(), here.read())
+    assert sorted(map(sorted_items, table_rows(dask_spec.outputs.tile_table))) == sorted(map(sorted_items, table_rows(local_spec.outputs.tile_table)))
