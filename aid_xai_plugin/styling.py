@@ -29,6 +29,7 @@ from qgis.PyQt.QtGui import QColor
 
 from .core.common.atomic import atomic_output
 from .core.common.palette import class_colors
+from .core.pipelines.tile_table import ALL_BANDS
 from .qgis_compat import RAMP_CONTINUOUS, RAMP_INTERPOLATED, RANGE_LIMIT_NONE
 
 PENDING_POST_PROCESSORS = set()  # QGIS holds post-processors weakly: alive here until each has run
@@ -147,11 +148,14 @@ def style_tile_layer(path, class_names, label_expression=None, class_expression=
     return _save(layer, path)
 
 
-def style_explained_tile_table(path, class_names):
-    """The explained-tile table has one row per tile and explained class (rank k = band k): each tile
-    is drawn and labelled once, by its rank-1 row (the other rows match no category)."""
-    label = r"""CASE WHEN "rank" = 1 THEN 'tile ' || "tile_id" || '\n' || "class_name" || ' ' || format_number("probability", 2) END"""
-    return style_tile_layer(path, class_names, label, """CASE WHEN "rank" = 1 THEN "class_name" END""")
+def style_explained_tile_table(path, class_names, band_groups=None):
+    """The explained-tile and quality tables have one row per tile, explained class (rank k = band k)
+    and band group: each tile is drawn and labelled once, by its rank-1 row of the first of
+    `band_groups` (names; None: the bands together), the other rows matching no category."""
+    first_group = band_groups[0] if band_groups else ALL_BANDS
+    first = f""""rank" = 1 AND "band_group" = '{first_group.replace("'", "''")}'"""
+    label = rf"""CASE WHEN {first} THEN 'tile ' || "tile_id" || '\n' || "class_name" || ' ' || format_number("probability", 2) END"""
+    return style_tile_layer(path, class_names, label, f"""CASE WHEN {first} THEN "class_name" END""")
 
 
 class _ApplyQml(QgsProcessingLayerPostProcessorInterface):

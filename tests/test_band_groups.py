@@ -4,6 +4,7 @@ that the exact engine plays as shap does (bit for bit against shap with the game
 its Image masker) and the fast engine within float32 rounding of the float64 reference."""
 
 import dataclasses
+import html
 import os
 
 import numpy as np
@@ -201,6 +202,20 @@ def test_games_of_many_tiles_in_flight_equal_one_at_a_time(net4):
         np.testing.assert_array_equal(together[number].shapley, alone.shapley)
 
 
+def test_in_the_contrast_space_the_group_values_add_up_to_the_logit_difference(net4, tile4):
+    tile, background = tile4
+    settings = ExplainSettings(masker=SETTINGS.masker, max_evals=200, batch_size=64, seed=3, output_space="contrast")
+    classes, rivals = np.array([2, 0]), np.array([0, 4])
+    grouped = explain_band_groups(ExactPartitionEngine(), [tile], [background], net4, [classes], settings, RGB_NIR, rivals=[rivals])[0]
+    logits = net4.predict_outputs(np.stack([tile, background]), "logit", batch_size=1).astype(np.float64)
+    np.testing.assert_array_equal(grouped.output_values, logits[0, classes] - logits[0, rivals])
+    np.testing.assert_array_equal(grouped.base_values, logits[1, classes] - logits[1, rivals])
+    bound = 2 * efficiency_bound(tile.size, settings.max_evals, np.abs(logits).max())
+    np.testing.assert_allclose(grouped.shapley.sum(axis=1), grouped.output_values - grouped.base_values, rtol=0, atol=bound)
+    np.testing.assert_allclose(grouped.maps.sum(axis=(0, 1)), grouped.shapley, rtol=0, atol=bound)
+    np.testing.assert_array_equal(grouped.rival_indices, rivals)
+
+
 def test_bands_in_no_group_are_never_hidden(net4, tile4):
     tile, background = tile4
     only_nir = (BandGroup("NIR", (3,)),)
@@ -348,6 +363,7 @@ def test_qgis_process_by_band_group_with_one_group_per_band(four_band_run_inputs
         assert raster_file.descriptions == tuple(f"Trees · band {band}" for band in range(1, 5))
     rows = table_rows(str(tmp_path / "tiles.gpkg"))
     assert sorted({row["band_group"] for row in rows}) == ["band 1", "band 2", "band 3", "band 4"] and len(rows) == 12
+    assert """"rank" = 1 AND "band_group" = 'band 1'""" in html.unescape((tmp_path / "tiles.qml").read_text())  # each tile drawn and labelled once
 
 
 # --- a model that uses NIR, and one that cannot --------------------------------------------------

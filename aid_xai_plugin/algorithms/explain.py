@@ -140,7 +140,7 @@ class ExplainAlgorithm(AidXaiAlgorithm):
         open_raster_output(context, outputs.shap_raster)
         if outputs.tile_table:
             results["OUTPUT_TABLE"] = outputs.tile_table
-            apply_on_load(context, outputs.tile_table, style_explained_tile_table(outputs.tile_table, summary.class_names))
+            apply_on_load(context, outputs.tile_table, style_explained_tile_table(outputs.tile_table, summary.class_names, summary.band_groups))
         if outputs.report:
             results["OUTPUT_REPORT"] = outputs.report
         return results

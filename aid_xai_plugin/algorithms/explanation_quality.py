@@ -112,7 +112,7 @@ class ExplanationQualityAlgorithm(AidXaiAlgorithm):
         results.update({name: getattr(summary, field) for field, (name, _) in _MEANS.items()})
         if outputs.table:
             results["OUTPUT_TABLE"] = outputs.table
-            apply_on_load(context, outputs.table, style_explained_tile_table(outputs.table, summary.class_names))
+            apply_on_load(context, outputs.table, style_explained_tile_table(outputs.table, summary.class_names, summary.band_groups))
         if outputs.report:
             results["OUTPUT_REPORT"] = outputs.report
         return results

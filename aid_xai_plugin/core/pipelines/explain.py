@@ -99,6 +99,7 @@ class ExplainResult:
     class_names: list
     output_space: str
     fallback_reason: str = None  # why the engine evaluated tiles another way, if it did
+    band_groups: list = None  # names of the band groups explained (None: the bands together)
 
 
 def check_no_blended_ranks(grid, tiles):
@@ -331,7 +332,8 @@ def explain_raster(spec, progress=None):
         if mosaic is not None:
             mosaic.close()
     checkpoint.remove()
-    return ExplainResult(explained, len(tiles_and_labels), style_scale, band_names, names, settings.output_space, fallback_reason)
+    group_names = None if groups is None else [group.name for group in groups]
+    return ExplainResult(explained, len(tiles_and_labels), style_scale, band_names, names, settings.output_space, fallback_reason, group_names)
 
 
 def _explained_tiles(spec, source, job, engine, tiles_and_labels, checkpoint, progress):

@@ -75,6 +75,7 @@ class QualityResult:
     random_insertion_auc: float
     abs_rank_correlation: float
     class_names: list = dataclasses.field(default_factory=list)  # the model's, for styling the table
+    band_groups: list = None  # names of the band groups assessed (None: the bands together)
 
 
 class _RunningMeans:
@@ -160,7 +161,7 @@ def explanation_quality(spec, progress=None):
             assessed += 1
         if not assessed:
             raise AidXaiError("No selected tile had enough valid pixels to assess; lower the minimum valid fraction or choose other tiles.")
-        summary = QualityResult(assessed, len(tiles_and_labels), **running.means(), class_names=list(names))
+        summary = QualityResult(assessed, len(tiles_and_labels), **running.means(), class_names=list(names), band_groups=None if groups is None else [group.name for group in groups])
         if report is not None:
             report.summarise(summary)
     return summary
