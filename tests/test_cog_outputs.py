@@ -17,7 +17,7 @@ from osgeo import gdal
 
 from aid_xai_plugin.core.common.errors import AidXaiError
 from aid_xai_plugin.core.data.synthetic import SYNTHETIC_CLASSES, make_scene_mosaic
-from aid_xai_plugin.core.geo.gdal_context import gdal_exceptions
+from aid_xai_plugin.core.common.gdal_context import gdal_exceptions
 from aid_xai_plugin.core.geo.writers import GeoTiffSink
 
 COG = "COG"
@@ -154,7 +154,7 @@ SUBPROCESS = textwrap.dedent(
     import numpy as np
     from osgeo import gdal
     from aid_xai_plugin.core.common.errors import AidXaiError
-    from aid_xai_plugin.core.geo.gdal_context import gdal_exceptions
+    from aid_xai_plugin.core.common.gdal_context import gdal_exceptions
     from aid_xai_plugin.core.geo.writers import GeoTiffSink
     size = spec["size"]
     tile = np.full((1, 256, 256), 0.5, np.float32) if spec["constant"] else np.random.default_rng(0).normal(size=(1, 256, 256)).astype(np.float32)

@@ -8,7 +8,7 @@ from helpers import create_georeferenced_tiff
 from osgeo import gdal
 
 from aid_xai_plugin.core.common.errors import AidXaiError
-from aid_xai_plugin.core.geo.gdal_context import gdal_exceptions
+from aid_xai_plugin.core.common.gdal_context import gdal_exceptions
 from aid_xai_plugin.core.geo.raster import band_scaling, open_raster, read_tile
 from aid_xai_plugin.core.geo.vector import PolygonWriter
 from aid_xai_plugin.core.geo.writers import GeoTiffSink

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from osgeo import gdal
 
-from aid_xai_plugin.core.geo.gdal_context import gdal_exceptions
+from aid_xai_plugin.core.common.gdal_context import gdal_exceptions
 from aid_xai_plugin.core.geo.mosaic import TileMosaic, tile_weights
 from aid_xai_plugin.core.geo.writers import GeoTiffSink
 

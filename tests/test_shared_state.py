@@ -12,7 +12,7 @@ from osgeo import gdal
 
 from aid_xai_plugin.core.explain.engine import ExplainSettings
 from aid_xai_plugin.core.explain.shap_engine import ShapPartitionEngine
-from aid_xai_plugin.core.geo.gdal_context import gdal_exceptions
+from aid_xai_plugin.core.common.gdal_context import gdal_exceptions
 from aid_xai_plugin.core.pipelines.execution import _SPAWN_EXECUTABLE, _spawn_executable, python_interpreter
 
 

@@ -140,17 +140,19 @@ def test_class_raster_uses_the_class_palette(qgis_app, tmp_path):
 
 
 def _polygons(path, rows):
+    """A GeoPackage of tile outlines with rows (tile_id, rank, class_name, probability, band_group)."""
     from osgeo import ogr, osr
 
     dataset = ogr.GetDriverByName("GPKG").CreateDataSource(str(path))
     srs = osr.SpatialReference()
     srs.ImportFromEPSG(32633)
     layer = dataset.CreateLayer("tiles", srs, ogr.wkbPolygon)
-    for name, kind in (("tile_id", ogr.OFTInteger), ("rank", ogr.OFTInteger), ("class_name", ogr.OFTString), ("probability", ogr.OFTReal)):
+    fields = (("tile_id", ogr.OFTInteger), ("rank", ogr.OFTInteger), ("class_name", ogr.OFTString), ("probability", ogr.OFTReal), ("band_group", ogr.OFTString))
+    for name, kind in fields:
         layer.CreateField(ogr.FieldDefn(name, kind))
-    for tile_id, rank, name, probability in rows:
+    for tile_id, *values in rows:
         feature = ogr.Feature(layer.GetLayerDefn())
-        for field, value in zip(("tile_id", "rank", "class_name", "probability"), (tile_id, rank, name, probability)):
+        for (field, _), value in zip(fields, (tile_id, *values)):
             feature.SetField(field, value)
         x = 500000.0 + 128 * tile_id
         feature.SetGeometry(ogr.CreateGeometryFromWkt(f"POLYGON(({x} 5600000,{x + 128} 5600000,{x + 128} 5599872,{x} 5599872,{x} 5600000))"))
@@ -159,16 +161,22 @@ def _polygons(path, rows):
     return str(path)
 
 
-@pytest.mark.parametrize("table", ["tiles", "explained"])
+@pytest.mark.parametrize("table", ["tiles", "explained", "by band group"])
 def test_tile_tables_are_outlines_with_labels(qgis_app, tmp_path, table):
     from qgis.core import QgsExpressionContext, QgsExpressionContextUtils, QgsRenderContext, QgsVectorLayer
 
     from aid_xai_plugin.styling import style_explained_tile_table, style_tile_layer
 
-    rows = [(0, 1, "Forest", 0.8), (0, 2, "River", 0.15), (1, 1, "River", 0.6), (1, 2, "Forest", 0.3)]
+    if table == "by band group":  # a row per tile, rank and group: the RGB rows come first
+        rows = [(0, 1, "Forest", 0.8, "RGB"), (0, 1, "Forest", 0.8, "NIR"), (1, 1, "River", 0.6, "RGB"), (1, 2, "Forest", 0.3, "RGB")]
+    else:
+        rows = [(0, 1, "Forest", 0.8, "all bands"), (0, 2, "River", 0.15, "all bands"), (1, 1, "River", 0.6, "all bands"), (1, 2, "Forest", 0.3, "all bands")]
     path = _polygons(tmp_path / f"{table}.gpkg", rows)
     names = ["Forest", "River"]
-    (style_tile_layer if table == "tiles" else style_explained_tile_table)(path, names)
+    if table == "tiles":
+        style_tile_layer(path, names)
+    else:
+        style_explained_tile_table(path, names, ["RGB", "NIR"] if table == "by band group" else None)
     layer = QgsVectorLayer(path, table, "ogr")
     assert layer.labelsEnabled() and layer.labeling() is not None
     renderer = layer.renderer()
@@ -185,5 +193,5 @@ def test_tile_tables_are_outlines_with_labels(qgis_app, tmp_path, table):
         context.expressionContext().setFeature(feature)  # as the layer renderer does before asking
         drawn.append(bool(renderer.symbolForFeature(feature, context)))
     renderer.stopRender(context)
-    # the explained table has a row per tile and rank: each tile is drawn once, by its rank-1 row
+    # the explained table has a row per tile, rank (and band group): each tile is drawn once, by its rank-1 row (of the first group)
     assert drawn == ([True] * 4 if table == "tiles" else [True, False, True, False])

@@ -20,7 +20,7 @@ from ..core.common.dependencies import missing_packages_message
 from ..core.common.errors import AidXaiError, Cancelled
 from ..core.common.failures import unexpected_error_message, write_failure_message
 from ..core.common.progress import Progress
-from ..core.geo.gdal_context import collected_gdal_messages
+from ..core.common.gdal_context import collected_gdal_messages
 from ..core.geo.remote import is_network_path, network_hint, network_reading
 from ..core.ml.model_source import is_model_url
 from ..provider_paths import HELP_URL, ICON_PATH

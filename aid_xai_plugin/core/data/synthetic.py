@@ -16,7 +16,7 @@ import os
 import numpy as np
 
 from ..common.errors import AidXaiError
-from ..geo.gdal_context import raising_gdal_errors
+from ..common.gdal_context import raising_gdal_errors
 
 SYNTHETIC_CLASSES = ("BareLand", "Farmland", "Forest", "Residential", "StorageTank", "Water")
 # none: RGB only. physical: vegetation bright, water dark, the rest in between, so a model can learn

@@ -11,7 +11,7 @@ CRS, and their length on its ellipsoid is the arc element ds² = (M·dφ)² + (N
 import math
 
 from ..common.errors import AidXaiError
-from .gdal_context import gdal_error_details, raising_gdal_errors
+from ..common.gdal_context import gdal_error_details, raising_gdal_errors
 
 STEP_METRES = 100.0  # half the central-difference step: far above PROJ's inverse-projection tolerance, far below curvature
 

@@ -12,7 +12,7 @@ import re
 import numpy as np
 
 from ..common.errors import AidXaiError
-from .gdal_context import gdal_error_details, gdal_exceptions, raising_gdal_errors
+from ..common.gdal_context import gdal_error_details, gdal_exceptions, raising_gdal_errors
 from .remote import gdal_path, is_network_path, network_hint, network_reading
 
 SCALING_HELP = (

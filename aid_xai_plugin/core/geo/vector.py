@@ -9,7 +9,7 @@ import sys
 
 from ..common.atomic import atomic_output
 from ..common.errors import AidXaiError
-from .gdal_context import raising_gdal_errors
+from ..common.gdal_context import raising_gdal_errors
 from .writers import writing
 
 _OGR_TYPES = {int: "OFTInteger64", float: "OFTReal", str: "OFTString"}

@@ -17,7 +17,7 @@ import sys
 from ..common.atomic import atomic_output, remove_with_companions, temporary_path
 from ..common.errors import AidXaiError
 from ..common.failures import write_failure_message
-from .gdal_context import gdal_error_details, gdal_exceptions
+from ..common.gdal_context import gdal_error_details, gdal_exceptions
 
 BLOCK_SIZE = 256
 GEOTIFF_EXTENSIONS = (".tif", ".tiff")

@@ -16,7 +16,7 @@ from ..explain.band_groups import explain_band_groups
 from ..explain.engine import ExplainSettings, masker_value
 from ..explain.faithfulness import faithfulness_curves, rank_correlation
 from ..explain.registry import engine_by_name
-from ..geo.gdal_context import raising_gdal_errors
+from ..common.gdal_context import raising_gdal_errors
 from ..geo.vector import PolygonWriter
 from ..ml.randomisation import RANDOMISE_SCOPES, randomised_classifier
 from ..reports.quality_report import QualityReport, correlation_text

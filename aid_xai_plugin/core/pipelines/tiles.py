@@ -9,7 +9,7 @@ in `TileReader.read`, once for classify and explain.
 import dataclasses
 
 from ..common.errors import AidXaiError
-from ..geo.gdal_context import raising_gdal_errors
+from ..common.gdal_context import raising_gdal_errors
 from ..geo.grid import make_grid, tile_size_in_pixels
 from ..geo.ground import metres_per_map_unit, same_crs
 from ..geo.raster import BandScaling, band_scaling, check_bands, open_raster, parse_bands, read_tile

@@ -18,7 +18,7 @@ import functools
 import inspect
 import threading
 
-from ..common.shared_setting import SharedSetting
+from .shared_setting import SharedSetting
 
 _local = threading.local()  # per thread: the stack of open GdalMessages collectors
 _legacy_modes = {}  # GDAL < 3.7: module name → its process-wide exception mode, shared by every block
