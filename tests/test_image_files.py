@@ -12,19 +12,17 @@ from aid_xai_plugin.core.ml.preprocess import load_image_file
 SIZE = 16
 
 
-def write_tiff(path, bands, options=(), data_type=None, interpretations=None, palette=None):
-    """A GTiff of `bands` (C×H×W) with creation `options`, per-band colour interpretations and an optional palette."""
+def write_tiff(path, bands, options=(), data_type=None, palette=None):
+    """A GTiff of `bands` (C×H×W) with creation `options` and an optional palette."""
     data_type = data_type or gdal.GDT_Byte
     dataset = gdal.GetDriverByName("GTiff").Create(str(path), SIZE, SIZE, len(bands), data_type, list(options))
-    for number, band in enumerate(bands, start=1):
-        dataset.GetRasterBand(number).WriteArray(band)
-        if interpretations:
-            dataset.GetRasterBand(number).SetColorInterpretation(interpretations[number - 1])
-    if palette is not None:
+    if palette is not None:  # before any pixel is written: GDAL ≥ 3.13 can't change the photometric tag afterwards
         table = gdal.ColorTable()
         for index, colour in enumerate(palette):
-            table.SetColorEntry(index, tuple(colour) + (255,))
+            table.SetColorEntry(index, tuple(int(value) for value in colour) + (255,))
         dataset.GetRasterBand(1).SetColorTable(table)
+    for number, band in enumerate(bands, start=1):
+        dataset.GetRasterBand(number).WriteArray(band)
     dataset = None
     return str(path)
 
