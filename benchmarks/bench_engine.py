@@ -104,8 +104,8 @@ def run_worker(arguments):
     wall = time.perf_counter() - start
     np.save(arguments.values_file, explanation.values)
     summary = engine.plan_summary() if hasattr(engine, "plan_summary") else None
-    if getattr(engine, "dropped_state_evaluations", 0):
-        summary += f"; {engine.dropped_state_evaluations} evaluations in full after their context's state was dropped (memory budget)"
+    if getattr(engine, "anchored_evaluations", 0):
+        summary += f"; {engine.anchored_evaluations} evaluations from an earlier context's state after theirs was released (memory budget)"
     planned_cost = engine.cost_per_evaluation(classifier, tile.shape, settings)
     print(json.dumps({"wall_s": wall, "setup_rss_mb": setup_rss_mb, "peak_rss_mb": peak_rss_mb(), "flop_bound": explanation.flop_bound, "plan": summary, "planned_cost": planned_cost}))
 

@@ -92,9 +92,9 @@ def test_tiles_in_flight_are_each_within_float32_rounding_of_their_float64_refer
 
 
 @pytest.mark.numerics
-def test_contexts_without_state_are_evaluated_in_full_on_their_own_tile(monkeypatch):
-    """With almost no memory for context states, the region evaluator evaluates most requests in
-    full, many tiles' in one call: each must be painted on its own tile."""
+def test_contexts_without_state_are_evaluated_from_their_own_tiles_contexts(monkeypatch):
+    """With almost no memory for context states, the region evaluator evaluates most requests from
+    an earlier context, many tiles' in one call: each must be evaluated from its own tile's."""
     monkeypatch.setattr(region_evaluator, "STATE_MEMORY_BUDGET", 1)
     classifier, shape = resnet_case()
     tiles, classes = tiles_and_classes(classifier, shape, 2)
@@ -102,7 +102,7 @@ def test_contexts_without_state_are_evaluated_in_full_on_their_own_tile(monkeypa
     engine = FastPartitionEngine()
     with recorded_traversals() as traversals:
         results = engine.explain_tiles(tiles, classifier, classes, settings)
-    assert engine.dropped_state_evaluations > 50
+    assert engine.anchored_evaluations > 50
     for tile, indices, result, traversal in zip(tiles, classes, results, traversals):
         assert_within_float32_rounding(result, traversal, float64_yardstick(classifier, tile, indices, settings), "the fast engine without states")
 

@@ -47,7 +47,7 @@ class FastPartitionEngine(ExplanationEngine):
 
     def __init__(self):
         self._prepared = None
-        self.dropped_state_evaluations = 0  # in the last tiles explained: evaluations in full because a context's state was dropped
+        self.anchored_evaluations = 0  # in the last tiles explained: evaluations from an earlier context's state (theirs was released)
 
     def _prepare(self, module, shape, max_evals, device):
         """Analyse the model once for all the tiles of one shape and budget this engine explains
@@ -98,5 +98,5 @@ class FastPartitionEngine(ExplanationEngine):
         else:
             evaluator = RegionEvaluator(prepared.plan, *tiles, classifier, settings.output_space)
         results = explained_by_traversals(evaluator, tiles[0], class_indices, settings, progress, rivals)
-        self.dropped_state_evaluations = getattr(evaluator, "full_evaluations", 0)
+        self.anchored_evaluations = getattr(evaluator, "anchored_evaluations", 0)
         return [dataclasses.replace(result, flop_bound=evaluator.flop_bound()) for result in results]

@@ -54,14 +54,15 @@ class OwenTraversal:
     def explained(self, outputs):
         return explained_outputs(outputs, self.indices, self.rivals)
 
-    def requests(self, max_states=None):
+    def requests(self, max_states=None, hold=None):
         """The next round's requests ([] once the traversal is finished). Nodes that can no longer be
-        expanded drop their states (forget_unreachable_states), and so do the least urgent ones beyond
-        `max_states` if given."""
+        expanded drop their states (forget_unreachable_states); with `max_states`, `hold` chooses
+        which states the others keep."""
         node_values, queue = self.node_values, self.queue
         while queue:
-            if self.eval_count >= self.next_forget:
-                forget_unreachable_states(queue, self.max_evals - self.eval_count, max_states)
+            if self.eval_count >= self.next_forget or max_states is not None:  # with a memory bound, every round
+                keep = None if max_states is None else max(1, max_states - 2 * self.batch_size)  # room for the round's new states
+                forget_unreachable_states(queue, self.max_evals - self.eval_count, keep, hold)
                 self.next_forget = self.eval_count + self.forget_step
             if self.eval_count >= self.max_evals:
                 while queue:
@@ -110,14 +111,14 @@ def walk(evaluate, traversals, progress=None):
     """Run `traversals` (of one or many tiles) to their end: every round, each unfinished traversal's
     requests go to one `evaluate(requests)` call, which returns all-class outputs (N×classes) and the
     state of each revealed context. An evaluator's `max_states` (states it can hold) is shared by the
-    traversals. `progress` (optional) may cancel before each evaluation and hears the share of the
-    evaluations done."""
+    traversals, and its `hold` chooses which states are kept. `progress` (optional) may cancel
+    before each evaluation and hears the share of the evaluations done."""
     active = list(traversals)
     budget = sum(traversal.max_evals for traversal in traversals)
     while active:
         max_states = getattr(evaluate, "max_states", None)
         share = None if max_states is None else max(1, max_states // len(active))
-        rounds = [(traversal, traversal.requests(share)) for traversal in active]
+        rounds = [(traversal, traversal.requests(share, evaluate.hold if share else None)) for traversal in active]
         rounds = [(traversal, requests) for traversal, requests in rounds if requests]
         if not rounds:
             return
@@ -132,17 +133,22 @@ def walk(evaluate, traversals, progress=None):
         active = [traversal for traversal, _ in rounds]
 
 
-def forget_unreachable_states(queue, evaluations_left, keep=None):
+def forget_unreachable_states(queue, evaluations_left, keep=None, hold=None):
     """Drop the context states of queued nodes that can no longer be expanded, so their memory is
     freed: every expansion costs two evaluations and nodes leave the queue in key order, so a node
     with (evaluations_left + 1) // 2 or more expandable nodes ahead of it never will be. With `keep`,
-    only the first `keep` nodes keep their states (the evaluator then evaluates a node without one in
-    full). Keys (and so the traversal) stay as they are."""
+    `hold(states, keep)` replaces the states of the others (in key order) by the ones they keep,
+    holding at most `keep` in memory. Keys (and so the traversal) stay as they are."""
     expandable = [(item[0], item[1], item[2], index) for index, item in enumerate(queue) if item[3][1] is not None and item[3][4].size > 1]
-    reachable = (evaluations_left + 1) // 2 if keep is None else min((evaluations_left + 1) // 2, keep)
-    if len(expandable) <= reachable:
+    reachable = (evaluations_left + 1) // 2
+    if len(expandable) <= (reachable if keep is None else min(reachable, keep)):
         return
     expandable.sort()
-    for *_, index in expandable[reachable:]:
+    indices = [index for *_, index in expandable]
+    states = [queue[index][3][1] for index in indices[:reachable]]
+    if keep is not None:
+        states = hold(states, keep)
+    states += [None] * (len(indices) - len(states))
+    for index, state in zip(indices, states):
         priority, draw, order, (visible, _, f00, f11, box, weight) = queue[index]
-        queue[index] = (priority, draw, order, (visible, None, f00, f11, box, weight))
+        queue[index] = (priority, draw, order, (visible, state, f00, f11, box, weight))

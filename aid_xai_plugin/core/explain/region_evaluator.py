@@ -13,15 +13,25 @@ What a context keeps (its `ContextState`) is small:
   from which any context's full frontier map is rebuilt when it is needed.
 
 Requests are grouped by the shape of their box so a whole group runs each layer in one call, on
-windows of one size (cells outside a request's exact changed region are computed but never used).
-Where revealing a box changes no input value, the request reuses its context's outputs and state,
-so shap's exact priority ties survive.
+windows of one size (cells outside a request's exact changed region are computed but never used),
+in calls of bounded size. Where revealing a box changes no input value, the request reuses its
+context's outputs and state, so shap's exact priority ties survive.
+
+States beyond the memory budget are released (`hold`): a request whose context lost its state is
+evaluated from the nearest earlier context of its line that still holds one, on the box covering
+everything revealed since. Every box revealed after a context lies in the box its state was cut
+around, so that state holds all the values the larger region reads; at the deep levels of large
+budgets a revealed box's changed region is mostly its receptive field, so the larger box costs
+little more, where a full evaluation would cost the whole model.
 """
 
 import dataclasses
+import typing
+import weakref
 
 import numpy as np
 
+from ..common.memory import return_freed_memory
 from ..ml.classifier import outputs_from_logits
 from .box_painter import BoxPainter, normalised_hwc
 from .geometry import exact_regions, layer_users, needed_by_users, uniform_windows
@@ -29,19 +39,50 @@ from .layer_kinds import NCHW
 from .region_layers import Group, pointwise_layer, window_layer
 
 MAPS_PER_REST_CALL = 64  # frontier maps per call of the full part (bounds its activations)
-TILES_PER_FULL_CALL = 16
-# Memory for the states of queued contexts; beyond it the states of the nodes least likely to be
-# expanded are dropped, and such a node, if it is expanded after all, is evaluated in full
-STATE_MEMORY_BUDGET = 2 << 30
+TILES_PER_START_CALL = 8  # tiles per full evaluation of their (background, image) pair
+# Values per layer batch of one call of the planned layers (32 MB of float32): a round of large boxes
+# runs in several calls rather than one the size of a full batch's activations
+VALUES_PER_CALL = 8 << 20
+# Memory for the states of queued contexts (their windows and frontier regions); beyond it the
+# states of the nodes least likely to be expanded are released
+STATE_MEMORY_BUDGET = 5 << 28  # 1.25 GiB
 
 
-@dataclasses.dataclass
+class Origin:
+    """Where a context comes from: the context `parent` it extends by `box`, and its state while that
+    is held (a weak reference, so a released state's memory is freed; a tile's root holds it)."""
+
+    __slots__ = ("parent", "box", "state")
+
+    def __init__(self, parent, box, state):
+        self.parent, self.box, self.state = parent, box, weakref.ref(state)
+
+
+@dataclasses.dataclass(eq=False)
 class ContextState:
-    windows: dict  # stored layer position → C×h×w tensor of the context's values …
+    windows: dict  # stored layer position → C×h×w tensor of the context's values (None once released) …
     offsets: dict  # … whose first cell is at this (row, col) of the layer's map
     link: tuple  # (parent link, deltas): deltas are (frontier position, r0, r1, c0, c1, values); None = background
     outputs: np.ndarray  # the context's outputs, all classes
     tile: int  # which tile in flight it is a context of
+    origin: Origin = None
+    anchor: "ContextState" = None  # a released state's: the earlier context kept for it
+    nbytes: int = 0  # of its windows and frontier regions
+
+
+class Member(typing.NamedTuple):
+    """A request in a group: revealing `box` on `context` (of tile `tile`, whose next box is
+    `sibling`), evaluated from the held state `anchor` on `region`, the box covering everything
+    revealed since (`box` itself when the context holds its state)."""
+
+    position: int
+    visible: object
+    context: ContextState
+    box: tuple
+    sibling: tuple
+    tile: int
+    anchor: ContextState
+    region: tuple
 
 
 def _region_index(layout, r0, r1, c0, c1):
@@ -73,12 +114,18 @@ class RegionEvaluator:
         self.tile_count = len(self.changes)
         self.executed_flops = 0.0
         self.evaluations = 0
-        self.full_evaluations = 0  # requests evaluated in full because their context's state was dropped
+        self.anchored_evaluations = 0  # requests evaluated from an earlier context's state (theirs was released)
         self._state_bytes = [0, 0]  # bytes of the states made so far, and how many
+        self.roots = []  # each tile's background context, whose state is never released
+
+    def hold(self, states, keep):
+        """`hold_states` within the memory of `keep` states of the mean size made so far."""
+        total, count = self._state_bytes
+        return hold_states(states, keep * total / max(count, 1))
 
     @property
     def max_states(self):
-        """How many context states the traversal may keep (`partition.forget_unreachable_states`)."""
+        """How many context states the traversal may keep (`owen.forget_unreachable_states`)."""
         total, count = self._state_bytes
         return max(64, int(STATE_MEMORY_BUDGET * count / max(total, 1)))
 
@@ -104,41 +151,21 @@ class RegionEvaluator:
         in full (a few tiles per call)."""
         painter, count = self.painter, self.tile_count
         starts, frontier = [], {position: [] for position in self.plan.frontier}
-        for first in range(0, count, TILES_PER_FULL_CALL // 2):
-            tiles = range(first, min(first + TILES_PER_FULL_CALL // 2, count))
+        for first in range(0, count, TILES_PER_START_CALL):
+            tiles = range(first, min(first + TILES_PER_START_CALL, count))
             outputs, captured = self._full(painter.backgrounds_chw[tiles.start : tiles.stop], painter.images_chw[tiles.start : tiles.stop])
             for row, tile in enumerate(tiles):
                 for position in self.plan.frontier:
                     frontier[position].append(captured[position][row])
                 windows = {position: captured[position][row] for position in self.stored}
                 state = ContextState(windows, {position: (0, 0) for position in self.stored}, None, outputs[row], tile)
+                state.origin = Origin(None, None, state)
+                state.nbytes = sum(window.numel() * window.element_size() for window in windows.values())
+                self.roots.append(state)
                 starts.append(((outputs[row], state), outputs[len(tiles) + row]))
         self.evaluations += 2 * count
         self.background_frontier = {position: self.torch.stack(maps) for position, maps in frontier.items()}  # position → T maps
         return starts
-
-    def _evaluate_in_full(self, members, states):
-        """Requests whose context state was dropped to save memory: whole masked tiles through the
-        whole model, a few at a time (every stored layer's full maps are kept during the call);
-        their states are cut from the full maps."""
-        return np.concatenate([self._evaluate_chunk_in_full(members[start : start + TILES_PER_FULL_CALL], states) for start in range(0, len(members), TILES_PER_FULL_CALL)])
-
-    def _evaluate_chunk_in_full(self, members, states):
-        outputs, captured = self._full(self.painter.tiles([(box, visible) for _, visible, _, box, _, _ in members], [member[5] for member in members]))
-        sibling_exact = exact_regions(self.layers, np.array([member[4] for member in members], dtype=np.int64))
-        needed = {position: needed_by_users(self.layers, self.users, position, sibling_exact) for position in self.stored}
-        for index, (request, *_) in enumerate(members):
-            windows, offsets = {}, {}
-            for position, (starts, stops) in needed.items():
-                (r0, c0), (r1, c1) = starts[index], stops[index]
-                windows[position] = captured[position][index][:, r0 : max(r1, r0 + 1), c0 : max(c1, c0 + 1)].clone()
-                offsets[position] = (int(r0), int(c0))
-            deltas = []
-            for position in self.plan.frontier:
-                rows_f, cols_f = self.layers[position].size
-                deltas.append((position, 0, rows_f, 0, cols_f, captured[position][index].clone()))
-            states[request] = ContextState(windows, offsets, (None, tuple(deltas)), outputs[index], members[index][5])
-        return outputs
 
     # --- incremental evaluations ------------------------------------------------------------
 
@@ -147,28 +174,33 @@ class RegionEvaluator:
         (`sibling` is the box the new context will be extended by next)."""
         outputs = [None] * len(requests)
         states = [None] * len(requests)
-        groups, unknown = {}, []
-        for position, request in enumerate(requests):
-            row0, row1, col0, col1, band0, band1 = box = request.box
-            if request.state is None:
-                unknown.append((position, *request))
-            elif not self.changes[request.tile, row0:row1, col0:col1, band0:band1].any():
-                outputs[position], states[position] = request.state.outputs, request.state  # nothing changes: exactly the context
-            else:
-                groups.setdefault((box[1] - box[0], box[3] - box[2]), []).append((position, *request))
+        groups = {}
+        for position, (visible, context, box, sibling, tile) in enumerate(requests):
+            row0, row1, col0, col1, band0, band1 = box
+            if not self.changes[tile, row0:row1, col0:col1, band0:band1].any():
+                outputs[position], states[position] = context.outputs, context  # nothing changes: exactly the context
+                continue
+            anchor, region = anchor_of(context, box)
+            self.anchored_evaluations += anchor is not context
+            groups.setdefault((region[1] - region[0], region[3] - region[2]), []).append(Member(position, visible, context, box, sibling, tile, anchor, region))
         self.evaluations += len(requests)
-        if unknown:
-            self.full_evaluations += len(unknown)
-            for (position, *_), row in zip(unknown, self._evaluate_in_full(unknown, states)):
-                outputs[position] = row
         evaluated = []
         for members in groups.values():
-            evaluated.extend(self._evaluate_group(members, states))
+            for chunk in self._bounded_calls(members):
+                evaluated.extend(self._evaluate_group(chunk, states))
         if evaluated:
             for (position, state), row in zip(evaluated, self._rest(evaluated)):
                 outputs[position] = row
                 state.outputs = row
+        return_freed_memory()  # this call's layer batches, and the states released before it
         return np.stack(outputs), states
+
+    def _bounded_calls(self, members):
+        """The members of a group in runs whose largest layer batch holds at most VALUES_PER_CALL values."""
+        exact = exact_regions(self.layers, np.array([member.region for member in members], dtype=np.int64))
+        per_member = max(layer.channels * int(np.prod(np.clip((stops - starts).max(0), 1, layer.size))) for layer, (starts, stops) in zip(self.layers, exact))
+        count = max(1, VALUES_PER_CALL // per_member)
+        return [members[start : start + count] for start in range(0, len(members), count)]
 
     def _rest(self, evaluated):
         """All-class outputs (float64) of the full part for (request, state) pairs: each request's
@@ -197,8 +229,8 @@ class RegionEvaluator:
         returns (request position, state) for each."""
         torch = self.torch
         count = len(members)
-        boxes = np.array([member[3] for member in members], dtype=np.int64)
-        siblings = np.array([member[4] for member in members], dtype=np.int64)
+        boxes = np.array([member.region for member in members], dtype=np.int64)
+        siblings = np.array([member.sibling for member in members], dtype=np.int64)
         exact = exact_regions(self.layers, boxes)
         windows = [uniform_windows(starts, stops, layer.size) for layer, (starts, stops) in zip(self.layers, exact)]
         group = Group(self, members, exact, windows)
@@ -231,7 +263,7 @@ class RegionEvaluator:
                         if source not in frontier:
                             values[source] = None
             results = []
-            for index, (request, _, state, _, _, _) in enumerate(members):
+            for index, member in enumerate(members):
                 deltas = []
                 for position in self.plan.frontier:
                     (r0, c0), (r1, c1) = exact[position][0][index], exact[position][1][index]
@@ -240,10 +272,13 @@ class RegionEvaluator:
                         region = values[position][index][_region_index(self.layers[position].layout, r0 - offset_r, r1 - offset_r, c0 - offset_c, c1 - offset_c)]
                         deltas.append((position, int(r0), int(r1), int(c0), int(c1), region.clone()))  # a copy: the group's batch can go
                 state_windows = member_windows[index]
-                states[request] = ContextState(state_windows, member_offsets[index], (state.link, tuple(deltas)), None, state.tile)
-                self._state_bytes[0] += sum(window.numel() * window.element_size() for window in state_windows.values()) + sum(delta[5].numel() * delta[5].element_size() for delta in deltas)
+                state = ContextState(state_windows, member_offsets[index], (member.anchor.link, tuple(deltas)), None, member.tile)
+                state.origin = Origin(member.context.origin, member.box, state)
+                states[member.position] = state
+                state.nbytes = sum(window.numel() * window.element_size() for window in state_windows.values()) + sum(delta[5].numel() * delta[5].element_size() for delta in deltas)
+                self._state_bytes[0] += state.nbytes
                 self._state_bytes[1] += 1
-                results.append((request, states[request]))
+                results.append((member.position, state))
         return results
 
     def _keep_windows(self, position, group, values, sibling_exact, member_windows, member_offsets):
@@ -270,3 +305,47 @@ class RegionEvaluator:
             for delta_position, r0, r1, c0, c1, region in deltas:
                 if delta_position == position:
                     target[_region_index(layout, r0, r1, c0, c1)] = region
+
+
+def hold_states(states, budget):
+    """The states queued nodes keep, for their `states` in the traversal's order, holding at most
+    `budget` bytes: up to half of it for the most urgent nodes' own states; then each node without
+    one is pointed at the nearest earlier context of its line still held, which is held for it
+    while room is left. A stand-in (`ContextState.anchor`) keeps that context alive; the rest are
+    freed once nothing refers to them. A tile's root state is always kept."""
+    held, kept, used = set(), [], 0
+    for state in states:
+        if state.windows is not None and (id(state) in held or state.origin.parent is None or used + state.nbytes <= budget / 2):
+            if id(state) not in held:
+                held.add(id(state))
+                used += state.nbytes
+            kept.append(state)
+            continue
+        anchor, _ = nearest_held(state.origin.parent if state.windows is not None else state.origin)
+        if id(anchor) not in held and used + anchor.nbytes <= budget:
+            held.add(id(anchor))
+            used += anchor.nbytes
+        kept.append(ContextState(None, None, None, state.outputs, state.tile, state.origin, anchor if id(anchor) in held else None))
+    return kept
+
+
+def nearest_held(origin):
+    """(the state of the nearest context from `origin` up its line that still holds its windows (a
+    tile's root always does), the boxes revealed since that context)."""
+    boxes = []
+    while True:
+        held = origin.state()
+        if held is not None and held.windows is not None:
+            return held, boxes
+        boxes.append(origin.box)
+        origin = origin.parent
+
+
+def anchor_of(context, box):
+    """(the nearest context of `context`'s line that still holds its state, the box covering `box`
+    and every box revealed since that context)."""
+    if context.windows is not None:
+        return context, box
+    held, boxes = nearest_held(context.origin)
+    boxes = np.array(boxes + [box])
+    return held, (int(boxes[:, 0].min()), int(boxes[:, 1].max()), int(boxes[:, 2].min()), int(boxes[:, 3].max()), int(boxes[:, 4].min()), int(boxes[:, 5].max()))

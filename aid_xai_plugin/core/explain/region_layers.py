@@ -1,6 +1,6 @@
 """One layer of the region evaluator for a group of requests whose boxes have one shape: the
 assembly of a layer's values around each request's box (its new values inside the changed region,
-its context's outside, padding beyond the map) and the layer run on those windows."""
+its anchor context's outside, padding beyond the map) and the layer run on those windows."""
 
 import numpy as np
 
@@ -93,11 +93,11 @@ class Group:
         new_offsets = self.windows[position][1]
         starts, stops = self.exact[position]
         map_rows, map_cols = layer.size
-        for member, (_, _, state, _, _, _) in enumerate(self.members):
+        for member, request in enumerate(self.members):
             r0, c0 = int(row_starts[member]), int(col_starts[member])
             r1, c1 = r0 + height, c0 + width
-            window = state.windows[position]  # the context, around the box this request splits
-            w0, v0 = state.offsets[position]
+            window = request.anchor.windows[position]  # the anchor context, around a box holding this request's region
+            w0, v0 = request.anchor.offsets[position]
             a0, a1 = max(r0, w0, 0), min(r1, w0 + window.shape[1], map_rows)
             b0, b1 = max(c0, v0, 0), min(c1, v0 + window.shape[2], map_cols)
             if a1 > a0 and b1 > b0:
@@ -111,5 +111,5 @@ class Group:
 
     def paint(self, rows, cols):
         """N×C×h×w normalised input of the revealed tiles at absolute (clipped) rows and cols."""
-        box_lists = [(box, visible) for _, visible, _, box, _, _ in self.members]
-        return self.evaluator.painter.windows(box_lists, self.torch.from_numpy(rows), self.torch.from_numpy(cols), [member[5] for member in self.members])
+        box_lists = [(member.box, member.visible) for member in self.members]
+        return self.evaluator.painter.windows(box_lists, self.torch.from_numpy(rows), self.torch.from_numpy(cols), [member.tile for member in self.members])
