@@ -15,7 +15,7 @@ from aid_xai_plugin.core.common import memory
 from aid_xai_plugin.core.common.memory import return_freed_memory
 from aid_xai_plugin.core.explain.owen import forget_unreachable_states
 from aid_xai_plugin.core.explain.partition import Box
-from aid_xai_plugin.core.explain.region_evaluator import ContextState, Origin, anchor_of, hold_states
+from aid_xai_plugin.core.explain.context_states import ContextState, Origin, anchor_of, hold_states
 
 TILE = Box(0, 16, 0, 16, 0, 3)
 
