@@ -39,6 +39,11 @@ class ContextState:
     nbytes: int = 0  # of its windows and frontier regions
 
 
+def tensor_bytes(tensors):
+    """Bytes held by `tensors` (a state's windows and frontier regions)."""
+    return sum(tensor.numel() * tensor.element_size() for tensor in tensors)
+
+
 def hold_states(states, budget):
     """The states queued nodes keep, for their `states` in the traversal's order, holding at most
     `budget` bytes: up to half of it for the most urgent nodes' own states; then each node without

@@ -29,7 +29,7 @@ import numpy as np
 from ..common.memory import return_freed_memory
 from ..ml.classifier import outputs_from_logits
 from .box_painter import BoxPainter, normalised_hwc
-from .context_states import ContextState, Origin, anchor_of, hold_states
+from .context_states import ContextState, Origin, anchor_of, hold_states, tensor_bytes
 from .geometry import exact_regions, layer_users, needed_by_users, uniform_windows
 from .layer_kinds import NCHW
 from .region_layers import Group, pointwise_layer, window_layer
@@ -134,7 +134,7 @@ class RegionEvaluator:
                 windows = {position: captured[position][row] for position in self.stored}
                 state = ContextState(windows, {position: (0, 0) for position in self.stored}, None, outputs[row], tile)
                 state.origin = Origin(None, None, state)
-                state.nbytes = sum(window.numel() * window.element_size() for window in windows.values())
+                state.nbytes = tensor_bytes(windows.values())
                 self.roots.append(state)
                 starts.append(((outputs[row], state), outputs[len(tiles) + row]))
         self.evaluations += 2 * count
@@ -249,7 +249,7 @@ class RegionEvaluator:
                 state = ContextState(state_windows, member_offsets[index], (member.anchor.link, tuple(deltas)), None, member.tile)
                 state.origin = Origin(member.context.origin, member.box, state)
                 states[member.position] = state
-                state.nbytes = sum(window.numel() * window.element_size() for window in state_windows.values()) + sum(delta[5].numel() * delta[5].element_size() for delta in deltas)
+                state.nbytes = tensor_bytes(list(state_windows.values()) + [delta[5] for delta in deltas])
                 self._state_bytes[0] += state.nbytes
                 self._state_bytes[1] += 1
                 results.append((member.position, state))

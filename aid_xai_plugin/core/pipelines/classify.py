@@ -12,8 +12,8 @@ import numpy as np
 
 from ..common.errors import AidXaiError
 from ..common.failures import out_of_memory_as_error
-from ..common.palette import class_colors
 from ..common.gdal_context import raising_gdal_errors
+from ..common.palette import class_colors
 from ..geo.vector import PolygonWriter
 from ..geo.writers import GeoTiffSink, check_geotiff_path
 from .execution import EXECUTION_MODES, DaskSettings, dask_client, job_key, run_ordered, step_for

@@ -20,11 +20,11 @@ import dataclasses
 import numpy as np
 
 from ..common.errors import AidXaiError
+from ..common.gdal_context import raising_gdal_errors
 from ..explain.band_groups import check_group_masker, group_games, parse_band_groups
 from ..explain.engine import ExplainSettings, masker_value
 from ..explain.in_flight import check_tiles_in_flight, tiles_in_flight
 from ..explain.registry import engine_by_name
-from ..common.gdal_context import raising_gdal_errors
 from ..geo.mosaic import OVERLAP_MODES, TileMosaic
 from ..geo.placement import to_source_pixels, window_in
 from ..geo.vector import PolygonWriter

@@ -12,15 +12,15 @@ import dataclasses
 import math
 
 from ..common.errors import AidXaiError
+from ..common.gdal_context import raising_gdal_errors
 from ..explain.band_groups import explain_band_groups
 from ..explain.engine import ExplainSettings, masker_value
 from ..explain.faithfulness import faithfulness_curves, rank_correlation
+from ..explain.partition import masked_background
 from ..explain.registry import engine_by_name
-from ..common.gdal_context import raising_gdal_errors
 from ..geo.vector import PolygonWriter
 from ..ml.randomisation import RANDOMISE_SCOPES, randomised_classifier
 from ..reports.quality_report import QualityReport, correlation_text
-from ..explain.partition import masked_background
 from .explain import ExplainRequest, check_settings, requested_band_groups, requested_class_indices, tiles_to_explain
 from .run import check_outputs, with_progress
 from .steps import ExplainJob, TileExplainer
