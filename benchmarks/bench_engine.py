@@ -85,6 +85,10 @@ def run_worker(arguments):
     from aid_xai_plugin.core.explain.registry import engine_by_name
 
     torch.set_num_threads(arguments.threads)
+    if arguments.state_memory_mb is not None:
+        from aid_xai_plugin.core.explain import region_evaluator
+
+        region_evaluator.STATE_MEMORY_BUDGET = int(arguments.state_memory_mb * 2**20)
     if arguments.device.startswith("cuda"):  # float32 convolutions for every engine, as on CPU (cuDNN's
         torch.backends.cudnn.allow_tf32 = False  # default TF32 rounds at ~1e-3 and reorders shap's own queue)
         torch.backends.cuda.matmul.allow_tf32 = False
@@ -106,6 +110,8 @@ def run_worker(arguments):
     summary = engine.plan_summary() if hasattr(engine, "plan_summary") else None
     if getattr(engine, "anchored_evaluations", 0):
         summary += f"; {engine.anchored_evaluations} evaluations from an earlier context's state after theirs was released (memory budget)"
+    if getattr(engine, "whole_evaluations", 0):
+        summary += f"; {engine.whole_evaluations} evaluated in full (their region would have cost more)"
     planned_cost = engine.cost_per_evaluation(classifier, tile.shape, settings)
     print(json.dumps({"wall_s": wall, "setup_rss_mb": setup_rss_mb, "peak_rss_mb": peak_rss_mb(), "flop_bound": explanation.flop_bound, "plan": summary, "planned_cost": planned_cost}))
 
@@ -115,7 +121,7 @@ def measure(engine, max_evals, arguments, values_file):
         sys.executable, os.path.abspath(__file__), "--worker", engine, "--worker-evals", str(max_evals),
         "--values-file", values_file, "--masker", arguments.masker, "--batch-size", str(arguments.batch_size),
         "--threads", str(arguments.threads), "--device", arguments.device, "--size", str(arguments.size), "--model", arguments.model,
-    ] + (["--image", arguments.image] if arguments.image else [])  # fmt: skip
+    ] + (["--image", arguments.image] if arguments.image else []) + (["--state-memory-mb", str(arguments.state_memory_mb)] if arguments.state_memory_mb is not None else [])  # fmt: skip
     completed = subprocess.run(command, capture_output=True, text=True, check=True)
     return last_line_json(completed.stdout)
 
@@ -132,6 +138,7 @@ def main():
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--state-memory-mb", type=float, help="memory for the fast engine's context states (default: its STATE_MEMORY_BUDGET); 0 evaluates every context from its tile's background")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--worker-evals", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--values-file", help=argparse.SUPPRESS)
@@ -145,7 +152,8 @@ def main():
         print(f"Tile: {arguments.image} resized to {arguments.size}x{arguments.size}")
     weights = f"RANDOM weights (last layer x{LOGIT_SCALE:g})" if arguments.model == "net" else "RANDOM weights (BatchNorm statistics from random tiles, logit std 3)"
     print(f"{arguments.model} {arguments.size}x{arguments.size}x3, {NUM_CLASSES} classes, {weights}, top-{TOP_CLASSES}, masker {arguments.masker}, "
-          f"batch {arguments.batch_size}, device {arguments.device}, {arguments.threads} torch threads")  # fmt: skip
+          f"batch {arguments.batch_size}, device {arguments.device}, {arguments.threads} torch threads"
+          + ("" if arguments.state_memory_mb is None else f", {arguments.state_memory_mb:g} MB for the fast engine's states"))  # fmt: skip
     rates = {}
     with tempfile.TemporaryDirectory() as folder:
         for max_evals in sorted(arguments.max_evals):

@@ -8,7 +8,8 @@ evaluations). Figures from 2 CPU cores (AMD, AVX-512), 5 000 evaluations:
 - REGIONAL_COST, the time per FLOP of layers run on assembled windows relative to whole maps, a
   planning margin for window assembly, uniform group windows and no channels-last speed-up. The
   whole fast evaluation measured 0.83 for resnet18 at 96² (`--model resnet18 --size 96`): the margin
-  errs on the side of planning fewer layers.
+  errs on the side of planning fewer layers. The region evaluator prices each request with it too,
+  and runs the whole model where a request's region would cost more.
 - LINEAR_UPDATE_COST, the cost per evaluation of the first-Linear update (Net-like models) for
   MAX_TILES: measured 0.046 for Net at 256² (the default run); 0.1 prices tiles on the safe side.
 - GPU_MINIMUM_SAVING: on a GPU a full evaluation costs little next to the regional work's many
@@ -95,6 +96,17 @@ def cheapest_prefix(candidates, fractions, full_flops, device, ends_because, mod
     if best_count < len(candidates):
         ends_because = f"the changed region covers {fractions[best_count]:.0%} of the map at {describe(candidates[best_count].node, modules)}"
     return best_count, best_cost, ends_because
+
+
+def regional_flops(layers, boxes):
+    """FLOPs of the planned `layers` on each box's exact changed cells (B×6 boxes): what evaluating
+    a request on that region computes at the least (its group's uniform windows may be larger)."""
+    flops = np.zeros(len(boxes))
+    for layer, (starts, stops) in zip(layers, exact_regions(layers, boxes)):
+        if layer.flops:
+            cells = np.clip(stops - starts, 0, None).prod(1)
+            flops += layer.flops * cells / float(np.prod(layer.size))
+    return flops
 
 
 def frontier_size(candidates, count):

@@ -14,7 +14,8 @@ own float32 error against a float64 reference, tests/numerics.py) while both exp
 at a near-tie of priorities within float32 rounding they may expand different ones. Models that can't
 be traced, or where incremental evaluation would save next to nothing (a revealed box soon changes
 whole maps, or a squeeze-and-excitation block comes first), fall back to the exact engine (shap's
-values bit for bit), inpainting maskers to shap; the explanation then carries the reason.
+values bit for bit), inpainting maskers to shap; the explanation then carries the reason. Within a
+plan, a request whose changed region would cost more than the whole model runs the whole model.
 With many tiles in flight, one evaluator takes the rounds of all of them, so each layer runs once
 per box shape for every tile's requests.
 """
@@ -48,6 +49,7 @@ class FastPartitionEngine(ExplanationEngine):
     def __init__(self):
         self._prepared = None
         self.anchored_evaluations = 0  # in the last tiles explained: evaluations from an earlier context's state (theirs was released)
+        self.whole_evaluations = 0  # … and evaluations in full, where the changed region would have cost more
 
     def _prepare(self, module, shape, max_evals, device):
         """Analyse the model once for all the tiles of one shape and budget this engine explains
@@ -99,4 +101,5 @@ class FastPartitionEngine(ExplanationEngine):
             evaluator = RegionEvaluator(prepared.plan, *tiles, classifier, settings.output_space)
         results = explained_by_traversals(evaluator, tiles[0], class_indices, settings, progress, rivals)
         self.anchored_evaluations = getattr(evaluator, "anchored_evaluations", 0)
+        self.whole_evaluations = getattr(evaluator, "whole_evaluations", 0)
         return [dataclasses.replace(result, flop_bound=evaluator.flop_bound()) for result in results]
