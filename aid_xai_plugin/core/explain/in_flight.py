@@ -6,8 +6,8 @@ On a CPU the engines are bound by arithmetic, not by calls: measured with benchm
 on 2 cores, 8 AID tiles at 5 000 evaluations, 4 tiles in flight ran 0.96–0.99× one at a time for
 resnet18 at 96² (peak RSS 2.7 GB instead of 2.0 GB: a round's layer windows grow with the tiles) and
 0.99–1.18× for Net at 256² (within the runs' spread), so a CPU takes one tile at a time. One tile at
-a time already keeps both cores busy (bench_engine.py --threads 1 against 2: 1.83× for exact, 1.45×
-for fast at resnet18 96²), so no batching could gain more than 2/1.83 = 1.09× and 2/1.45 = 1.38× there.
+a time already keeps both cores busy (bench_engine.py --threads 1 against 2: 1.73× for exact, 1.59×
+for fast at resnet18 96²), so no batching could gain more than 2/1.73 = 1.16× and 2/1.59 = 1.26× there.
 """
 
 from ..common.errors import AidXaiError
